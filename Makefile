@@ -1,0 +1,46 @@
+# harness — make targets. Each target sets up what it needs (idempotently) and runs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# llama.cpp compiles from source on install; build it for any x86-64 CPU and in parallel.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup test lint typecheck pytest demo bench bench-quick clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,local,postgres,bench]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check harness tests bench tools
+	$(BIN)/ruff format --check harness tests bench tools
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest -q -ra
+
+test: lint typecheck pytest
+
+demo: setup
+	$(BIN)/harness db upgrade
+	$(BIN)/harness run --show-ledger "Write a short briefing on the economics of AI inference: why decode is memory-bound, what the shift from training to inference means for chips and for firms' token budgets."
+
+bench: setup
+	$(BIN)/python -m bench --out docs/benchmarks.md
+
+bench-quick: setup
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) var/*.db .mypy_cache .pytest_cache .ruff_cache

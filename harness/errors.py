@@ -1,0 +1,141 @@
+"""Every error harness raises, in three families kept apart.
+
+- ``ConfigError``: bad input from a user (a file, a field, an argument). Exit code 2.
+- ``HarnessError`` subclasses for run failures: a provider that gave up, a tool that broke,
+  a store transition that lost a race. Exit code 1 when a run ends that way.
+- ``ControlSignal`` subclasses are control flow (budget exhausted, lease lost), not failures.
+
+Structured fields live on attributes; ``str(error)`` is one human sentence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class HarnessError(Exception):
+    """Base class for run failures."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation problem: where it is (file, field, line) and what is wrong."""
+
+    file: str
+    message: str
+    field: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.field:
+            where += f": {self.field}"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Bad configuration or input. Holds every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem] | Problem | str) -> None:
+        if isinstance(problems, str):
+            problems = [Problem(file="<input>", message=problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems: list[Problem] = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class StoreError(HarnessError):
+    """A store operation could not be carried out (e.g. a guarded UPDATE matched no row)."""
+
+
+class TransitionError(StoreError):
+    """A status change found the row in another state than expected."""
+
+    def __init__(self, task_id: int, expected: str, target: str) -> None:
+        self.task_id = task_id
+        self.expected = expected
+        self.target = target
+        super().__init__(
+            f"task {task_id} could not move to {target!r}: it was no longer {expected!r}"
+        )
+
+
+class ProviderError(HarnessError):
+    """A model call failed for good (after retries and fallbacks).
+
+    ``records`` holds one call record per attempt that reached a server, so the ledger
+    can account for them even though the call failed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        model: str,
+        status: int | None = None,
+        body: str | None = None,
+        retryable: bool = False,
+        records: list[Any] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self.body = body
+        self.retryable = retryable
+        self.records: list[Any] = list(records or [])
+        super().__init__(message)
+
+
+class ResponseFormatError(ProviderError):
+    """The server answered, but not with a valid chat completion (bad JSON, no choices...)."""
+
+
+class ToolError(HarnessError):
+    """A tool failed. Its message goes back to the model as the tool result."""
+
+
+class RunFailed(HarnessError):
+    """A task ended in failure; ``reason`` says why in one sentence."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ControlSignal(Exception):
+    """Base for control-flow signals that unwind a task without failing it."""
+
+
+@dataclass
+class BudgetExceeded(ControlSignal):
+    """A call would take an agent (or the workspace) past its daily budget."""
+
+    agent: str
+    budget: str
+    limit: float
+    used: float
+    requested: float
+    day: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return (
+            f"agent {self.agent!r} is out of its {self.budget} for {self.day}: "
+            f"used {self.used:g} of {self.limit:g}, this call needs up to {self.requested:g}"
+        )
+
+
+class LeaseLost(ControlSignal):
+    """This worker no longer owns the task (lease expired and was taken, or cancelled)."""
+
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
+        super().__init__(f"lease on task {task_id} was lost")

@@ -1,0 +1,307 @@
+"""The token ledger: one row per model call attempt, daily roll-ups, reservations, budgets.
+
+Writes happen inside the caller's transaction so that a call row, its roll-ups and the
+transcript message it produced commit together (invariant 1). Budgets are enforced by
+reserving the worst case before a call with a guarded UPDATE on the day's roll-up row, so
+concurrent calls can never take an agent past its budget (invariant 2).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+
+from .db import insert_ignore
+from .errors import BudgetExceeded
+from .schema import WORKSPACE, calls, reservations, runs, usage_daily
+from .settings import Settings
+from .usage import CallOutcome, CallRecord, Usage
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Daily limits for one agent (or the workspace). None means unlimited."""
+
+    tokens: int | None = None
+    cost_usd: float | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.tokens is None and self.cost_usd is None
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who made a call: attached to every ledger row."""
+
+    agent: str
+    run_id: int | None = None
+    task_id: int | None = None
+    worker_id: int | None = None
+
+
+def day_of(ts: float, tz: ZoneInfo) -> str:
+    """The ledger day (ISO date in the workspace's time zone) of a timestamp."""
+    return datetime.fromtimestamp(ts, tz).date().isoformat()
+
+
+def next_day_start(ts: float, tz: ZoneInfo) -> float:
+    """The first instant of the day after ``ts``'s day, in ``tz`` (DST-safe)."""
+    d = datetime.fromtimestamp(ts, tz).date() + timedelta(days=1)
+    return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
+
+
+def _ensure_rows(conn: Connection, day: str, agents: Sequence[str]) -> None:
+    conn.execute(insert_ignore(conn, usage_daily), [{"day": day, "agent": a} for a in agents])
+
+
+def _used(conn: Connection, day: str, agent: str) -> tuple[int, float, int, float]:
+    row = conn.execute(
+        select(
+            usage_daily.c.prompt_tokens + usage_daily.c.completion_tokens,
+            usage_daily.c.cost_usd,
+            usage_daily.c.reserved_tokens,
+            usage_daily.c.reserved_cost,
+        ).where(usage_daily.c.day == day, usage_daily.c.agent == agent)
+    ).first()
+    return (int(row[0]), float(row[1]), int(row[2]), float(row[3])) if row else (0, 0.0, 0, 0.0)
+
+
+def _take(
+    conn: Connection, day: str, agent: str, budget: Budget, tokens: int, cost: float
+) -> BudgetExceeded | None:
+    """Add a reservation to one roll-up row if it stays within budget (guarded UPDATE)."""
+    u = usage_daily.c
+    cond = [u.day == day, u.agent == agent]
+    if budget.tokens is not None:
+        cond.append(
+            u.prompt_tokens + u.completion_tokens + u.reserved_tokens + tokens <= budget.tokens
+        )
+    if budget.cost_usd is not None:
+        cond.append(u.cost_usd + u.reserved_cost + cost <= budget.cost_usd)
+    stmt = (
+        update(usage_daily)
+        .where(and_(*cond))
+        .values(reserved_tokens=u.reserved_tokens + tokens, reserved_cost=u.reserved_cost + cost)
+    )
+    if conn.execute(stmt).rowcount == 1:
+        return None
+    used, used_cost, reserved, reserved_cost = _used(conn, day, agent)
+    who = "workspace" if agent == WORKSPACE else agent
+    if budget.tokens is not None and used + reserved + tokens > budget.tokens:
+        return BudgetExceeded(
+            who, "daily token budget", budget.tokens, used + reserved, tokens, day
+        )
+    limit = budget.cost_usd or 0.0
+    return BudgetExceeded(
+        who, "daily cost budget (USD)", limit, used_cost + reserved_cost, cost, day
+    )
+
+
+def reserve(
+    conn: Connection,
+    ctx: CallContext,
+    *,
+    model: str,
+    provider: str,
+    tokens: int,
+    cost: float,
+    budget: Budget,
+    workspace_budget: Budget,
+    day: str,
+) -> int:
+    """Reserve ``tokens``/``cost`` for one call. Raises BudgetExceeded (and reserves nothing)
+    when the agent's or the workspace's daily budget cannot cover it. Returns the reservation id.
+    """
+    _ensure_rows(conn, day, [ctx.agent, WORKSPACE])
+    for who, limit in ((ctx.agent, budget), (WORKSPACE, workspace_budget)):
+        refused = _take(conn, day, who, limit, tokens, cost)
+        if refused is not None:
+            # undo the agent's part when the workspace refuses (same transaction)
+            if who == WORKSPACE:
+                _give_back(conn, day, ctx.agent, tokens, cost)
+            raise refused
+    rid = conn.execute(
+        insert(reservations).values(
+            day=day,
+            agent=ctx.agent,
+            run_id=ctx.run_id,
+            task_id=ctx.task_id,
+            worker_id=ctx.worker_id,
+            model=model,
+            provider=provider,
+            tokens=tokens,
+            cost=cost,
+            created_at=time.time(),
+        )
+    ).inserted_primary_key[0]  # type: ignore[index]
+    return int(rid)
+
+
+def _give_back(conn: Connection, day: str, agent: str, tokens: int, cost: float) -> None:
+    u = usage_daily.c
+    conn.execute(
+        update(usage_daily)
+        .where(u.day == day, u.agent == agent)
+        .values(reserved_tokens=u.reserved_tokens - tokens, reserved_cost=u.reserved_cost - cost)
+    )
+
+
+def release(conn: Connection, reservation_id: int) -> None:
+    """Drop a reservation (the call was never sent, or has been settled)."""
+    row = conn.execute(
+        delete(reservations)
+        .where(reservations.c.id == reservation_id)
+        .returning(
+            reservations.c.day, reservations.c.agent, reservations.c.tokens, reservations.c.cost
+        )
+    ).first()
+    if row is not None:
+        for who in (row.agent, WORKSPACE):
+            _give_back(conn, row.day, who, row.tokens, row.cost)
+
+
+def record(
+    conn: Connection,
+    ctx: CallContext,
+    records: Sequence[CallRecord],
+    settings: Settings,
+    *,
+    reservation_id: int | None = None,
+    ts: float | None = None,
+) -> list[int]:
+    """Write one ledger row per call record, update the roll-ups (agent/day, workspace/day,
+    run) and settle the reservation, all in the caller's transaction. Returns the row ids."""
+    if reservation_id is not None:
+        release(conn, reservation_id)
+    ts = time.time() if ts is None else ts
+    day = day_of(ts, settings.tz)
+    ids: list[int] = []
+    if records:
+        _ensure_rows(conn, day, [ctx.agent, WORKSPACE])
+    for rec in records:
+        ids.append(_record_one(conn, ctx, rec, settings, ts, day))
+    return ids
+
+
+def _cost(settings: Settings, model: str, usage: Usage) -> float:
+    cfg = settings.models.get(model)
+    if cfg is None:
+        return 0.0
+    return cfg.cost(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
+
+
+def _record_one(
+    conn: Connection, ctx: CallContext, rec: CallRecord, settings: Settings, ts: float, day: str
+) -> int:
+    u = rec.usage
+    cost = _cost(settings, rec.model, u)
+    row_id = conn.execute(
+        insert(calls).values(
+            ts=ts,
+            day=day,
+            run_id=ctx.run_id,
+            task_id=ctx.task_id,
+            agent=ctx.agent,
+            provider=rec.provider,
+            model=rec.model,
+            prompt_tokens=u.prompt_tokens,
+            cached_tokens=u.cached_tokens,
+            completion_tokens=u.completion_tokens,
+            reasoning_tokens=u.reasoning_tokens,
+            cost_usd=cost,
+            latency_ms=rec.latency_ms,
+            ttft_ms=rec.ttft_ms,
+            attempt=rec.attempt,
+            http_status=rec.status,
+            estimated=u.estimated,
+            outcome=rec.outcome,
+            error=rec.error,
+        )
+    ).inserted_primary_key[0]  # type: ignore[index]
+    _roll_up(conn, day, [ctx.agent, WORKSPACE], rec, cost)
+    if ctx.run_id is not None:
+        r = runs.c
+        conn.execute(
+            update(runs)
+            .where(r.id == ctx.run_id)
+            .values(
+                calls=r.calls + 1,
+                prompt_tokens=r.prompt_tokens + u.prompt_tokens,
+                cached_tokens=r.cached_tokens + u.cached_tokens,
+                completion_tokens=r.completion_tokens + u.completion_tokens,
+                reasoning_tokens=r.reasoning_tokens + u.reasoning_tokens,
+                cost_usd=r.cost_usd + cost,
+                estimated_calls=r.estimated_calls + int(u.estimated),
+            )
+        )
+    return int(row_id)
+
+
+def _roll_up(
+    conn: Connection, day: str, agents: Sequence[str], rec: CallRecord, cost: float
+) -> None:
+    c = usage_daily.c
+    u = rec.usage
+    conn.execute(
+        update(usage_daily)
+        .where(c.day == day, c.agent.in_(list(agents)))
+        .values(
+            calls=c.calls + 1,
+            prompt_tokens=c.prompt_tokens + u.prompt_tokens,
+            cached_tokens=c.cached_tokens + u.cached_tokens,
+            completion_tokens=c.completion_tokens + u.completion_tokens,
+            reasoning_tokens=c.reasoning_tokens + u.reasoning_tokens,
+            cost_usd=c.cost_usd + cost,
+            estimated_calls=c.estimated_calls + int(u.estimated),
+            unsettled_calls=c.unsettled_calls + int(rec.outcome == CallOutcome.UNSETTLED),
+            error_calls=c.error_calls + int(rec.outcome == CallOutcome.ERROR),
+        )
+    )
+
+
+def settle_orphans(conn: Connection, settings: Settings, worker_ids: Sequence[int]) -> int:
+    """Record calls that were in flight when their worker died, as *unsettled* rows charged
+    with their reserved estimate (so the ledger shows them instead of losing them)."""
+    if not worker_ids:
+        return 0
+    orphans = (
+        conn.execute(select(reservations).where(reservations.c.worker_id.in_(list(worker_ids))))
+        .mappings()
+        .all()
+    )
+    for r in orphans:
+        ctx = CallContext(agent=r["agent"], run_id=r["run_id"], task_id=r["task_id"])
+        rec = CallRecord(
+            provider=r["provider"],
+            model=r["model"],
+            outcome=CallOutcome.UNSETTLED,
+            usage=Usage(prompt_tokens=r["tokens"], estimated=True),
+            error="in flight when its worker died; charged with the reserved estimate",
+        )
+        record(conn, ctx, [rec], settings, reservation_id=r["id"], ts=r["created_at"])
+    return len(orphans)
+
+
+def today_use(conn: Connection, agent: str, day: str) -> tuple[int, float]:
+    """Tokens and cost an agent has used on ``day`` (one indexed lookup)."""
+    used, cost, _, _ = _used(conn, day, agent)
+    return used, cost
+
+
+def prune(conn: Connection, before_day: str) -> int:
+    """Delete call rows older than ``before_day``; the daily roll-ups stay."""
+    return conn.execute(delete(calls).where(calls.c.day < before_day)).rowcount
+
+
+def days_back(today: str, n: int) -> str:
+    return (date.fromisoformat(today) - timedelta(days=n)).isoformat()
+
+
+def max_day(conn: Connection) -> str | None:
+    return conn.execute(select(func.max(usage_daily.c.day))).scalar()

@@ -1,0 +1,66 @@
+"""structlog setup: human-readable on a terminal, JSON lines otherwise (or with ``--log-json``).
+
+Every event passes through ``redact``: values of keys that look like secrets, and any value
+equal to a configured API key, are replaced before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+SECRET_KEYS = ("authorization", "api_key", "apikey", "password", "secret", "token_value")
+
+
+def _secret_values() -> list[str]:
+    names = [
+        k
+        for k in os.environ
+        if k.endswith(("_API_KEY", "_TOKEN", "_SECRET")) or k == "HARNESS_API_KEY"
+    ]
+    return [os.environ[k] for k in names if len(os.environ[k]) >= 8]
+
+
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    secrets = _secret_values()
+    for key, value in list(event.items()):
+        if any(s in key.lower() for s in SECRET_KEYS):
+            event[key] = "[redacted]"
+        elif isinstance(value, str) and secrets:
+            for s in secrets:
+                if s in value:
+                    value = value.replace(s, "[redacted]")
+            event[key] = value
+    return event
+
+
+def configure(*, json: bool | None = None, level: str = "info", stream: Any = None) -> None:
+    """Configure structlog once per process. ``json=None``: JSON unless stderr is a terminal."""
+    stream = stream or sys.stderr
+    if json is None:
+        json = not stream.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )

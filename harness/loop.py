@@ -1,0 +1,445 @@
+"""One task of one agent: budget check -> model call -> persist -> tools / delegate / finish.
+
+The loop is resumable at every point. Its state is the task's transcript in the database:
+
+- an assistant message is persisted together with its ledger rows (one transaction) before
+  anything acts on it, so a crash never re-sends a recorded step (invariant 1);
+- tool calls of the last assistant message that have no result yet are *pending*; a resumed
+  task executes them (tools are at-least-once), delegate calls become child tasks;
+- a parent that delegated becomes ``waiting`` and holds no worker; when all its children are
+  settled it is queued again and each child's result (or error) becomes the delegate tool
+  result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
+
+import anyio
+import structlog
+
+from . import ledger, queue
+from .agents import AgentSpec
+from .errors import BudgetExceeded, LeaseLost, ProviderError, RunFailed
+from .messages import ChatMessage, ChatRequest, ToolCall, ToolSpec
+from .provider import Completion
+from .queue import NewTask, Task
+from .runtime import Runtime
+from .schema import TERMINAL, TaskStatus
+from .settings import Settings
+from .store import StoredMessage, append_messages, load_transcript
+from .tokens import estimate_prompt_tokens
+from .tools import ToolContext, delegate_spec
+
+log = structlog.get_logger("harness.loop")
+
+
+class StepOutcome(StrEnum):
+    """What one model step led to: a closed set."""
+
+    FINAL = "final"
+    TOOLS = "tools"
+    DELEGATE = "delegate"
+    FAILURE = "failure"
+
+
+def budgets(rt: Runtime, agent: AgentSpec) -> tuple[ledger.Budget, ledger.Budget]:
+    """The agent's daily budget (its file, else the config default) and the workspace's."""
+    b = rt.settings.budgets
+    tokens = (
+        agent.daily_token_budget if agent.daily_token_budget is not None else b.default_daily_tokens
+    )
+    cost = (
+        agent.daily_cost_budget if agent.daily_cost_budget is not None else b.default_daily_cost_usd
+    )
+    return ledger.Budget(tokens, cost), ledger.Budget(
+        b.workspace_daily_tokens, b.workspace_daily_cost_usd
+    )
+
+
+def budget_key(rt: Runtime, agent: AgentSpec) -> str:
+    """A stable text form of the budgets that apply to an agent (stored on paused tasks)."""
+    mine, workspace = budgets(rt, agent)
+    return json.dumps([mine.tokens, mine.cost_usd, workspace.tokens, workspace.cost_usd])
+
+
+def _delegate_calls(transcript: Sequence[StoredMessage]) -> list[tuple[ToolCall, dict[str, Any]]]:
+    out = []
+    for sm in transcript:
+        for call in sm.message.tool_calls or []:
+            if call.function.name == "delegate":
+                out.append((call, _args(call)))
+    return out
+
+
+def _args(call: ToolCall) -> dict[str, Any]:
+    try:
+        value = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def pending_calls(transcript: Sequence[StoredMessage]) -> list[ToolCall]:
+    """Tool calls of the last assistant message that have no tool result yet."""
+    last = next((sm for sm in reversed(transcript) if sm.message.role == "assistant"), None)
+    if last is None or not last.message.tool_calls:
+        return []
+    answered = {sm.message.tool_call_id for sm in transcript if sm.seq > last.seq}
+    return [c for c in last.message.tool_calls if c.id not in answered]
+
+
+class TaskRunner:
+    """Runs one claimed task until it finishes, waits, pauses or fails."""
+
+    def __init__(self, rt: Runtime, task: Task, worker_id: int) -> None:
+        self.rt = rt
+        self.task = task
+        self.worker_id = worker_id
+        self.log = log.bind(run_id=task.run_id, task_id=task.id, agent=task.agent)
+        self.transcript: list[StoredMessage] = []
+        self.n_children = 0  # sub-tasks created so far (the max_children limit)
+
+    @property
+    def agent(self) -> AgentSpec:
+        return self.rt.team[self.task.agent]
+
+    async def run(self) -> TaskStatus:
+        """Work the task; returns the status it was left in. Never raises for task failures."""
+        if self.task.agent not in self.rt.team:
+            return await self._fail(f"unknown agent {self.task.agent!r}", retry=False)
+        limit = self.agent.timeout_s or self.rt.settings.limits.task_timeout_s
+        try:
+            with anyio.fail_after(limit):
+                return await self._run()
+        except TimeoutError:
+            return await self._fail(
+                f"task exceeded its wall-clock limit of {limit:g}s", retry=False
+            )
+        except LeaseLost:
+            self.log.warning("task_lease_lost")
+            return TaskStatus.CANCELLED
+        except BudgetExceeded as exc:
+            return await self._pause(exc)
+        except RunFailed as exc:
+            return await self._fail(exc.reason, retry=False)
+        except ProviderError as exc:
+            return await self._fail(str(exc), retry=True)
+
+    async def _run(self) -> TaskStatus:
+        self.transcript = await self.rt.store.read(load_transcript, self.task.id)
+        self.n_children = len(await self.rt.store.read(queue.children, self.task.id))
+        if not self.transcript:
+            await self._append(self._opening())
+        while True:
+            pending = pending_calls(self.transcript)
+            if pending:
+                waiting = await self._act(pending)
+                if waiting:
+                    return TaskStatus.WAITING
+                continue
+            last = self.transcript[-1].message
+            if last.role == "assistant":
+                return await self._complete(last.content or "")
+            await self._step()
+
+    def _opening(self) -> list[ChatMessage]:
+        return [
+            ChatMessage(role="system", content=self.agent.prompt),
+            ChatMessage(role="user", content=self.task.input),
+        ]
+
+    # -- model steps -----------------------------------------------------------------------
+
+    def _steps_taken(self) -> int:
+        return sum(1 for sm in self.transcript if sm.message.role == "assistant")
+
+    def _request(self) -> ChatRequest:
+        agent, settings = self.agent, self.rt.settings
+        model = agent.model_name(settings)
+        steps = self._steps_taken()
+        max_steps = agent.max_steps or settings.limits.max_steps
+        if steps >= max_steps:
+            raise RunFailed(
+                f"agent {agent.name!r} reached max_steps={max_steps} without a final answer"
+            )
+        tools, choice, min_calls = self._tool_offer(last_step=steps == max_steps - 1)
+        return ChatRequest(
+            model=model,
+            messages=[sm.message for sm in self.transcript],
+            tools=tools or None,
+            tool_choice=choice if tools else None,
+            max_tokens=agent.max_tokens or settings.models[model].max_tokens,
+            temperature=agent.temperature,
+            min_tool_calls=min_calls,
+        )
+
+    def _delegable(self) -> list[str]:
+        """Agents this task may still delegate to (depth and children limits applied)."""
+        limits = self.rt.settings.limits
+        if not self.agent.delegates_to or self.task.depth >= limits.max_depth:
+            return []
+        if self.n_children >= limits.max_children:
+            return []
+        return list(self.agent.delegates_to)
+
+    def _tool_offer(
+        self, *, last_step: bool
+    ) -> tuple[list[ToolSpec], str | dict[str, Any] | None, int | None]:
+        """Tools for this step, stable order first (delegate, then by name), and tool_choice."""
+        agent = self.agent
+        targets = self._delegable()
+        done = {str(args.get("agent")) for _, args in _delegate_calls(self.transcript)}
+        missing = agent.min_delegations - len(done & set(agent.delegates_to))
+        descriptions = {
+            n: self.rt.team[n].description for n in agent.delegates_to if n in self.rt.team
+        }
+        if missing > 0 and targets and not last_step:
+            remaining = [t for t in targets if t not in done]
+            return [delegate_spec(remaining, descriptions)], "required", missing
+        specs = [delegate_spec(targets, descriptions)] if targets else []
+        specs += self.rt.tools.specs(sorted(agent.tools))
+        if not specs:
+            return [], None, None
+        return specs, ("none" if last_step else "auto"), None
+
+    async def _step(self) -> StepOutcome:
+        request = self._request()
+        agent = self.agent
+        settings = self.rt.settings
+        model = settings.models[request.model]
+        max_tokens = request.max_tokens or model.max_tokens
+        prompt_est = estimate_prompt_tokens(request)
+        budget, workspace_budget = budgets(self.rt, agent)
+        ctx = ledger.CallContext(agent.name, self.task.run_id, self.task.id, self.worker_id)
+        day = ledger.day_of(queue.now(), settings.tz)
+        reservation = await self.rt.store.write(
+            ledger.reserve,
+            ctx,
+            model=request.model,
+            provider=model.provider,
+            tokens=prompt_est + max_tokens,
+            cost=model.cost(prompt_est, 0, max_tokens),
+            budget=budget,
+            workspace_budget=workspace_budget,
+            day=day,
+        )
+        self.rt.emit("model_call", task_id=self.task.id, agent=agent.name)
+        try:
+            completion = await self.rt.provider.complete(request)
+        except ProviderError as exc:
+            await self.rt.store.write(
+                ledger.record, ctx, exc.records, settings, reservation_id=reservation
+            )
+            raise
+        except BaseException:
+            # cancelled or crashed mid-call: give the reservation back if we still can
+            with anyio.CancelScope(shield=True):
+                await self.rt.store.write(ledger.release, reservation)
+            raise
+        await self._persist_step(ctx, completion, reservation)
+        self.rt.emit("model_done", task_id=self.task.id, agent=agent.name, usage=completion.usage)
+        message = completion.message
+        if not message.tool_calls:
+            return StepOutcome.FINAL
+        names = {c.function.name for c in message.tool_calls}
+        return StepOutcome.DELEGATE if "delegate" in names else StepOutcome.TOOLS
+
+    async def _persist_step(
+        self, ctx: ledger.CallContext, completion: Completion, reservation: int
+    ) -> None:
+        message = ChatMessage(
+            role="assistant",
+            content=completion.message.content,
+            tool_calls=completion.message.tool_calls or None,
+        )
+        owned = await self.rt.store.write(
+            _persist_step_tx,
+            self.task,
+            self.worker_id,
+            ctx,
+            completion,
+            reservation,
+            self.rt.settings,
+            message,
+        )
+        if not owned:
+            raise LeaseLost(self.task.id)
+        self.transcript = await self.rt.store.read(load_transcript, self.task.id)
+        self.log.info(
+            "model_step",
+            model=completion.model,
+            prompt_tokens=completion.usage.prompt_tokens,
+            completion_tokens=completion.usage.completion_tokens,
+            tool_calls=len(message.tool_calls or []),
+        )
+
+    # -- acting on tool calls ----------------------------------------------------------------
+
+    def _check_loops(self) -> None:
+        counts = Counter(
+            (c.function.name, _canonical(c.function.arguments))
+            for sm in self.transcript
+            for c in sm.message.tool_calls or []
+        )
+        repeats = self.rt.settings.limits.loop_repeats
+        for (name, args), n in counts.items():
+            if n >= repeats:
+                raise RunFailed(
+                    f"loop detected: tool {name!r} was called {n} times "
+                    f"with the same arguments {args[:200]}"
+                )
+
+    async def _act(self, pending: list[ToolCall]) -> bool:
+        """Execute pending tool calls; returns True when the task now waits for children."""
+        self._check_loops()
+        delegations = [c for c in pending if c.function.name == "delegate"]
+        results: list[ChatMessage] = []
+        ctx = ToolContext(
+            run_id=self.task.run_id,
+            task_id=self.task.id,
+            agent=self.task.agent,
+            workdir=self.rt.workspace.var_dir / "runs" / str(self.task.run_id),
+            settings=self.rt.settings,
+            notes=self.rt.store,
+        )
+        allowed = set(self.agent.tools)
+        cap = self.rt.settings.limits.tool_output_chars
+        for call in pending:
+            if call.function.name == "delegate":
+                continue
+            res = await self.rt.tools.call(
+                call.function.name, call.function.arguments, ctx, allowed=allowed, max_chars=cap
+            )
+            self.log.info("tool_called", tool=call.function.name, ok=res.ok)
+            results.append(_tool_message(call, res.content))
+        if results:
+            await self._append(results)
+        if delegations:
+            return await self._delegate(delegations)
+        return False
+
+    async def _delegate(self, calls: list[ToolCall]) -> bool:
+        kids = {c.parent_call_id: c for c in await self.rt.store.read(queue.children, self.task.id)}
+        targets = set(self._delegable())
+        room = self.rt.settings.limits.max_children - len(kids)
+        results: list[ChatMessage] = []
+        spawn: list[NewTask] = []
+        for call in calls:
+            child = kids.get(call.id)
+            if child is not None and child.status in TERMINAL:
+                results.append(_tool_message(call, _child_result(child)))
+            elif child is not None:  # created before a crash, still running: wait for it
+                spawn.append(NewTask(child.agent, child.input, call.id))
+            else:
+                problem = _delegation_problem(_args(call), targets, room)
+                if problem:
+                    results.append(_tool_message(call, problem))
+                    continue
+                args = _args(call)
+                spawn.append(NewTask(str(args["agent"]), str(args["task"]), call.id))
+                room -= 1
+        if results:
+            await self._append(results)
+        if not spawn:
+            return False
+        ids = await self.rt.store.write(queue.spawn_children, self.task, self.worker_id, spawn)
+        self.log.info("task_delegated", children=ids)
+        self.rt.emit("delegated", task_id=self.task.id, children=ids)
+        return True
+
+    # -- persistence helpers -------------------------------------------------------------------
+
+    async def _append(self, msgs: list[ChatMessage]) -> None:
+        owned = await self.rt.store.write(_append_tx, self.task.id, self.worker_id, msgs)
+        if not owned:
+            raise LeaseLost(self.task.id)
+        self.transcript = await self.rt.store.read(load_transcript, self.task.id)
+
+    async def _complete(self, answer: str) -> TaskStatus:
+        await self.rt.store.write(queue.complete, self.task.id, self.worker_id, answer)
+        self.log.info("task_done", chars=len(answer))
+        return TaskStatus.DONE
+
+    async def _fail(self, reason: str, *, retry: bool) -> TaskStatus:
+        backoff = self.rt.settings.worker.retry_backoff_s * (2 ** max(self.task.attempts - 1, 0))
+        try:
+            status = await self.rt.store.write(
+                queue.fail, self.task, self.worker_id, reason, retry=retry, backoff_s=backoff
+            )
+        except LeaseLost:
+            return TaskStatus.CANCELLED
+        self.log.warning("task_failed", reason=reason, retry=status == TaskStatus.QUEUED)
+        return status
+
+    async def _pause(self, exc: BudgetExceeded) -> TaskStatus:
+        until = ledger.next_day_start(queue.now(), self.rt.settings.tz)
+        try:
+            key = budget_key(self.rt, self.agent)
+            await self.rt.store.write(
+                queue.pause, self.task.id, self.worker_id, str(exc), until, key
+            )
+        except LeaseLost:
+            return TaskStatus.CANCELLED
+        self.log.warning("task_paused", reason=str(exc))
+        return TaskStatus.PAUSED
+
+
+def _delegation_problem(args: dict[str, Any], targets: set[str], room: int) -> str | None:
+    """Why a delegate call cannot be carried out (a message for the model), or None."""
+    target, text = args.get("agent"), args.get("task")
+    choices = ", ".join(sorted(targets)) or "nobody"
+    if target not in targets:
+        return f"error: cannot delegate to {target!r}; you may delegate to: {choices}"
+    if not isinstance(text, str) or not text.strip():
+        return "error: 'task' must be a non-empty string describing the work"
+    if room <= 0:
+        return "error: this task has reached its limit of sub-tasks (limits.max_children)"
+    return None
+
+
+def _canonical(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments or "{}"), sort_keys=True)
+    except ValueError:
+        return arguments
+
+
+def _tool_message(call: ToolCall, content: str) -> ChatMessage:
+    return ChatMessage(role="tool", tool_call_id=call.id, name=call.function.name, content=content)
+
+
+def _child_result(child: Task) -> str:
+    if child.status == TaskStatus.DONE:
+        return child.result or ""
+    why = child.error or child.status_reason or "no reason given"
+    return f"error: sub-task {child.id} ({child.agent}) {child.status}: {why}"
+
+
+def _append_tx(conn: Any, task_id: int, worker_id: int, msgs: list[ChatMessage]) -> bool:
+    if not queue.touch(conn, task_id, worker_id):
+        return False
+    append_messages(conn, task_id, msgs)
+    return True
+
+
+def _persist_step_tx(
+    conn: Any,
+    task: Task,
+    worker_id: int,
+    ctx: ledger.CallContext,
+    completion: Completion,
+    reservation: int,
+    settings: Settings,
+    message: ChatMessage,
+) -> bool:
+    """Ledger rows always (the call was paid for); the transcript only while we own the task."""
+    ids = ledger.record(conn, ctx, completion.records, settings, reservation_id=reservation)
+    if not queue.touch(conn, task.id, worker_id, steps_delta=1):
+        return False
+    append_messages(conn, task.id, [message], call_id=ids[-1] if ids else None)
+    return True

@@ -1,0 +1,447 @@
+"""Queue transitions on the task store. Each takes an open write transaction (``Connection``).
+
+Every status change is one guarded UPDATE whose row count is checked (invariant 4): a task is
+moved only from the states it may leave, and a running task only by the worker that leases it.
+Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and a guarded ``UPDATE ... RETURNING`` inside
+a ``BEGIN IMMEDIATE`` transaction on SQLite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    RowMapping,
+    and_,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+
+from .db import is_postgres
+from .errors import LeaseLost
+from .schema import TERMINAL, TaskStatus, runs, tasks
+
+ACTIVE = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING, TaskStatus.PAUSED)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A snapshot of one task row."""
+
+    id: int
+    run_id: int
+    parent_id: int | None
+    parent_call_id: str | None
+    agent: str
+    input: str
+    status: TaskStatus
+    depth: int
+    attempts: int
+    max_attempts: int
+    steps: int
+    priority: int
+    status_reason: str | None = None
+    result: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Task:
+        return cls(
+            id=row["id"],
+            run_id=row["run_id"],
+            parent_id=row["parent_id"],
+            parent_call_id=row["parent_call_id"],
+            agent=row["agent"],
+            input=row["input"],
+            status=TaskStatus(row["status"]),
+            depth=row["depth"],
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+            steps=row["steps"],
+            priority=row["priority"],
+            status_reason=row["status_reason"],
+            result=row["result"],
+            error=row["error"],
+        )
+
+
+@dataclass(frozen=True)
+class NewTask:
+    agent: str
+    input: str
+    parent_call_id: str | None = None
+    priority: int = 0
+
+
+def now() -> float:
+    return time.time()
+
+
+def create_run(
+    conn: Connection,
+    goal: str,
+    agent: str,
+    *,
+    max_attempts: int,
+    schedule: str | None = None,
+    priority: int = 0,
+) -> tuple[int, int]:
+    """Insert a run and its root task (queued). Returns ``(run_id, task_id)``."""
+    t = now()
+    run_id = conn.execute(
+        insert(runs).values(goal=goal, agent=agent, schedule=schedule, created_at=t)
+    ).inserted_primary_key[0]  # type: ignore[index]
+    task_id = conn.execute(
+        insert(tasks).values(
+            run_id=run_id,
+            agent=agent,
+            input=goal,
+            status=TaskStatus.QUEUED,
+            priority=priority,
+            max_attempts=max_attempts,
+            created_at=t,
+            updated_at=t,
+        )
+    ).inserted_primary_key[0]  # type: ignore[index]
+    conn.execute(update(runs).where(runs.c.id == run_id).values(root_task_id=task_id))
+    return int(run_id), int(task_id)
+
+
+def claim(
+    conn: Connection, worker_id: int, lease_s: float, limit: int = 1, *, run_id: int | None = None
+) -> list[Task]:
+    """Lease up to ``limit`` runnable queued tasks to ``worker_id`` (highest priority first),
+    optionally only tasks of one run."""
+    t = now()
+    runnable = and_(tasks.c.status == TaskStatus.QUEUED, tasks.c.not_before <= t)
+    if run_id is not None:
+        runnable = and_(runnable, tasks.c.run_id == run_id)
+    pick = (
+        select(tasks.c.id)
+        .where(runnable)
+        .order_by(tasks.c.priority.desc(), tasks.c.id)
+        .limit(limit)
+    )
+    if is_postgres(conn):
+        ids = [r[0] for r in conn.execute(pick.with_for_update(skip_locked=True))]
+        if not ids:
+            return []
+        where = and_(tasks.c.id.in_(ids), runnable)
+    else:
+        where = and_(tasks.c.id.in_(pick.scalar_subquery()), runnable)
+    stmt = (
+        update(tasks)
+        .where(where)
+        .values(
+            status=TaskStatus.RUNNING,
+            lease_owner=worker_id,
+            lease_expires_at=t + lease_s,
+            attempts=tasks.c.attempts + 1,
+            started_at=func.coalesce(tasks.c.started_at, t),
+            updated_at=t,
+            status_reason=None,
+        )
+        .returning(*tasks.c)
+    )
+    claimed = [Task.from_row(r) for r in conn.execute(stmt).mappings()]
+    return sorted(claimed, key=lambda task: (-task.priority, task.id))
+
+
+def heartbeat(
+    conn: Connection, worker_id: int, task_ids: Sequence[int], lease_s: float
+) -> set[int]:
+    """Extend the leases this worker still holds. Returns the ids it still owns."""
+    if not task_ids:
+        return set()
+    stmt = (
+        update(tasks)
+        .where(
+            tasks.c.id.in_(list(task_ids)),
+            tasks.c.lease_owner == worker_id,
+            tasks.c.status == TaskStatus.RUNNING,
+        )
+        .values(lease_expires_at=now() + lease_s)
+        .returning(tasks.c.id)
+    )
+    return {r[0] for r in conn.execute(stmt)}
+
+
+def _owned(task_id: int, worker_id: int) -> Any:
+    return and_(
+        tasks.c.id == task_id,
+        tasks.c.status == TaskStatus.RUNNING,
+        tasks.c.lease_owner == worker_id,
+    )
+
+
+def _move(conn: Connection, task_id: int, worker_id: int, **values: Any) -> None:
+    """Guarded transition out of ``running`` by the lease owner; LeaseLost when not owned."""
+    t = now()
+    values.setdefault("updated_at", t)
+    if values.get("status") in TERMINAL:
+        values.setdefault("finished_at", t)
+    if values.get("status") != TaskStatus.RUNNING:
+        values.update(lease_owner=None, lease_expires_at=None)
+    result = conn.execute(update(tasks).where(_owned(task_id, worker_id)).values(**values))
+    if result.rowcount != 1:
+        raise LeaseLost(task_id)
+
+
+def touch(conn: Connection, task_id: int, worker_id: int, steps_delta: int = 0) -> bool:
+    """Check (and record) that this worker still owns the running task. True when owned."""
+    result = conn.execute(
+        update(tasks)
+        .where(_owned(task_id, worker_id))
+        .values(updated_at=now(), steps=tasks.c.steps + steps_delta)
+    )
+    return result.rowcount == 1
+
+
+def complete(conn: Connection, task_id: int, worker_id: int, result: str) -> None:
+    _move(conn, task_id, worker_id, status=TaskStatus.DONE, result=result, error=None)
+    wake_parent_of(conn, task_id)
+
+
+def fail(
+    conn: Connection,
+    task: Task,
+    worker_id: int,
+    error: str,
+    *,
+    retry: bool = False,
+    backoff_s: float = 0.0,
+) -> TaskStatus:
+    """Fail a task. With ``retry`` and attempts left it is queued again after ``backoff_s``;
+    otherwise it is dead-lettered as ``failed`` with the error and attempt count kept."""
+    if retry and task.attempts < task.max_attempts:
+        _move(
+            conn,
+            task.id,
+            worker_id,
+            status=TaskStatus.QUEUED,
+            not_before=now() + backoff_s,
+            error=error,
+            status_reason=f"retrying after attempt {task.attempts}: {error}",
+        )
+        return TaskStatus.QUEUED
+    _move(conn, task.id, worker_id, status=TaskStatus.FAILED, error=error)
+    wake_parent_of(conn, task.id)
+    return TaskStatus.FAILED
+
+
+def release(conn: Connection, task_id: int, worker_id: int, reason: str) -> None:
+    """Give a running task back to the queue at once, without charging an attempt."""
+    _move(
+        conn,
+        task_id,
+        worker_id,
+        status=TaskStatus.QUEUED,
+        attempts=tasks.c.attempts - 1,
+        status_reason=reason,
+    )
+
+
+def pause(
+    conn: Connection, task_id: int, worker_id: int, reason: str, until: float, budget_key: str
+) -> None:
+    """Park a task that is out of budget until ``until`` (the next day) or until its agent's
+    budget differs from ``budget_key`` (see ``requeue_paused``)."""
+    _move(
+        conn,
+        task_id,
+        worker_id,
+        status=TaskStatus.PAUSED,
+        status_reason=reason,
+        not_before=until,
+        pause_budget=budget_key,
+        attempts=tasks.c.attempts - 1,
+    )
+
+
+def spawn_children(
+    conn: Connection, parent: Task, worker_id: int, children: Iterable[NewTask]
+) -> list[int]:
+    """Create child tasks (idempotent per parent tool call) and make the parent wait.
+
+    Children and the parent's move to ``waiting`` commit together, so a crash leaves either
+    both or neither. Returns the ids of all children of the given calls.
+    """
+    t = now()
+    ids: list[int] = []
+    for child in children:
+        existing = conn.execute(
+            select(tasks.c.id).where(
+                tasks.c.parent_id == parent.id, tasks.c.parent_call_id == child.parent_call_id
+            )
+        ).scalar()
+        if existing is None:
+            existing = conn.execute(
+                insert(tasks).values(
+                    run_id=parent.run_id,
+                    parent_id=parent.id,
+                    parent_call_id=child.parent_call_id,
+                    agent=child.agent,
+                    input=child.input,
+                    status=TaskStatus.QUEUED,
+                    priority=parent.priority + child.priority,
+                    depth=parent.depth + 1,
+                    max_attempts=parent.max_attempts,
+                    created_at=t,
+                    updated_at=t,
+                )
+            ).inserted_primary_key[0]  # type: ignore[index]
+        ids.append(int(existing))
+    _move(
+        conn,
+        parent.id,
+        worker_id,
+        status=TaskStatus.WAITING,
+        status_reason=f"waiting for {len(ids)} sub-task(s)",
+        attempts=tasks.c.attempts - 1,
+    )
+    wake_parent(conn, parent.id)
+    return ids
+
+
+def wake_parent_of(conn: Connection, task_id: int) -> None:
+    parent_id = conn.execute(select(tasks.c.parent_id).where(tasks.c.id == task_id)).scalar()
+    if parent_id is not None:
+        wake_parent(conn, parent_id)
+
+
+def wake_parent(conn: Connection, parent_id: int) -> bool:
+    """Queue a waiting parent once all its children are settled. True when it was woken.
+
+    On PostgreSQL the parent row is locked first, so two children finishing at the same time
+    cannot both miss the wake-up (each would otherwise not see the other's commit).
+    """
+    if is_postgres(conn):
+        conn.execute(select(tasks.c.id).where(tasks.c.id == parent_id).with_for_update())
+    child = tasks.alias("child")
+    unsettled = exists().where(
+        child.c.parent_id == parent_id, child.c.status.not_in([s.value for s in TERMINAL])
+    )
+    result = conn.execute(
+        update(tasks)
+        .where(tasks.c.id == parent_id, tasks.c.status == TaskStatus.WAITING, ~unsettled)
+        .values(status=TaskStatus.QUEUED, status_reason="sub-tasks settled", updated_at=now())
+    )
+    return result.rowcount == 1
+
+
+def reap_expired(conn: Connection, dead_workers: Sequence[int] = ()) -> int:
+    """Return tasks with an expired lease (or held by a known-dead worker) to the queue;
+    tasks out of attempts are failed. Returns how many tasks were touched."""
+    t = now()
+    orphan = or_(tasks.c.lease_expires_at < t, tasks.c.lease_owner.in_(list(dead_workers)))
+    base = and_(tasks.c.status == TaskStatus.RUNNING, orphan)
+    failed = conn.execute(
+        update(tasks)
+        .where(base, tasks.c.attempts >= tasks.c.max_attempts)
+        .values(
+            status=TaskStatus.FAILED,
+            error=func.coalesce(tasks.c.error, "worker lost while running the last attempt"),
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=t,
+            updated_at=t,
+        )
+        .returning(tasks.c.id)
+    ).all()
+    for (task_id,) in failed:
+        wake_parent_of(conn, task_id)
+    requeued = conn.execute(
+        update(tasks)
+        .where(base)
+        .values(
+            status=TaskStatus.QUEUED,
+            status_reason="lease expired: worker lost",
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=t,
+        )
+    ).rowcount
+    return len(failed) + requeued
+
+
+def wake_waiting(conn: Connection) -> int:
+    """Queue every waiting task whose children are all settled (a sweep; normally a child's
+    own transition wakes its parent)."""
+    child = tasks.alias("child")
+    unsettled = exists().where(
+        child.c.parent_id == tasks.c.id, child.c.status.not_in([s.value for s in TERMINAL])
+    )
+    return conn.execute(
+        update(tasks)
+        .where(tasks.c.status == TaskStatus.WAITING, ~unsettled)
+        .values(status=TaskStatus.QUEUED, status_reason="sub-tasks settled", updated_at=now())
+    ).rowcount
+
+
+def paused_agents(conn: Connection) -> list[str]:
+    stmt = select(tasks.c.agent).where(tasks.c.status == TaskStatus.PAUSED).distinct()
+    return list(conn.execute(stmt).scalars())
+
+
+def requeue_paused(conn: Connection, budget_keys: Mapping[str, str] | None = None) -> int:
+    """Queue paused tasks whose pause is over (the next day has started), or whose agent's
+    budget (``budget_keys``: agent -> current budget key) changed since they were paused."""
+    cond = tasks.c.not_before <= now()
+    for agent, key in (budget_keys or {}).items():
+        cond = or_(cond, and_(tasks.c.agent == agent, tasks.c.pause_budget != key))
+    return conn.execute(
+        update(tasks)
+        .where(tasks.c.status == TaskStatus.PAUSED, cond)
+        .values(status=TaskStatus.QUEUED, not_before=0.0, pause_budget=None, updated_at=now())
+    ).rowcount
+
+
+def cancel_run(conn: Connection, run_id: int, reason: str = "cancelled by user") -> int:
+    """Cancel every unfinished task of a run (the whole tree). Returns how many."""
+    t = now()
+    return conn.execute(
+        update(tasks)
+        .where(tasks.c.run_id == run_id, tasks.c.status.in_([s.value for s in ACTIVE]))
+        .values(
+            status=TaskStatus.CANCELLED,
+            status_reason=reason,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=t,
+            updated_at=t,
+        )
+    ).rowcount
+
+
+def get_task(conn: Connection, task_id: int) -> Task | None:
+    row = conn.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+    return Task.from_row(row) if row else None
+
+
+def children(conn: Connection, parent_id: int) -> list[Task]:
+    rows = conn.execute(select(tasks).where(tasks.c.parent_id == parent_id).order_by(tasks.c.id))
+    return [Task.from_row(r) for r in rows.mappings()]
+
+
+def has_runnable(conn: Connection, run_id: int | None = None) -> bool:
+    """Whether any task (of ``run_id``, if given) is queued or running, whatever its not_before."""
+    cond: ColumnElement[bool] = tasks.c.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING])
+    if run_id is not None:
+        cond = and_(cond, tasks.c.run_id == run_id)
+    return conn.execute(select(tasks.c.id).where(cond).limit(1)).first() is not None
+
+
+def next_wakeup(conn: Connection) -> float | None:
+    """The earliest ``not_before`` among queued tasks, or None when none are queued."""
+    return conn.execute(
+        select(func.min(tasks.c.not_before)).where(tasks.c.status == TaskStatus.QUEUED)
+    ).scalar()

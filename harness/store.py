@@ -1,0 +1,232 @@
+"""The durable store: an engine, the schema kept current, and async access off the event loop.
+
+``Store.write(fn, *args)`` runs ``fn(conn, *args)`` in one write transaction in a worker thread;
+``Store.read`` does the same in a read-only transaction. Queue transitions (``harness.queue``)
+and ledger writes (``harness.ledger``) are plain functions of a connection, so several of them
+compose into one transaction (a model step's message, its ledger rows and its roll-ups).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+
+from . import db
+from .messages import ChatMessage, ToolCall
+from .schema import messages, notes, workers
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Store:
+    """Async facade over a SQLAlchemy engine (SQLite file or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._limiter = anyio.CapacityLimiter(32)
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect to ``url`` and (by default) apply pending migrations."""
+        engine = db.make_engine(url)
+        if migrate:
+            db.upgrade(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- running work off the event loop --------------------------------------------------
+
+    def write_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self.engine.begin() as conn:
+            return fn(conn, *args, **kwargs)
+
+    def read_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with db.read(self.engine) as conn:
+            return fn(conn, *args, **kwargs)
+
+    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, *args)`` in one write transaction, in a worker thread."""
+        call = partial(self.write_sync, fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = partial(self.read_sync, fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    # -- notes (the NotesStore protocol used by the notes tools) ---------------------------
+
+    async def append_note(self, agent: str, text: str) -> int:
+        return await self.write(add_note, agent, text)
+
+    async def search_notes(
+        self, agent: str, query: str, limit: int = 10
+    ) -> list[tuple[int, str, datetime]]:
+        return await self.read(find_notes, agent, query, limit)
+
+    async def read_notes(self, agent: str, limit: int = 20) -> list[tuple[int, str, datetime]]:
+        return await self.read(find_notes, agent, None, limit)
+
+
+# -- notes ---------------------------------------------------------------------------------
+
+
+def add_note(conn: Connection, agent: str, text: str) -> int:
+    row = conn.execute(insert(notes).values(agent=agent, text=text, created_at=time.time()))
+    return int(row.inserted_primary_key[0])  # type: ignore[index]
+
+
+def find_notes(
+    conn: Connection, agent: str, query: str | None, limit: int
+) -> list[tuple[int, str, datetime]]:
+    stmt = select(notes.c.id, notes.c.text, notes.c.created_at).where(notes.c.agent == agent)
+    if query:
+        words = [w for w in query.lower().split() if w]
+        stmt = stmt.where(
+            or_(*[func.lower(notes.c.text).contains(w, autoescape=True) for w in words])
+        )
+    rows = conn.execute(stmt.order_by(notes.c.id.desc()).limit(limit)).all()
+    return [(r.id, r.text, datetime.fromtimestamp(r.created_at, UTC)) for r in rows]
+
+
+# -- transcripts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    seq: int
+    message: ChatMessage
+    call_id: int | None
+    created_at: float
+
+
+def load_transcript(conn: Connection, task_id: int) -> list[StoredMessage]:
+    rows = conn.execute(
+        select(messages).where(messages.c.task_id == task_id).order_by(messages.c.seq)
+    ).mappings()
+    out = []
+    for r in rows:
+        calls = (
+            [ToolCall.model_validate(c) for c in json.loads(r["tool_calls"])]
+            if r["tool_calls"]
+            else None
+        )
+        msg = ChatMessage(
+            role=r["role"],
+            content=r["content"],
+            tool_calls=calls,
+            tool_call_id=r["tool_call_id"],
+            name=r["name"],
+        )
+        out.append(StoredMessage(r["seq"], msg, r["call_id"], r["created_at"]))
+    return out
+
+
+def append_messages(
+    conn: Connection, task_id: int, msgs: Sequence[ChatMessage], *, call_id: int | None = None
+) -> None:
+    """Append messages to a task's transcript (sequence numbers continue from the last)."""
+    last = conn.execute(
+        select(func.max(messages.c.seq)).where(messages.c.task_id == task_id)
+    ).scalar()
+    seq = -1 if last is None else int(last)
+    t = time.time()
+    rows = []
+    for msg in msgs:
+        seq += 1
+        calls = json.dumps([c.model_dump() for c in msg.tool_calls]) if msg.tool_calls else None
+        rows.append(
+            {
+                "task_id": task_id,
+                "seq": seq,
+                "role": msg.role,
+                "content": msg.content,
+                "tool_calls": calls,
+                "tool_call_id": msg.tool_call_id,
+                "name": msg.name,
+                "call_id": call_id,
+                "created_at": t,
+            }
+        )
+    if rows:
+        conn.execute(insert(messages), rows)
+
+
+# -- workers -------------------------------------------------------------------------------
+
+
+def register_worker(conn: Connection, concurrency: int) -> int:
+    """A fresh worker epoch (row). Its id owns leases."""
+    t = time.time()
+    row = conn.execute(
+        insert(workers).values(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=t,
+            heartbeat_at=t,
+            concurrency=concurrency,
+        )
+    )
+    return int(row.inserted_primary_key[0])  # type: ignore[index]
+
+
+def beat_worker(conn: Connection, worker_id: int) -> None:
+    conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=time.time()))
+
+
+def stop_worker(conn: Connection, worker_id: int) -> None:
+    conn.execute(update(workers).where(workers.c.id == worker_id).values(stopped_at=time.time()))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dead_workers(conn: Connection, stale_after_s: float) -> list[int]:
+    """Workers known to be gone: stopped, silent past ``stale_after_s``, or (on this host)
+    whose process no longer exists. Their leases can be taken back at once."""
+    rows = conn.execute(
+        select(
+            workers.c.id,
+            workers.c.host,
+            workers.c.pid,
+            workers.c.heartbeat_at,
+            workers.c.stopped_at,
+        ).where(workers.c.stopped_at.is_(None) | (workers.c.stopped_at > time.time() - 86400))
+    ).all()
+    host = socket.gethostname()
+    cutoff = time.time() - stale_after_s
+    dead = []
+    for r in rows:
+        gone = r.host == host and r.pid != os.getpid() and not _pid_alive(r.pid)
+        if r.stopped_at is not None or r.heartbeat_at < cutoff or gone:
+            dead.append(r.id)
+    return dead
+
+
+def mark_stopped(conn: Connection, worker_ids: Sequence[int]) -> None:
+    if worker_ids:
+        conn.execute(
+            update(workers)
+            .where(and_(workers.c.id.in_(list(worker_ids)), workers.c.stopped_at.is_(None)))
+            .values(stopped_at=time.time())
+        )

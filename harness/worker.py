@@ -1,0 +1,200 @@
+"""The worker: claims tasks, runs them in N slots, heartbeats leases, drains on SIGTERM.
+
+Start-up takes a fresh epoch (a ``workers`` row). Tasks leased by workers known to be dead
+(stopped, silent for two lease periods, or a vanished process on this host) are taken back at
+once, and their in-flight calls are recorded in the ledger as *unsettled*.
+
+Shutdown: the first SIGTERM/SIGINT stops claiming and lets running tasks finish for up to
+``worker.grace_s``; what is left is cancelled and its leases released, so another worker
+takes it at once. A second signal exits immediately.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from sqlalchemy import Connection
+
+from . import ledger, queue, store
+from .errors import LeaseLost
+from .loop import Runtime, TaskRunner, budget_key
+from .queue import Task
+
+log = structlog.get_logger("harness.worker")
+
+MAINTENANCE_EVERY_S = 5.0
+
+
+@dataclass
+class Worker:
+    rt: Runtime
+    concurrency: int = 4
+    until_idle: bool = False
+    run_id: int | None = None  # only work on this run's tasks (``harness run``)
+    stop_when: Callable[[], Awaitable[bool]] | None = None
+    handle_signals: bool = True
+    id: int = 0
+    _running: dict[int, anyio.CancelScope] = field(default_factory=dict)
+    _stopping: anyio.Event = field(default_factory=anyio.Event)
+    _wake: anyio.Event = field(default_factory=anyio.Event)
+    _last_maintenance: float = 0.0
+
+    async def run(self) -> None:
+        """Work until stopped (signal, ``stop_when`` or, with ``until_idle``, no work left)."""
+        st = self.rt.store
+        self.id = await st.write(store.register_worker, self.concurrency)
+        log.info("worker_started", worker_id=self.id, concurrency=self.concurrency, pid=os.getpid())
+        await self.maintain(force=True)
+        try:
+            async with anyio.create_task_group() as tg:
+                if self.handle_signals:
+                    tg.start_soon(self._watch_signals, tg.cancel_scope)
+                tg.start_soon(self._heartbeat)
+                await self._dispatch(tg)
+                await self._drain()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await st.write(store.stop_worker, self.id)
+            log.info("worker_stopped", worker_id=self.id)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    async def _dispatch(self, tg: TaskGroup) -> None:
+        lease_s = self.rt.settings.worker.lease_s
+        idle_max = self.rt.settings.worker.idle_poll_max_s
+        delay = 0.01
+        while not self._stopping.is_set():
+            await self.maintain()
+            if self.stop_when is not None and await self.stop_when():
+                break
+            free = self.concurrency - len(self._running)
+            claimed: list[Task] = []
+            if free > 0:
+                claimed = await self.rt.store.write(
+                    queue.claim, self.id, lease_s, free, run_id=self.run_id
+                )
+            for task in claimed:
+                scope = anyio.CancelScope()
+                self._running[task.id] = scope
+                tg.start_soon(self._work, task, scope)
+            if claimed:
+                delay = 0.01
+                continue
+            if self.until_idle and not self._running and not await self._has_work():
+                break
+            self._wake = anyio.Event()
+            with anyio.move_on_after(delay):
+                await self._wake.wait()
+            delay = min(delay * 2, idle_max)
+
+    async def _has_work(self) -> bool:
+        return await self.rt.store.read(queue.has_runnable, self.run_id)
+
+    async def _work(self, task: Task, scope: anyio.CancelScope) -> None:
+        bound = log.bind(run_id=task.run_id, task_id=task.id, agent=task.agent, worker_id=self.id)
+        bound.info("task_claimed", attempt=task.attempts)
+        status = None
+        try:
+            with scope:
+                status = await TaskRunner(self.rt, task, self.id).run()
+        except Exception:  # the loop never dies on a task's exception
+            bound.exception("task_crashed")
+            with anyio.CancelScope(shield=True), suppress(LeaseLost):
+                await self.rt.store.write(
+                    queue.fail,
+                    task,
+                    self.id,
+                    "internal error (see worker log)",
+                    retry=True,
+                    backoff_s=self.rt.settings.worker.retry_backoff_s,
+                )
+        finally:
+            self._running.pop(task.id, None)
+            if status is None and scope.cancelled_caught:
+                with anyio.CancelScope(shield=True):
+                    await self._release(task, "worker shutting down")
+            self._wake.set()
+
+    async def _release(self, task: Task, reason: str) -> None:
+        try:
+            await self.rt.store.write(queue.release, task.id, self.id, reason)
+            log.info("task_released", task_id=task.id, reason=reason)
+        except LeaseLost:
+            pass
+
+    # -- leases, maintenance, shutdown -------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        lease_s = self.rt.settings.worker.lease_s
+        while True:
+            await anyio.sleep(lease_s / 3)
+            ids = list(self._running)
+            owned = await self.rt.store.write(_beat, self.id, ids, lease_s)
+            for task_id in set(ids) - owned:
+                scope = self._running.get(task_id)
+                if scope is not None:  # cancelled run, or lease taken over
+                    log.warning("task_lease_lost", task_id=task_id)
+                    scope.cancel()
+
+    async def maintain(self, *, force: bool = False) -> None:
+        """Take back orphaned work, wake parents and paused tasks. Cheap, indexed queries."""
+        t = time.monotonic()
+        if not force and t - self._last_maintenance < MAINTENANCE_EVERY_S:
+            return
+        self._last_maintenance = t
+        self.rt.reload_team()
+        n = await self.rt.store.write(_maintain, self.rt, self.rt.settings.worker.lease_s * 2)
+        if n:
+            log.info("worker_maintenance", touched=n)
+
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        grace = self.rt.settings.worker.grace_s
+        log.info("worker_draining", running=len(self._running), grace_s=grace)
+        with anyio.move_on_after(grace):
+            while self._running:
+                await anyio.sleep(0.05)
+        for scope in list(self._running.values()):
+            scope.cancel()
+        with anyio.move_on_after(10):
+            while self._running:
+                await anyio.sleep(0.02)
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if self._stopping.is_set():
+                    log.warning("worker_killed", signal=signum)
+                    os._exit(130)
+                log.info("worker_stopping", signal=signum)
+                self.stop()
+
+
+def _beat(conn: Connection, worker_id: int, ids: list[int], lease_s: float) -> set[int]:
+    store.beat_worker(conn, worker_id)
+    return queue.heartbeat(conn, worker_id, ids, lease_s)
+
+
+def _maintain(conn: Connection, rt: Runtime, stale_after_s: float) -> int:
+    dead = store.dead_workers(conn, stale_after_s)
+    n = ledger.settle_orphans(conn, rt.settings, dead)
+    n += queue.reap_expired(conn, dead)
+    store.mark_stopped(conn, dead)
+    n += queue.wake_waiting(conn)
+    keys = {a: budget_key(rt, rt.team[a]) for a in queue.paused_agents(conn) if a in rt.team}
+    n += queue.requeue_paused(conn, keys)
+    return n

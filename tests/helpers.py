@@ -1,0 +1,60 @@
+"""Helpers for tests that run agents: a runtime on a temp workspace with a scripted provider."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness import queue
+from harness.messages import ChatRequest
+from harness.runtime import Runtime, build_runtime
+from harness.settings import load_workspace
+from harness.store import Store
+from harness.testing import ScriptedProvider, StepLike
+from harness.worker import Worker
+
+
+def agent_of(request: ChatRequest) -> str:
+    """Which default-team agent a request is for (from its system prompt)."""
+    system = request.messages[0].content or ""
+    m = re.search(r"You are R\. (?:Mini )?(\w+)", system)
+    return m.group(1).lower() if m else "?"
+
+
+def by_agent(
+    answers: dict[str, Callable[[ChatRequest], StepLike]],
+) -> Callable[[ChatRequest], StepLike]:
+    """A dynamic script choosing the answer by the requesting agent."""
+    return lambda request: answers[agent_of(request)](request)
+
+
+def runtime(
+    ws_dir: Path, script: Any, db_url: str | None = None
+) -> tuple[Runtime, ScriptedProvider]:
+    ws = load_workspace(ws_dir)
+    provider = script if isinstance(script, ScriptedProvider) else ScriptedProvider(script)
+    store = Store.open(db_url or ws.database_url())
+    return build_runtime(ws, provider=provider, store=store), provider
+
+
+async def work(rt: Runtime, concurrency: int = 4, **kw: Any) -> Worker:
+    w = Worker(rt, concurrency, until_idle=True, handle_signals=False, **kw)
+    await w.run()
+    return w
+
+
+async def submit(rt: Runtime, goal: str, agent: str = "arnold") -> tuple[int, int]:
+    return await rt.store.write(
+        queue.create_run, goal, agent, max_attempts=rt.settings.worker.max_attempts
+    )
+
+
+def set_front_matter(path: Path, key: str, value: str) -> None:
+    """Replace (or add) one front matter field of an agent file."""
+    text = path.read_text()
+    head, body = text.split("\n---\n", 1)
+    lines = [ln for ln in head.splitlines() if not ln.startswith(f"{key}:")]
+    lines.append(f"{key}: {value}")
+    path.write_text("\n".join(lines) + "\n---\n" + body)

@@ -1,0 +1,241 @@
+"""The task store's contract, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from sqlalchemy import select, update
+
+from harness import queue
+from harness import store as st
+from harness.errors import LeaseLost
+from harness.queue import NewTask
+from harness.schema import TaskStatus, tasks
+from harness.store import Store
+
+
+def _run(store: Store, goal: str = "g", agent: str = "arnold", **kw: int) -> int:
+    return store.write_sync(
+        queue.create_run, goal, agent, max_attempts=kw.pop("max_attempts", 3), **kw
+    )[1]
+
+
+def _status(store: Store, task_id: int) -> TaskStatus:
+    task = store.read_sync(queue.get_task, task_id)
+    assert task is not None
+    return task.status
+
+
+def test_claim_leases_a_task_once(store: Store) -> None:
+    tid = _run(store)
+    [task] = store.write_sync(queue.claim, 1, 60)
+    assert task.id == tid and task.status == TaskStatus.RUNNING and task.attempts == 1
+    assert store.write_sync(queue.claim, 2, 60) == []
+
+
+def test_claim_order_is_priority_then_age(store: Store) -> None:
+    low = _run(store, "low")
+    high = _run(store, "high", priority=5)
+    later = _run(store, "later")
+    claimed = store.write_sync(queue.claim, 1, 60, 3)
+    assert [t.id for t in claimed] == [high, low, later]
+
+
+def test_claim_can_be_limited_to_a_run(store: Store) -> None:
+    _run(store, "other")
+    mine = _run(store, "mine")
+    run_id = store.read_sync(queue.get_task, mine).run_id  # type: ignore[union-attr]
+    [task] = store.write_sync(queue.claim, 1, 60, 5, run_id=run_id)
+    assert task.id == mine
+
+
+def test_transitions_are_guarded_by_the_lease(store: Store) -> None:
+    tid = _run(store)
+    store.write_sync(queue.claim, 1, 60)
+    with pytest.raises(LeaseLost):
+        store.write_sync(queue.complete, tid, 2, "not mine")
+    store.write_sync(queue.complete, tid, 1, "answer")
+    with pytest.raises(LeaseLost):  # completes once
+        store.write_sync(queue.complete, tid, 1, "again")
+    task = store.read_sync(queue.get_task, tid)
+    assert task is not None and task.status == TaskStatus.DONE and task.result == "answer"
+
+
+def test_expired_lease_is_reclaimed_and_attempts_run_out(store: Store) -> None:
+    tid = _run(store, max_attempts=2)
+    store.write_sync(queue.claim, 1, 0.01)
+    time.sleep(0.05)
+    assert store.write_sync(queue.reap_expired) == 1
+    [again] = store.write_sync(queue.claim, 2, 0.01)
+    assert again.id == tid and again.attempts == 2
+    with pytest.raises(LeaseLost):  # the first worker lost it
+        store.write_sync(queue.complete, tid, 1, "late")
+    time.sleep(0.05)
+    store.write_sync(queue.reap_expired)
+    task = store.read_sync(queue.get_task, tid)
+    assert task is not None and task.status == TaskStatus.FAILED and task.attempts == 2
+    assert "worker lost" in (task.error or "")
+
+
+def test_heartbeat_extends_only_owned_leases(store: Store) -> None:
+    a, b = _run(store), _run(store)
+    store.write_sync(queue.claim, 1, 0.2, 1)
+    store.write_sync(queue.claim, 2, 60, 1)
+    assert store.write_sync(queue.heartbeat, 1, [a, b], 60) == {a}
+    time.sleep(0.3)
+    assert store.write_sync(queue.reap_expired) == 0  # extended
+
+
+def test_failed_task_retries_after_backoff_then_dead_letters(store: Store) -> None:
+    tid = _run(store, max_attempts=2)
+    [task] = store.write_sync(queue.claim, 1, 60)
+    assert (
+        store.write_sync(queue.fail, task, 1, "boom", retry=True, backoff_s=0.3)
+        == TaskStatus.QUEUED
+    )
+    assert store.write_sync(queue.claim, 1, 60) == []  # not before the backoff
+    time.sleep(0.35)
+    [task] = store.write_sync(queue.claim, 1, 60)
+    assert store.write_sync(queue.fail, task, 1, "boom again", retry=True) == TaskStatus.FAILED
+    done = store.read_sync(queue.get_task, tid)
+    assert done is not None and done.error == "boom again" and done.attempts == 2
+
+
+def test_release_gives_the_task_back_without_charging_an_attempt(store: Store) -> None:
+    tid = _run(store)
+    store.write_sync(queue.claim, 1, 60)
+    store.write_sync(queue.release, tid, 1, "shutting down")
+    [task] = store.write_sync(queue.claim, 2, 60)
+    assert task.id == tid and task.attempts == 1
+
+
+def test_children_wake_their_parent_once_all_are_settled(store: Store) -> None:
+    pid = _run(store)
+    [parent] = store.write_sync(queue.claim, 1, 60)
+    kids = [NewTask("veblen", "a", "call-1"), NewTask("simmons", "b", "call-2")]
+    ids = store.write_sync(queue.spawn_children, parent, 1, kids)
+    assert _status(store, pid) == TaskStatus.WAITING
+    # idempotent per tool call: a resumed parent does not create them twice
+    claimed = store.write_sync(queue.claim, 2, 60, 5)
+    assert sorted(t.id for t in claimed) == sorted(ids)
+    assert all(t.depth == 1 for t in claimed)
+    first, second = claimed
+    store.write_sync(queue.complete, first.id, 2, "one")
+    assert _status(store, pid) == TaskStatus.WAITING
+    store.write_sync(queue.fail, second, 2, "broke")
+    assert _status(store, pid) == TaskStatus.QUEUED
+    [again] = store.write_sync(queue.claim, 1, 60)
+    assert again.id == pid
+    assert store.write_sync(queue.spawn_children, again, 1, kids) == ids  # no duplicates
+
+
+def test_pause_then_requeue_on_next_day_or_budget_change(store: Store) -> None:
+    tid = _run(store)
+    store.write_sync(queue.claim, 1, 60)
+    store.write_sync(queue.pause, tid, 1, "out of budget", time.time() + 3600, "[100]")
+    assert store.write_sync(queue.requeue_paused, {"arnold": "[100]"}) == 0
+    assert store.read_sync(queue.paused_agents) == ["arnold"]
+    assert store.write_sync(queue.requeue_paused, {"arnold": "[200]"}) == 1
+    [task] = store.write_sync(queue.claim, 1, 60)
+    assert task.attempts == 1  # a pause is not a failed attempt
+    store.write_sync(queue.pause, tid, 1, "out of budget", time.time() - 1, "[200]")
+    assert store.write_sync(queue.requeue_paused, {}) == 1  # the day turned
+
+
+def test_cancel_run_cancels_the_tree_and_running_work_notices(store: Store) -> None:
+    pid = _run(store)
+    [parent] = store.write_sync(queue.claim, 1, 60)
+    [kid] = store.write_sync(queue.spawn_children, parent, 1, [NewTask("veblen", "x", "c1")])
+    store.write_sync(queue.claim, 2, 60)
+    assert store.write_sync(queue.cancel_run, parent.run_id) == 2
+    assert {_status(store, pid), _status(store, kid)} == {TaskStatus.CANCELLED}
+    assert not store.write_sync(queue.touch, kid, 2)
+    with pytest.raises(LeaseLost):
+        store.write_sync(queue.complete, kid, 2, "too late")
+
+
+def test_dead_worker_on_this_host_is_detected_at_once(store: Store) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(proc.stdout)
+    wid = store.write_sync(st.register_worker, 1)
+    store.write_sync(
+        lambda c: c.execute(update(st.workers).where(st.workers.c.id == wid).values(pid=dead_pid))
+    )
+    me = store.write_sync(st.register_worker, 1)
+    tid = _run(store)
+    store.write_sync(queue.claim, wid, 3600)
+    dead = store.read_sync(st.dead_workers, 3600)
+    assert wid in dead and me not in dead
+    assert store.write_sync(queue.reap_expired, dead) == 1
+    assert _status(store, tid) == TaskStatus.QUEUED
+
+
+def test_concurrent_threads_never_claim_a_task_twice(store: Store) -> None:
+    n = 120
+    store.write_sync(
+        lambda c: [queue.create_run(c, f"g{i}", "a", max_attempts=3) for i in range(n)]
+    )
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def claimer(worker_id: int) -> None:
+        while True:
+            got = store.write_sync(queue.claim, worker_id, 60, 3)
+            if not got:
+                return
+            for t in got:
+                store.write_sync(queue.complete, t.id, worker_id, "ok")
+            with lock:
+                seen.extend(t.id for t in got)
+
+    threads = [threading.Thread(target=claimer, args=(w,)) for w in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == n and len(set(seen)) == n
+
+
+def _claim_in_process(url: str, worker_id: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    s = Store.open(url, migrate=False)
+    got: list[int] = []
+    while True:
+        batch = s.write_sync(queue.claim, worker_id, 60, 2)
+        if not batch:
+            break
+        for t in batch:
+            s.write_sync(queue.complete, t.id, worker_id, "ok")
+        got.extend(t.id for t in batch)
+    s.close()
+    out.put(got)
+
+
+def test_concurrent_processes_never_claim_a_task_twice(store: Store, db_url: str) -> None:
+    n = 150
+    store.write_sync(
+        lambda c: [queue.create_run(c, f"g{i}", "a", max_attempts=3) for i in range(n)]
+    )
+    ctx = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
+    procs = [
+        ctx.Process(target=_claim_in_process, args=(db_url, 100 + i, results)) for i in range(4)
+    ]
+    for p in procs:
+        p.start()
+    claimed = [tid for _ in procs for tid in results.get(timeout=120)]
+    for p in procs:
+        p.join(timeout=30)
+    assert len(claimed) == n and len(set(claimed)) == n
+    done = store.read_sync(
+        lambda c: c.execute(select(tasks.c.id).where(tasks.c.status == "done")).all()
+    )
+    assert len(done) == n
+    assert os.getpid()  # the parent process is untouched
