@@ -72,7 +72,8 @@ class Team:
 
 
 def _yaml_line(exc: yaml.YAMLError) -> int | None:
-    mark = getattr(exc, "problem_mark", None)
+    # where the broken construct starts, else where the parser noticed
+    mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
     return mark.line + 2 if mark is not None else None  # +1 for 1-based, +1 for the '---' line
 
 

@@ -36,7 +36,7 @@ app.add_typer(agents_app, name="agents")
 app.add_typer(db_app, name="db")
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable, documented shape).")]
 
@@ -433,9 +433,14 @@ def serve_local(
 
 
 def _register_more() -> None:
-    from . import cli_ledger
+    from . import cli_ledger, cli_ops
 
     cli_ledger.register(app)
+    cli_ops.register(app)
 
 
 _register_more()
+
+
+if __name__ == "__main__":
+    main()

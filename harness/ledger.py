@@ -8,7 +8,6 @@ concurrent calls can never take an agent past its budget (invariant 2).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -16,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
+from . import clock
 from .db import insert_ignore
 from .errors import BudgetExceeded
 from .schema import WORKSPACE, calls, reservations, runs, usage_daily
@@ -115,17 +115,16 @@ def reserve(
     workspace_budget: Budget,
     day: str,
 ) -> int:
-    """Reserve ``tokens``/``cost`` for one call. Raises BudgetExceeded (and reserves nothing)
-    when the agent's or the workspace's daily budget cannot cover it. Returns the reservation id.
+    """Reserve ``tokens``/``cost`` for one call. Returns the reservation id.
+
+    Raises BudgetExceeded when the agent's or the workspace's daily budget cannot cover it;
+    the caller must then roll back its transaction (``Store.write`` does), reserving nothing.
     """
     _ensure_rows(conn, day, [ctx.agent, WORKSPACE])
     for who, limit in ((ctx.agent, budget), (WORKSPACE, workspace_budget)):
         refused = _take(conn, day, who, limit, tokens, cost)
         if refused is not None:
-            # undo the agent's part when the workspace refuses (same transaction)
-            if who == WORKSPACE:
-                _give_back(conn, day, ctx.agent, tokens, cost)
-            raise refused
+            raise refused  # the caller's transaction rolls back what was taken so far
     rid = conn.execute(
         insert(reservations).values(
             day=day,
@@ -137,7 +136,7 @@ def reserve(
             provider=provider,
             tokens=tokens,
             cost=cost,
-            created_at=time.time(),
+            created_at=clock.now(),
         )
     ).inserted_primary_key[0]  # type: ignore[index]
     return int(rid)
@@ -179,7 +178,7 @@ def record(
     run) and settle the reservation, all in the caller's transaction. Returns the row ids."""
     if reservation_id is not None:
         release(conn, reservation_id)
-    ts = time.time() if ts is None else ts
+    ts = clock.now() if ts is None else ts
     day = day_of(ts, settings.tz)
     ids: list[int] = []
     if records:

@@ -56,7 +56,8 @@ def _finish(row: dict[str, Any], budgets: Mapping[str, Budget]) -> dict[str, Any
     row["used_pct"] = (
         round(100.0 * row["total_tokens"] / budget.tokens, 1) if budget.tokens else None
     )
-    return row
+    keys = FIELDS[:2] + (("model",) if "model" in row else ()) + FIELDS[2:]
+    return {k: row[k] for k in keys}
 
 
 def rows(

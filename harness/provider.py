@@ -26,7 +26,7 @@ Models configured ``tools = "json"`` get their tools through ``response_format``
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
@@ -108,7 +108,6 @@ class _Call:
     records: list[CallRecord]  # shared across the whole fallback chain
     format_failures: int = 0
     attempts: int = 0
-    last_error: AttemptError | None = field(default=None, repr=False)
 
     @property
     def reserve(self) -> int:
@@ -147,6 +146,8 @@ class OpenAIProvider:
     def client(self, provider: str) -> ProviderClient:
         """The shared client (pool, limiter, pacer) of one configured provider."""
         if provider not in self._clients:
+            if provider not in self.settings.providers:
+                raise ConfigError(f"unknown provider {provider!r} (not under [providers])")
             self._clients[provider] = ProviderClient(
                 provider,
                 self.settings.providers[provider],
@@ -197,7 +198,15 @@ class OpenAIProvider:
     def _prepare(self, name: str, request: ChatRequest, records: list[CallRecord]) -> _Call:
         config = self.settings.models[name]
         client = self.client(config.provider)
-        sent = jsontools.encode_request(request) if config.tools == "json" else request
+        try:
+            sent = jsontools.encode_request(request) if config.tools == "json" else request
+        except ValueError as exc:  # e.g. tool_choice names a tool the request does not carry
+            raise ProviderError(
+                f"cannot send tools to model {name!r} as JSON: {exc}",
+                provider=config.provider,
+                model=name,
+                records=records,
+            ) from None
         stream = client.config.stream if request.stream is None else request.stream
         payload = sent.payload(config.id, stream=stream)
         payload.setdefault("max_tokens", config.max_tokens)

@@ -8,7 +8,6 @@ a ``BEGIN IMMEDIATE`` transaction on SQLite.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from sqlalchemy import (
     update,
 )
 
+from . import clock
 from .db import is_postgres
 from .errors import LeaseLost
 from .schema import TERMINAL, TaskStatus, runs, tasks
@@ -82,8 +82,7 @@ class NewTask:
     priority: int = 0
 
 
-def now() -> float:
-    return time.time()
+now = clock.now
 
 
 def create_run(

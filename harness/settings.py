@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -148,8 +149,17 @@ class Settings(_Frozen):
     chief: str = "arnold"
     log_level: str = "info"
     ledger_retention_days: int | None = Field(default=None, ge=1)
-    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
-    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    # without a config file: the embedded local model (see config/harness.toml)
+    providers: dict[str, ProviderConfig] = Field(
+        default_factory=lambda: {
+            "local": ProviderConfig(
+                base_url="http://127.0.0.1:8765/v1", local=True, max_concurrency=2
+            )
+        }
+    )
+    models: dict[str, ModelConfig] = Field(
+        default_factory=lambda: {"local": ModelConfig(provider="local", id="smollm2-135m-instruct")}
+    )
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
@@ -225,7 +235,7 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def apply_env(data: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """Apply ``HARNESS_*`` overrides (including the short forms) to raw TOML data."""
     data = json.loads(json.dumps(data))  # deep copy, plain types only
     for name, raw in sorted(environ.items()):
@@ -261,8 +271,11 @@ def _problems(exc: ValidationError, file: str) -> list[Problem]:
     return out
 
 
-def check_references(settings: Settings, file: str) -> list[Problem]:
-    """Cross-references a schema cannot check: models -> providers, fallbacks, keys."""
+def check_references(
+    settings: Settings, file: str, environ: Mapping[str, str] | None = None
+) -> list[Problem]:
+    """Cross-references a schema cannot check: models -> providers, fallbacks, keys;
+    schedules (cron expressions, time zones, names)."""
     problems: list[Problem] = []
     for name, model in settings.models.items():
         if model.provider not in settings.providers:
@@ -275,7 +288,8 @@ def check_references(settings: Settings, file: str) -> list[Problem]:
     if settings.default_model not in settings.models:
         problems.append(Problem(file, f"unknown model {settings.default_model!r}", "default_model"))
     for name, provider in settings.providers.items():
-        if provider.api_key_env and provider.api_key_env not in os.environ:
+        env = os.environ if environ is None else environ
+        if provider.api_key_env and provider.api_key_env not in env:
             problems.append(
                 Problem(
                     file,
@@ -283,10 +297,13 @@ def check_references(settings: Settings, file: str) -> list[Problem]:
                     f"providers.{name}.api_key_env",
                 )
             )
+    from .schedules import validate_schedules  # imports this module: import here
+
+    problems.extend(validate_schedules(settings, file))
     return problems
 
 
-def load_settings(root: Path, environ: dict[str, str] | None = None) -> Settings:
+def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Load and validate ``config/harness.toml`` under ``root`` plus env overrides."""
     env = os.environ if environ is None else environ
     path = root / CONFIG_FILE
@@ -300,7 +317,7 @@ def load_settings(root: Path, environ: dict[str, str] | None = None) -> Settings
         settings = Settings.model_validate(apply_env(data, env))
     except ValidationError as exc:
         raise ConfigError(_problems(exc, str(path))) from exc
-    problems = check_references(settings, str(path))
+    problems = check_references(settings, str(path), env)
     if problems:
         raise ConfigError(problems)
     return settings

@@ -150,6 +150,8 @@ class ProviderClient:
                 base_url=self.config.base_url,
                 headers=self._headers(),
                 transport=transport,
+                # an injected transport is used for every URL, whatever *_PROXY says
+                trust_env=self._factory is None,
                 # connect/write backstops only; read deadlines are enforced with anyio
                 timeout=httpx.Timeout(
                     connect=self.config.connect_timeout_s,
@@ -167,7 +169,7 @@ class ProviderClient:
         return self._limiter
 
     def redact(self, text: str) -> str:
-        """``text`` with every secret of this provider replaced by ``***``."""
+        """``text`` with every known secret (of any provider) replaced by ``***``."""
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text

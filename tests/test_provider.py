@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -542,3 +543,82 @@ async def test_json_tools_are_per_model_in_a_fallback_chain(
     sent = json.loads(route_b.calls.last.request.content)
     assert sent["tools"][0]["function"]["name"] == "search"  # n speaks native tools
     assert done.message.content == '{"answer": "not decoded"}'
+
+
+# -- a real socket: stale keep-alive connections -----------------------------------------
+
+
+async def _serve_once_per_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Answer one request with keep-alive, then drop the connection when the next arrives
+    (a server closing an idle connection just as the client reuses it)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    body = json.dumps(chat_completion("fresh")).encode()
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    await writer.drain()
+    await reader.read(1)
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_stale_keep_alive_connection_is_retried(clock: FakeClock, transport: str) -> None:
+    server = await asyncio.start_server(_serve_once_per_connection, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = Settings.model_validate(
+        {
+            "providers": {"p": {"base_url": f"http://127.0.0.1:{port}/v1", "transport": transport}},
+            "models": {"m": {"provider": "p", "id": "x"}},
+        }
+    )
+    provider = OpenAIProvider(settings, sleep=clock.sleep, clock=clock)
+    try:
+        with anyio.fail_after(10), capture_logs() as logs:
+            for _ in range(3):
+                done = await provider.complete(ask())
+                assert done.message.content == "fresh"
+                assert len(done.records) == 1  # the dropped attempt never reached the server
+    finally:
+        await provider.aclose()
+        server.close()
+    retries = [e for e in logs if e["event"] == "model_call_retry"]
+    assert len(retries) == 2 and all(e["kind"] == "connect" for e in retries)
+
+
+async def test_cancellation_is_not_retried(router: respx.Router, clock: FakeClock) -> None:
+    entered = 0
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        nonlocal entered
+        entered += 1
+        await anyio.sleep(30)
+        return ok()
+
+    router.post(URL_A).mock(side_effect=hang)
+    provider = provider_for(router, clock)
+    with anyio.move_on_after(0.05) as scope:
+        await provider.complete(ask())
+    assert scope.cancelled_caught
+    await anyio.sleep(0.05)
+    assert entered == 1 and clock.sleeps == []
+
+
+async def test_json_tools_with_an_unknown_named_tool_fail_clearly(
+    router: respx.Router, clock: FakeClock
+) -> None:
+    settings = make_settings(m={"tools": "json"})
+    choice = {"type": "function", "function": {"name": "nope"}}
+    with pytest.raises(ProviderError, match="unknown tool 'nope'") as info:
+        await provider_for(router, clock, settings).complete(
+            ask(tools=[SEARCH], tool_choice=choice)
+        )
+    assert (info.value.model, info.value.records) == ("m", [])

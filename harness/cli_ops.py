@@ -1,0 +1,122 @@
+"""``harness schedules list`` and ``harness report``: cron schedules and the morning report."""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from zoneinfo import ZoneInfo
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+schedules_app = typer.Typer(
+    help="Cron schedules (the schedules section of config/harness.toml).", no_args_is_help=True
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable, documented shape).")]
+UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float, tz: ZoneInfo) -> float:
+    """``12h``, ``2d``, ``30m``, ``1w`` before ``now``, or an ISO date/time (in ``tz`` when it
+    has no offset). Raises ValueError with a readable message."""
+    m = re.fullmatch(r"(\d+)\s*([mhdw])", text.strip())
+    if m:
+        return now - int(m.group(1)) * UNITS[m.group(2)]
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not a duration (12h, 2d) or ISO date/time: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=tz)
+    start = when.timestamp()
+    if start > now:
+        raise ValueError(f"{text!r} is in the future")
+    return start
+
+
+@schedules_app.command("list")
+def schedules_list(as_json: JsonOpt = False) -> None:
+    """List schedules: cron, time zone, agent, last and next firing, last run."""
+    import time
+
+    from . import schedules
+    from .cli import opened_store, out, print_json, workspace
+
+    ws = workspace()
+    with opened_store(ws) as store:
+        data = store.read_sync(schedules.describe, ws.settings, time.time())
+    if as_json:
+        print_json(data)
+    else:
+        _schedules_table(out, data)
+
+
+def _schedules_table(console: Console, data: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    if not data:
+        console.print("no schedules: add [[schedules]] to config/harness.toml")
+        return
+    table = Table("name", "cron", "time zone", "agent", "overlap", "last fired", "next", "last run")
+    for s in data:
+        last_run = (
+            f"{s['last_run_id']} ({s['last_run_status']})" if s["last_run_id"] is not None else "-"
+        )
+        table.add_row(
+            s["name"],
+            s["cron"],
+            s["timezone"],
+            s["agent"],
+            s["overlap"],
+            s["last_fire_at"] or "-",
+            s["next_fire_at"] or "-",
+            last_run,
+        )
+    console.print(table)
+
+
+def report_command(
+    since: Annotated[
+        str, typer.Option(help="Start of the period: 12h, 2d, 30m, or an ISO date/time.")
+    ] = "12h",
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the Markdown to FILE instead of stdout.")
+    ] = None,
+) -> None:
+    """Write the morning report (Markdown) for the last 12 hours, or since --since.
+
+    Runs finished, failed, paused and still running; tokens and cost per agent against
+    budgets; retries and fallbacks; the slowest and the most expensive tasks.
+    """
+    import time
+
+    from . import report
+    from .cli import err, fail, opened_store, workspace
+    from .cli_ledger import _budgets
+
+    ws = workspace()
+    now = time.time()
+    try:
+        start = parse_since(since, now, ws.settings.tz)
+    except ValueError as exc:
+        fail(f"--since: {exc}")
+    budgets = _budgets(ws)
+    with opened_store(ws) as store:
+        text = store.read_sync(report.build_report, ws.settings, start, now, budgets)
+    if out_file is None:
+        sys.stdout.write(text)
+        return
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(text, encoding="utf-8")
+    err.print(f"wrote the report to {out_file}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(schedules_app, name="schedules")
+    app.command("report")(report_command)

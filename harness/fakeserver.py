@@ -1,0 +1,469 @@
+"""A fake OpenAI-compatible server for tests, chaos runs and benchmarks (aiohttp).
+
+Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE when ``stream`` is true, with a usage
+event when ``stream_options.include_usage`` is set), ``GET /v1/models``, ``GET /stats`` and
+``POST /reset`` (counters, schedule position and RNG back to the start; an optional JSON body
+of :class:`FakeConfig` fields replaces those knobs). Use it in-process::
+
+    async with FakeServer(FakeConfig(ttft_s=0.05, p_429=0.1)) as server:
+        ...  # base_url = server.base_url ("http://127.0.0.1:PORT/v1")
+
+or as a subprocess: ``python -m harness.fakeserver --port 0 --ttft-s 0.05 --p-429 0.1``, which
+prints ``listening HOST:PORT`` as its first stdout line (every FakeConfig field is a flag).
+
+Answers: ``completion_tokens`` words (capped by ``max_tokens``, then ``finish_reason`` is
+``length``), or one call to a tool when the request offers tools and ``tool_choice`` is
+``"required"`` or names a function (``tool_calls="always"``: whenever tools are offered and
+the choice is not ``"none"``; ``"never"``: never). Tool arguments fill the schema's required
+properties: an ``enum`` takes its first value, strings ``"fake <name>"``, numbers 1.
+Usage: ``prompt_tokens`` = request body bytes // 4 (at least 1), ``completion_tokens`` = the
+words sent (for a tool call: argument bytes // 4 + 1).
+
+Outcomes per call, chosen in arrival order: the ``schedule`` first (one outcome per call, e.g.
+``("429", "ok")``; repeated with ``repeat_schedule``), then by seeded probability. ``429``
+(with ``Retry-After``), ``500``, ``malformed`` (a truncated JSON body, or a broken SSE event),
+``no_usage`` (a good answer without usage), ``cut`` (the connection is closed half-way through
+the body or stream: no ``finish_reason``, no ``[DONE]``), ``stall`` (nothing is sent for
+``stall_s``, then the connection is closed).
+
+Counting (``GET /stats``): a call is *received* when its request body has been read, and
+*served* when the last byte of its response has been handed to the socket (``write_eof``
+returned without a connection error). ``cut`` and ``stall`` calls are never served; a call
+whose client went away before the end is *aborted*. ``completions`` counts served ``ok`` and
+``no_usage`` calls: the only responses a client can accept as a successful completion, so a
+client can never have recorded more successful calls than ``completions``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
+from itertools import accumulate
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["FakeConfig", "FakeServer", "Outcome", "fake_arguments", "main"]
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    NO_USAGE = "no_usage"
+    RATE_LIMITED = "429"
+    SERVER_ERROR = "500"
+    MALFORMED = "malformed"
+    CUT = "cut"
+    STALL = "stall"
+
+
+FAULTS = list(Outcome)[1:]
+ERRORS = (Outcome.RATE_LIMITED, Outcome.SERVER_ERROR)
+_TEXT = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor"
+MAX_TOKENS = 8192  # longest answer; ``completion_tokens`` above it is capped
+_WORDS = _TEXT.split()
+_TOKENS = [(" " if i else "") + _WORDS[i % len(_WORDS)] for i in range(MAX_TOKENS)]
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    """The server's behaviour. Times in seconds; probabilities per call, summing to <= 1."""
+
+    model: str = "fake-model"
+    ttft_s: float = 0.0  # time to first token
+    ttft_jitter_s: float = 0.0  # plus uniform [0, jitter) drawn from the seeded RNG
+    token_delay_s: float = 0.0  # between tokens
+    completion_tokens: int = 16
+    tool_calls: str = "required"  # "required", "always" or "never"
+    seed: int = 0
+    p_429: float = 0.0
+    p_500: float = 0.0
+    p_malformed: float = 0.0
+    p_no_usage: float = 0.0
+    p_cut: float = 0.0
+    p_stall: float = 0.0
+    retry_after_s: float = 1.0
+    stall_s: float = 60.0
+    schedule: tuple[str, ...] = field(default=())
+    repeat_schedule: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tool_calls not in ("required", "always", "never"):
+            raise ValueError(f"tool_calls must be required, always or never: {self.tool_calls!r}")
+        if sum(self.probabilities()) > 1.0 + 1e-9:
+            raise ValueError("fault probabilities add up to more than 1")
+        object.__setattr__(self, "schedule", tuple(str(s) for s in self.schedule))
+        for item in self.schedule:
+            Outcome(item)  # ValueError for an unknown outcome
+
+    def probabilities(self) -> list[float]:
+        """The fault probabilities in the order of ``FAULTS``."""
+        return [self.p_no_usage, self.p_429, self.p_500, self.p_malformed, self.p_cut, self.p_stall]
+
+
+def fake_arguments(schema: dict[str, Any]) -> dict[str, Any]:
+    """Arguments valid for a simple JSON schema: its required properties (all when it lists
+    none), each the default, the first enum value, or a plain value of its type."""
+    props: dict[str, Any] = schema.get("properties") or {}
+    required = schema.get("required")
+    names = [n for n in props if n in required] if isinstance(required, list) else list(props)
+    return {name: _fake_value(name, props[name] or {}) for name in names}
+
+
+def _fake_value(name: str, spec: dict[str, Any]) -> Any:
+    if "default" in spec:
+        return spec["default"]
+    if spec.get("enum"):
+        return spec["enum"][0]
+    if "const" in spec:
+        return spec["const"]
+    kind = spec.get("type", "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        return fake_arguments(spec)
+    simple = {"integer": 1, "number": 1, "boolean": False, "array": [], "null": None}
+    return simple.get(kind, f"fake {name}")
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+class _Answer:
+    """One call's answer, rendered as a JSON body or as SSE events."""
+
+    def __init__(self, server: FakeServer, body: dict[str, Any], prompt_tokens: int) -> None:
+        self.model = str(body.get("model") or server.config.model)
+        self.id = f"chatcmpl-fake-{server.next_id()}"
+        cap = body.get("max_tokens") or body.get("max_completion_tokens")
+        n = server.config.completion_tokens
+        self.finish = "stop"
+        if isinstance(cap, int) and 0 < cap < n:
+            n, self.finish = cap, "length"
+        self.tokens = _TOKENS[:n]
+        self.call: dict[str, Any] | None = None
+        tool = _pick_tool(body, server.config.tool_calls)
+        if tool is not None:
+            args = json.dumps(fake_arguments(tool.get("parameters") or {}))
+            name = tool.get("name", "")
+            self.call = {"id": f"call_{server.next_id(True)}", "type": "function",
+                         "function": {"name": name, "arguments": args}}  # fmt: skip
+            self.tokens, self.finish = [], "tool_calls"
+            n = len(args) // 4 + 1
+        self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
+                      "total_tokens": prompt_tokens + n}  # fmt: skip
+
+    def body(self, usage: bool) -> bytes:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.tokens) or None}
+        if self.call is not None:
+            message["tool_calls"] = [self.call]
+        choice = {"index": 0, "message": message, "finish_reason": self.finish}
+        out = {**self._head("chat.completion"), "choices": [choice]}
+        if usage:
+            out["usage"] = self.usage
+        return json.dumps(out, separators=(",", ":")).encode()
+
+    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None) -> dict[str, Any]:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return {**self._head("chat.completion.chunk"), "choices": choices}
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": 0, "model": self.model}
+
+    def events(self) -> list[bytes]:
+        """Generated output: the role event, one per token, or the tool call in two parts."""
+        out = [_sse(self._chunk({"role": "assistant", "content": ""}))]
+        out += [_sse(self._chunk({"content": t})) for t in self.tokens]
+        if self.call is not None:
+            fn = self.call["function"]
+            head = {"index": 0, "id": self.call["id"], "type": "function",
+                    "function": {"name": fn["name"], "arguments": ""}}  # fmt: skip
+            out.append(_sse(self._chunk({"tool_calls": [head]})))
+            part = {"index": 0, "function": {"arguments": fn["arguments"]}}
+            out.append(_sse(self._chunk({"tool_calls": [part]})))
+        return out
+
+    def tail(self, usage: bool) -> bytes:
+        """The finish event, the usage event (if asked) and ``[DONE]``."""
+        out = _sse(self._chunk({}, self.finish))
+        if usage:
+            out += _sse({**self._chunk(None), "usage": self.usage})
+        return out + b"data: [DONE]\n\n"
+
+
+def _pick_tool(body: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    """The function spec to call, or None for a text answer."""
+    tools = body.get("tools")
+    if not tools or mode == "never" or not isinstance(tools, list):
+        return None
+    specs = [t.get("function") or {} for t in tools if isinstance(t, dict)]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        wanted = (choice.get("function") or {}).get("name")
+        return next((s for s in specs if s.get("name") == wanted), None)
+    if choice == "required" or (mode == "always" and choice != "none"):
+        return specs[0] if specs else None
+    return None
+
+
+class FakeServer:
+    """The server: configuration, counters and the aiohttp application. One event loop."""
+
+    def __init__(
+        self, config: FakeConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+        self._ids = 0  # never reset: ids stay unique for the server's life
+        self._tag = secrets.token_hex(3)  # and differ from another server's
+        self.reset(config or FakeConfig())
+
+    # -- configuration and counters ------------------------------------------------------
+
+    def reset(self, config: FakeConfig | None = None) -> None:
+        """Zero the counters, rewind the schedule and re-seed the RNG (optionally new knobs)."""
+        if config is not None:
+            self.config = config
+        self._rng = random.Random(self.config.seed)
+        self._index = 0
+        faults = [(o, p) for o, p in zip(FAULTS, self.config.probabilities(), strict=True) if p]
+        edges = accumulate(p for _, p in faults)
+        self._cumulative = [(edge, o) for edge, (o, _) in zip(edges, faults, strict=True)]
+        self.received = dict.fromkeys(Outcome, 0)
+        self.served = dict.fromkeys(Outcome, 0)
+        self.aborted = 0
+        self.in_flight = 0
+
+    def stats(self) -> dict[str, Any]:
+        """Counters as served by ``GET /stats`` (see the module docstring for definitions)."""
+        return {
+            "received": sum(self.received.values()),
+            "served": sum(self.served.values()),
+            "completions": self.served[Outcome.OK] + self.served[Outcome.NO_USAGE],
+            "aborted": self.aborted,
+            "in_flight": self.in_flight,
+            "by_outcome": {
+                o.value: {"received": self.received[o], "served": self.served[o]} for o in Outcome
+            },
+        }
+
+    def next_id(self, tagged: bool = False) -> str:
+        self._ids += 1
+        return f"{self._tag}_{self._ids}" if tagged else str(self._ids)
+
+    def _outcome(self) -> Outcome:
+        i, cfg = self._index, self.config
+        self._index += 1
+        if cfg.schedule and (i < len(cfg.schedule) or cfg.repeat_schedule):
+            return Outcome(cfg.schedule[i % len(cfg.schedule)])
+        if self._cumulative:
+            r = self._rng.random()
+            for threshold, outcome in self._cumulative:
+                if r < threshold:
+                    return outcome
+        return Outcome.OK
+
+    def _ttft(self) -> float:
+        cfg = self.config
+        return cfg.ttft_s + (self._rng.random() * cfg.ttft_jitter_s if cfg.ttft_jitter_s else 0.0)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/stats", self._stats)
+        app.router.add_post("/reset", self._reset)
+        return app
+
+    async def start(self) -> FakeServer:
+        """Listen on ``host:port`` (port 0: a free one, then stored in ``port``)."""
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": self.config.model, "object": "model", "owned_by": "fake"}]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            changes = json.loads(raw) if raw.strip() else {}
+            config = replace(self.config, **changes)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": {"message": str(exc)}}, status=400)
+        self.reset(config)
+        return web.json_response({"config": asdict(self.config)})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+            assert isinstance(body, dict)
+        except (ValueError, AssertionError):
+            error = {"error": {"message": "body is not a JSON object"}}
+            return web.json_response(error, status=400)
+        outcome = self._outcome()
+        self.received[outcome] += 1
+        self.in_flight += 1
+        try:
+            answer = _Answer(self, body, max(len(raw) // 4, 1))
+            return await self._respond(request, body, outcome, answer)
+        except ConnectionError:
+            self.aborted += 1
+            return web.Response()
+        finally:
+            self.in_flight -= 1
+
+    async def _error(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
+        msg, status = {"message": "internal error (fake)", "type": "server_error"}, 500
+        headers = {}
+        if outcome is Outcome.RATE_LIMITED:
+            msg, status = {"message": "rate limited (fake)", "type": "rate_limit_error"}, 429
+            headers = {"Retry-After": f"{self.config.retry_after_s:g}"}
+        resp = web.json_response({"error": msg}, status=status, headers=headers)
+        return await self._finish(request, resp, outcome)
+
+    async def _finish(
+        self, request: web.Request, resp: web.StreamResponse, outcome: Outcome
+    ) -> web.StreamResponse:
+        """Write the whole response (if not yet) and count the call as served."""
+        if not resp.prepared:
+            await resp.prepare(request)
+        await resp.write_eof()
+        self.served[outcome] += 1
+        return resp
+
+    async def _respond(
+        self, request: web.Request, body: dict[str, Any], outcome: Outcome, answer: _Answer
+    ) -> web.StreamResponse:
+        if outcome is Outcome.STALL:
+            await asyncio.sleep(self.config.stall_s)
+            _close(request)
+            return web.Response()
+        ttft, delay = self._ttft(), self.config.token_delay_s
+        stream = bool(body.get("stream")) and outcome not in ERRORS
+        if not stream:  # the whole answer is generated before anything is sent
+            wait = ttft if outcome in ERRORS else ttft + delay * len(answer.tokens)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if outcome in ERRORS:
+                return await self._error(request, outcome)
+            data = answer.body(outcome is not Outcome.NO_USAGE)
+            if outcome is Outcome.MALFORMED:
+                data = data[: len(data) // 2]
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            resp.content_length = len(data)  # announced in full even when the body is cut
+            parts = [data[: len(data) // 2] if outcome is Outcome.CUT else data]
+        else:
+            events = answer.events()
+            if outcome is Outcome.MALFORMED:
+                events = [events[0], b'data: {"choices":[{"delta":{"content":"tru\n\n']
+            elif outcome is Outcome.CUT:
+                events = events[: max(len(events) // 2, 1)]
+            else:
+                wants = bool((body.get("stream_options") or {}).get("include_usage"))
+                events.append(answer.tail(wants and outcome is not Outcome.NO_USAGE))
+            parts = events if delay > 0 else [b"".join(events)]
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, part in enumerate(parts):
+            pause = (ttft if i == 0 else delay if i > 1 else 0.0) if stream else 0.0
+            if pause > 0:
+                await asyncio.sleep(pause)
+            await resp.write(part)
+        if outcome is Outcome.CUT:
+            _close(request)  # part of the body, then the connection drops
+            return resp
+        return await self._finish(request, resp, outcome)
+
+
+def _close(request: web.Request) -> None:
+    """Drop the connection at once (no more bytes, no proper end of the body)."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.fakeserver", description="A fake OpenAI-compatible server."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    for f in fields(FakeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "schedule":
+            parser.add_argument(flag, default="", help="comma-separated outcomes, e.g. 429,ok")
+        elif isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> FakeConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(FakeConfig)}
+    values["schedule"] = tuple(s.strip() for s in values["schedule"].split(",") if s.strip())
+    return FakeConfig(**values)
+
+
+async def _serve(server: FakeServer) -> None:
+    await server.start()
+    sys.stdout.write(f"listening {server.host}:{server.port}\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the server until SIGTERM/SIGINT; the first stdout line is ``listening HOST:PORT``."""
+    args = _parser().parse_args(argv)
+    server = FakeServer(config_from_args(args), host=args.host, port=args.port)
+    asyncio.run(_serve(server))
+
+
+if __name__ == "__main__":
+    main()

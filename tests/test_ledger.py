@@ -1,0 +1,290 @@
+"""The token ledger: exact sums, budgets under concurrency, days in a time zone, unsettled
+calls, pause and resume at the next day, and the CLI's JSON/CSV shapes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from harness import clock, ledger, ledger_report, queue, views
+from harness import store as st
+from harness.cli import app
+from harness.errors import BudgetExceeded
+from harness.ledger import Budget, CallContext
+from harness.schema import WORKSPACE, calls, reservations, usage_daily
+from harness.settings import Settings
+from harness.store import Store
+from harness.testing import ScriptedProvider
+from harness.usage import CallOutcome, CallRecord, Usage
+from tests.helpers import runtime, set_front_matter, submit, work
+
+SETTINGS = Settings.model_validate(
+    {
+        "timezone": "America/New_York",
+        "providers": {"p": {"base_url": "http://127.0.0.1:1/v1"}},
+        "models": {
+            "m": {
+                "provider": "p",
+                "id": "m",
+                "price_input": 2.0,
+                "price_cached_input": 0.5,
+                "price_output": 8.0,
+            },
+        },
+        "default_model": "m",
+    }
+)
+
+
+def ok(prompt: int, completion: int, cached: int = 0, *, estimated: bool = False) -> CallRecord:
+    usage = Usage(prompt, completion, cached, 0, estimated)
+    return CallRecord(provider="p", model="m", outcome=CallOutcome.OK, usage=usage)
+
+
+def reserve(store: Store, agent: str, tokens: int, budget: Budget, day: str = "2026-11-29") -> int:
+    return store.write_sync(
+        ledger.reserve,
+        CallContext(agent, worker_id=1),
+        model="m",
+        provider="p",
+        tokens=tokens,
+        cost=0.0,
+        budget=budget,
+        workspace_budget=Budget(),
+        day=day,
+    )
+
+
+def test_record_sums_exactly_and_prices_cached_input_separately(store: Store) -> None:
+    run_id, task_id = store.write_sync(queue.create_run, "g", "veblen", max_attempts=3)
+    ctx = CallContext("veblen", run_id, task_id)
+    failed = CallRecord(provider="p", model="m", outcome=CallOutcome.ERROR, status=500, attempt=1)
+    store.write_sync(ledger.record, ctx, [failed, ok(1000, 200, cached=400)], SETTINGS)
+    store.write_sync(ledger.record, ctx, [ok(10, 5, estimated=True)], SETTINGS)
+    budgets = {"veblen": Budget(tokens=10_000)}
+    [row] = store.read_sync(ledger_report.rows, budgets)
+    assert row["calls"] == 3 and row["error_calls"] == 1 and row["estimated_calls"] == 1
+    assert (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) == (
+        1010,
+        400,
+        205,
+    )
+    assert row["total_tokens"] == 1215 and row["used_pct"] == 12.2
+    expected = (600 * 2.0 + 400 * 0.5 + 200 * 8.0 + 10 * 2.0 + 5 * 8.0) / 1e6
+    assert row["cost_usd"] == pytest.approx(expected)
+    # the same numbers through the call rows (by run) and the run's roll-up
+    [by_run] = store.read_sync(ledger_report.rows, budgets, run_id=run_id)
+    assert {k: by_run[k] for k in row} == row
+    run = store.read_sync(views.get_run, run_id)
+    assert run is not None and run["usage"]["total_tokens"] == 1215 and run["usage"]["calls"] == 3
+    ws = store.read_sync(
+        lambda c: (
+            c.execute(select(usage_daily).where(usage_daily.c.agent == WORKSPACE)).mappings().one()
+        )
+    )
+    assert ws["prompt_tokens"] == 1010
+
+
+def test_days_follow_the_configured_time_zone(store: Store) -> None:
+    ny = ZoneInfo("America/New_York")
+    late_evening = datetime(2026, 3, 7, 23, 30, tzinfo=ny).timestamp()  # 04:30 UTC on the 8th
+    after_midnight = datetime(2026, 3, 8, 0, 30, tzinfo=ny).timestamp()
+    ctx = CallContext("veblen")
+    store.write_sync(ledger.record, ctx, [ok(1, 1)], SETTINGS, ts=late_evening)
+    store.write_sync(ledger.record, ctx, [ok(2, 2)], SETTINGS, ts=after_midnight)
+    days = [(r["day"], r["total_tokens"]) for r in store.read_sync(ledger_report.rows, {})]
+    assert days == [("2026-03-07", 2), ("2026-03-08", 4)]
+    # the next day starts at local midnight, also across the DST change (23-hour day)
+    start = ledger.next_day_start(after_midnight, ny)
+    assert datetime.fromtimestamp(start, ny) == datetime(2026, 3, 9, tzinfo=ny)
+    assert start - ledger.next_day_start(late_evening, ny) == 23 * 3600
+
+
+def test_reservation_is_refused_past_the_budget_and_settles_to_actual(store: Store) -> None:
+    budget = Budget(tokens=1000)
+    rid = reserve(store, "simmons", 800, budget)
+    with pytest.raises(BudgetExceeded) as info:
+        reserve(store, "simmons", 300, budget)
+    assert info.value.agent == "simmons" and "daily token budget" in str(info.value)
+    assert "800" in str(info.value)
+    ts = datetime(2026, 11, 29, 12, tzinfo=ZoneInfo("America/New_York")).timestamp()
+    store.write_sync(
+        ledger.record, CallContext("simmons"), [ok(100, 50)], SETTINGS, reservation_id=rid, ts=ts
+    )
+    reserve(store, "simmons", 800, budget)  # 150 used + 800 reserved <= 1000
+    assert store.read_sync(ledger.today_use, "simmons", "2026-11-29") == (
+        150,
+        pytest.approx(0.0006),
+    )
+
+
+def test_workspace_budget_caps_all_agents_together(store: Store) -> None:
+    def take(agent: str, n: int) -> None:
+        store.write_sync(
+            ledger.reserve,
+            CallContext(agent),
+            model="m",
+            provider="p",
+            tokens=n,
+            cost=0.0,
+            budget=Budget(),
+            workspace_budget=Budget(tokens=1000),
+            day="2026-11-29",
+        )
+
+    take("a", 600)
+    with pytest.raises(BudgetExceeded) as info:
+        take("b", 600)
+    assert info.value.agent == "workspace"
+    # the refused agent's part was rolled back with the transaction
+    reserved = store.read_sync(
+        lambda c: c.execute(select(func.sum(usage_daily.c.reserved_tokens))).scalar()
+    )
+    assert reserved == 600 * 2  # agent "a" and the workspace row
+
+
+def test_concurrent_reservations_never_exceed_the_budget(store: Store) -> None:
+    budget = Budget(tokens=10_000)
+    granted: list[int] = []
+    refused: list[int] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        try:
+            rid = reserve(store, "bradlee", 700, budget)
+        except BudgetExceeded:
+            with lock:
+                refused.append(1)
+            return
+        with lock:
+            granted.append(rid)
+
+    threads = [threading.Thread(target=call) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(granted) == 14 and len(refused) == 26  # 14 * 700 = 9,800 <= 10,000
+    total = store.read_sync(lambda c: c.execute(select(func.sum(reservations.c.tokens))).scalar())
+    assert total == 9800
+
+
+def test_orphaned_reservation_is_recorded_as_unsettled(store: Store) -> None:
+    run_id, task_id = store.write_sync(queue.create_run, "g", "veblen", max_attempts=3)
+    wid = store.write_sync(st.register_worker, 1)
+    store.write_sync(
+        ledger.reserve,
+        CallContext("veblen", run_id, task_id, wid),
+        model="m",
+        provider="p",
+        tokens=900,
+        cost=0.01,
+        budget=Budget(tokens=1000),
+        workspace_budget=Budget(),
+        day="2026-11-29",
+    )
+    assert store.write_sync(ledger.settle_orphans, SETTINGS, [wid]) == 1
+    row = store.read_sync(lambda c: c.execute(select(calls)).mappings().one())
+    assert row["outcome"] == "unsettled" and row["prompt_tokens"] == 900 and row["estimated"]
+    [r] = store.read_sync(ledger_report.rows, {})
+    assert r["unsettled_calls"] == 1
+    assert (
+        store.read_sync(
+            lambda c: c.execute(select(func.count()).select_from(reservations)).scalar()
+        )
+        == 0
+    )
+    reserved = store.read_sync(
+        lambda c: c.execute(select(func.sum(usage_daily.c.reserved_tokens))).scalar()
+    )
+    assert reserved == 0
+
+
+def test_prune_drops_old_call_rows_but_keeps_roll_ups(store: Store) -> None:
+    old = datetime(2026, 1, 1, 12, tzinfo=ZoneInfo("UTC")).timestamp()
+    store.write_sync(ledger.record, CallContext("veblen"), [ok(5, 5)], SETTINGS, ts=old)
+    store.write_sync(ledger.record, CallContext("veblen"), [ok(7, 7)], SETTINGS)
+    assert store.write_sync(ledger.prune, "2026-06-01") == 1
+    rows = store.read_sync(ledger_report.rows, {})
+    assert [r["total_tokens"] for r in rows] == [10, 14]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_paused_task_resumes_by_itself_when_the_next_day_starts(workspace_dir: Path) -> None:
+    toml = workspace_dir / "config/harness.toml"
+    toml.write_text(toml.read_text().replace('timezone = "UTC"', 'timezone = "Asia/Tokyo"'))
+    set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "1400")
+    tokyo = ZoneInfo("Asia/Tokyo")
+    t = [datetime(2026, 11, 29, 23, 0, tzinfo=tokyo).timestamp()]
+    clock.use(lambda: t[0])
+    try:
+        rt, provider = runtime(workspace_dir, lambda r: ScriptedProvider.text("answer"))
+        first, _ = await submit(rt, "one", "veblen")
+        await work(rt)  # ~370 tokens used per call; each reserves ~370 + 384
+        second, _ = await submit(rt, "two", "veblen")
+        await work(rt)  # 370 used + 754 reserved <= 1,400
+        third, _ = await submit(rt, "three", "veblen")
+        await work(rt)
+        statuses = [
+            (await rt.store.read(views.get_run, r))["status"] for r in (first, second, third)
+        ]  # type: ignore[index]
+        assert statuses[0] == "done" and "paused" in statuses
+        paused = [r for r, s in zip((first, second, third), statuses, strict=True) if s == "paused"]
+        run = await rt.store.read(views.get_run, paused[0])
+        assert run is not None and "2026-11-29" in run["reason"] and "veblen" in run["reason"]
+        t[0] = datetime(2026, 11, 30, 0, 1, tzinfo=tokyo).timestamp()  # after local midnight
+        await work(rt)
+        for r in paused:
+            assert (await rt.store.read(views.get_run, r))["status"] == "done"  # type: ignore[index]
+        days = {row["day"] for row in await rt.store.read(ledger_report.rows, {})}
+        assert days == {"2026-11-29", "2026-11-30"}
+        assert len(provider.requests) == 3  # nothing was sent while paused
+    finally:
+        clock.use(None)
+
+
+def test_ledger_cli_json_and_csv_shapes(workspace_dir: Path) -> None:
+    store = Store.open(f"sqlite:///{workspace_dir / 'var/harness.db'}")
+    store.write_sync(ledger.record, CallContext("veblen"), [ok(100, 20, cached=10)], Settings())
+    store.close()
+    runner = CliRunner()
+    res = runner.invoke(app, ["--workspace", str(workspace_dir), "ledger", "--json"])
+    assert res.exit_code == 0, res.output
+    [row] = json.loads(res.stdout)
+    required = {
+        "day",
+        "agent",
+        "calls",
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cost_usd",
+        "estimated_calls",
+        "budget_tokens",
+    }
+    assert required <= set(row)
+    assert (row["agent"], row["calls"], row["total_tokens"], row["budget_tokens"]) == (
+        "veblen",
+        1,
+        120,
+        10_000_000,
+    )
+    res = runner.invoke(app, ["--workspace", str(workspace_dir), "ledger", "--csv"])
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert rows[0]["agent"] == "veblen" and rows[0]["total_tokens"] == "120"
+    res = runner.invoke(app, ["--workspace", str(workspace_dir), "ledger", "--forecast", "--json"])
+    assert res.exit_code == 0
+    assert {f["agent"] for f in json.loads(res.stdout)} >= {"veblen", "arnold"}
+    res = runner.invoke(app, ["--workspace", str(workspace_dir), "ledger", "--since", "yesterday"])
+    assert res.exit_code == 2 and "--day/--since" in res.output
