@@ -43,14 +43,12 @@ def parse_since(text: str, now: float, tz: ZoneInfo) -> float:
 @schedules_app.command("list")
 def schedules_list(as_json: JsonOpt = False) -> None:
     """List schedules: cron, time zone, agent, last and next firing, last run."""
-    import time
-
-    from . import schedules
+    from . import clock, schedules
     from .cli import opened_store, out, print_json, workspace
 
     ws = workspace()
     with opened_store(ws) as store:
-        data = store.read_sync(schedules.describe, ws.settings, time.time())
+        data = store.read_sync(schedules.describe, ws.settings, clock.now())
     if as_json:
         print_json(data)
     else:
@@ -94,14 +92,12 @@ def report_command(
     Runs finished, failed, paused and still running; tokens and cost per agent against
     budgets; retries and fallbacks; the slowest and the most expensive tasks.
     """
-    import time
-
-    from . import report
+    from . import clock, report
     from .cli import err, fail, opened_store, workspace
     from .cli_ledger import _budgets
 
     ws = workspace()
-    now = time.time()
+    now = clock.now()
     try:
         start = parse_since(since, now, ws.settings.tz)
     except ValueError as exc:

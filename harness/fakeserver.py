@@ -1,37 +1,32 @@
-"""A fake OpenAI-compatible server for tests, chaos runs and benchmarks (aiohttp).
+"""A fake OpenAI-compatible server (aiohttp) for tests, chaos runs and benchmarks.
 
 Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE when ``stream`` is true, with a usage
 event when ``stream_options.include_usage`` is set), ``GET /v1/models``, ``GET /stats`` and
-``POST /reset`` (counters, schedule position and RNG back to the start; an optional JSON body
-of :class:`FakeConfig` fields replaces those knobs). Use it in-process::
+``POST /reset`` (zero the counters, rewind the schedule, re-seed the RNG; an optional JSON body
+of :class:`FakeConfig` fields changes those knobs). In-process, ``async with FakeServer(cfg)
+as server:`` (``server.base_url``); as a subprocess, ``python -m harness.fakeserver --port 0
+--ttft-s 0.05 --p-429 0.1`` (every FakeConfig field is a flag) prints ``listening HOST:PORT``
+as its first stdout line.
 
-    async with FakeServer(FakeConfig(ttft_s=0.05, p_429=0.1)) as server:
-        ...  # base_url = server.base_url ("http://127.0.0.1:PORT/v1")
+Answers: ``completion_tokens`` words (capped by ``max_tokens``: ``finish_reason`` "length"),
+or one call to a tool when tools are offered and ``tool_choice`` is "required" or names a
+function (``tool_calls="always"``: unless the choice is "none"; "never": never). Arguments
+fill the schema's required properties: the first ``enum`` value, ``"fake <name>"`` for
+strings, 1 for numbers. Usage: prompt = request body bytes // 4, completion = words sent (a
+tool call: argument bytes // 4 + 1).
 
-or as a subprocess: ``python -m harness.fakeserver --port 0 --ttft-s 0.05 --p-429 0.1``, which
-prints ``listening HOST:PORT`` as its first stdout line (every FakeConfig field is a flag).
+Each call's outcome, in arrival order: from ``schedule`` while it lasts (forever with
+``repeat_schedule``), then by seeded probability: ``429`` (with ``Retry-After``), ``500``,
+``malformed`` (a truncated JSON body or a broken SSE event), ``no_usage``, ``cut`` (the
+connection drops half-way through the body or stream: no ``finish_reason``, no ``[DONE]``),
+``stall`` (silence for ``stall_s``, then the connection drops).
 
-Answers: ``completion_tokens`` words (capped by ``max_tokens``, then ``finish_reason`` is
-``length``), or one call to a tool when the request offers tools and ``tool_choice`` is
-``"required"`` or names a function (``tool_calls="always"``: whenever tools are offered and
-the choice is not ``"none"``; ``"never"``: never). Tool arguments fill the schema's required
-properties: an ``enum`` takes its first value, strings ``"fake <name>"``, numbers 1.
-Usage: ``prompt_tokens`` = request body bytes // 4 (at least 1), ``completion_tokens`` = the
-words sent (for a tool call: argument bytes // 4 + 1).
-
-Outcomes per call, chosen in arrival order: the ``schedule`` first (one outcome per call, e.g.
-``("429", "ok")``; repeated with ``repeat_schedule``), then by seeded probability. ``429``
-(with ``Retry-After``), ``500``, ``malformed`` (a truncated JSON body, or a broken SSE event),
-``no_usage`` (a good answer without usage), ``cut`` (the connection is closed half-way through
-the body or stream: no ``finish_reason``, no ``[DONE]``), ``stall`` (nothing is sent for
-``stall_s``, then the connection is closed).
-
-Counting (``GET /stats``): a call is *received* when its request body has been read, and
-*served* when the last byte of its response has been handed to the socket (``write_eof``
-returned without a connection error). ``cut`` and ``stall`` calls are never served; a call
-whose client went away before the end is *aborted*. ``completions`` counts served ``ok`` and
-``no_usage`` calls: the only responses a client can accept as a successful completion, so a
-client can never have recorded more successful calls than ``completions``.
+Counting (``GET /stats``): a call is *received* once its request body is read and *served*
+once the last byte of its response was handed to the socket (``write_eof`` returned without
+a connection error); ``cut`` and ``stall`` calls are never served, and a call whose client
+left before the end is *aborted*. ``completions`` = served ``ok`` + ``no_usage``: the only
+responses a client can accept as a successful completion, so no client can have recorded more
+successful calls than ``completions``.
 """
 
 from __future__ import annotations
@@ -99,9 +94,8 @@ class FakeConfig:
             raise ValueError(f"tool_calls must be required, always or never: {self.tool_calls!r}")
         if sum(self.probabilities()) > 1.0 + 1e-9:
             raise ValueError("fault probabilities add up to more than 1")
-        object.__setattr__(self, "schedule", tuple(str(s) for s in self.schedule))
-        for item in self.schedule:
-            Outcome(item)  # ValueError for an unknown outcome
+        # a list is accepted too; an unknown outcome is a ValueError
+        object.__setattr__(self, "schedule", tuple(Outcome(s).value for s in self.schedule))
 
     def probabilities(self) -> list[float]:
         """The fault probabilities in the order of ``FAULTS``."""
@@ -118,12 +112,11 @@ def fake_arguments(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fake_value(name: str, spec: dict[str, Any]) -> Any:
-    if "default" in spec:
-        return spec["default"]
+    for key in ("default", "const"):
+        if key in spec:
+            return spec[key]
     if spec.get("enum"):
         return spec["enum"][0]
-    if "const" in spec:
-        return spec["const"]
     kind = spec.get("type", "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
@@ -153,9 +146,8 @@ class _Answer:
         tool = _pick_tool(body, server.config.tool_calls)
         if tool is not None:
             args = json.dumps(fake_arguments(tool.get("parameters") or {}))
-            name = tool.get("name", "")
-            self.call = {"id": f"call_{server.next_id(True)}", "type": "function",
-                         "function": {"name": name, "arguments": args}}  # fmt: skip
+            fn = {"name": tool.get("name", ""), "arguments": args}
+            self.call = {"id": f"call_{server.next_id(True)}", "type": "function", "function": fn}
             self.tokens, self.finish = [], "tool_calls"
             n = len(args) // 4 + 1
         self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
@@ -245,16 +237,10 @@ class FakeServer:
 
     def stats(self) -> dict[str, Any]:
         """Counters as served by ``GET /stats`` (see the module docstring for definitions)."""
-        return {
-            "received": sum(self.received.values()),
-            "served": sum(self.served.values()),
-            "completions": self.served[Outcome.OK] + self.served[Outcome.NO_USAGE],
-            "aborted": self.aborted,
-            "in_flight": self.in_flight,
-            "by_outcome": {
-                o.value: {"received": self.received[o], "served": self.served[o]} for o in Outcome
-            },
-        }
+        by = {o.value: {"received": self.received[o], "served": self.served[o]} for o in Outcome}
+        return {"received": sum(self.received.values()), "served": sum(self.served.values()),
+                "completions": self.served[Outcome.OK] + self.served[Outcome.NO_USAGE],
+                "aborted": self.aborted, "in_flight": self.in_flight, "by_outcome": by}  # fmt: skip
 
     def next_id(self, tagged: bool = False) -> str:
         self._ids += 1
@@ -309,8 +295,6 @@ class FakeServer:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
-
-    # -- handlers ------------------------------------------------------------------------
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": self.config.model, "object": "model", "owned_by": "fake"}]
@@ -418,13 +402,8 @@ def _close(request: web.Request) -> None:
         request.transport.close()
 
 
-# -- command line ----------------------------------------------------------------------------
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m harness.fakeserver", description="A fake OpenAI-compatible server."
-    )
+    parser = argparse.ArgumentParser("python -m harness.fakeserver", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     for f in fields(FakeConfig):
@@ -440,7 +419,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> FakeConfig:
     values = {f.name: getattr(args, f.name) for f in fields(FakeConfig)}
-    values["schedule"] = tuple(s.strip() for s in values["schedule"].split(",") if s.strip())
+    values["schedule"] = [s.strip() for s in values["schedule"].split(",") if s.strip()]
     return FakeConfig(**values)
 
 
@@ -449,9 +428,8 @@ async def _serve(server: FakeServer) -> None:
     sys.stdout.write(f"listening {server.host}:{server.port}\n")
     sys.stdout.flush()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:

@@ -444,3 +444,11 @@ def next_wakeup(conn: Connection) -> float | None:
     return conn.execute(
         select(func.min(tasks.c.not_before)).where(tasks.c.status == TaskStatus.QUEUED)
     ).scalar()
+
+
+def run_blocked_or_settled(conn: Connection, run_id: int) -> bool:
+    """True when a run's root task is settled, or no task of it is queued or running."""
+    root = conn.execute(
+        select(tasks.c.status).where(tasks.c.run_id == run_id, tasks.c.parent_id.is_(None))
+    ).scalar()
+    return root is None or root in TERMINAL or not has_runnable(conn, run_id)

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.live import Live
 
 from . import display, queue, views
-from .schema import TERMINAL, TaskStatus
+from .schema import TaskStatus
 from .settings import Workspace
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -28,18 +28,9 @@ async def _work(
         )
 
         async def finished() -> bool:
-            run = await store.read(views.get_run, run_id)
-            if run is None or run["status"] in {s.value for s in TERMINAL}:
-                return True
-            # blocked: nothing of the run can run now (e.g. a task paused for budget)
-            return bool(
-                run["status"] == TaskStatus.PAUSED
-                or (
-                    run["reason"]
-                    and "paused" in run["reason"]
-                    and not await store.read(queue.has_runnable, run_id)
-                )
-            )
+            """Done when the root task is settled, or when nothing of the run can go on
+            now (e.g. a task paused for budget: the run's status then says why)."""
+            return await store.read(queue.run_blocked_or_settled, run_id)
 
         w = Worker(rt, concurrency, run_id=run_id, stop_when=finished)
         if console is not None and console.is_terminal:

@@ -190,7 +190,7 @@ def _beat(conn: Connection, worker_id: int, ids: list[int], lease_s: float) -> s
 
 
 def _maintain(conn: Connection, rt: Runtime, stale_after_s: float) -> int:
-    from . import schedules  # imported here: the scheduler is wired in through maintenance only
+    from . import clock, schedules  # here: the scheduler is wired in through maintenance only
 
     dead = store.dead_workers(conn, stale_after_s)
     n = ledger.settle_orphans(conn, rt.settings, dead)
@@ -199,5 +199,5 @@ def _maintain(conn: Connection, rt: Runtime, stale_after_s: float) -> int:
     n += queue.wake_waiting(conn)
     keys = {a: budget_key(rt, rt.team[a]) for a in queue.paused_agents(conn) if a in rt.team}
     n += queue.requeue_paused(conn, keys)
-    n += len(schedules.fire_due(conn, rt.settings, time.time()))
+    n += len(schedules.fire_due(conn, rt.settings, clock.now()))
     return n
