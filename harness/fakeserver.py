@@ -65,6 +65,7 @@ _TEXT = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod t
 MAX_TOKENS = 8192  # longest answer; ``completion_tokens`` above it is capped
 _WORDS = _TEXT.split()
 _TOKENS = [(" " if i else "") + _WORDS[i % len(_WORDS)] for i in range(MAX_TOKENS)]
+_DELTAS = [b'{"content":"' + t.encode() + b'"}' for t in _TOKENS]  # plain words: no escaping
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,8 @@ def _fake_value(name: str, spec: dict[str, Any]) -> Any:
     return simple.get(kind, f"fake {name}")
 
 
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 class _Answer:
@@ -161,33 +162,35 @@ class _Answer:
         out = {**self._head("chat.completion"), "choices": [choice]}
         if usage:
             out["usage"] = self.usage
-        return json.dumps(out, separators=(",", ":")).encode()
+        return _dump(out)
 
-    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None) -> dict[str, Any]:
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
-        return {**self._head("chat.completion.chunk"), "choices": choices}
+    def _event(self, delta: bytes, finish: bytes = b"null") -> bytes:
+        # SSE events are assembled from bytes: the hot path of streamed benchmarks
+        choice = b'[{"index":0,"delta":' + delta + b',"finish_reason":' + finish + b"}]"
+        return self._pre + choice + b"}\n\n"
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": 0, "model": self.model}
 
     def events(self) -> list[bytes]:
         """Generated output: the role event, one per token, or the tool call in two parts."""
-        out = [_sse(self._chunk({"role": "assistant", "content": ""}))]
-        out += [_sse(self._chunk({"content": t})) for t in self.tokens]
+        self._pre = b"data: " + _dump(self._head("chat.completion.chunk"))[:-1] + b',"choices":'
+        out = [self._event(b'{"role":"assistant","content":""}')]
+        out += [self._event(d) for d in _DELTAS[: len(self.tokens)]]
         if self.call is not None:
             fn = self.call["function"]
             head = {"index": 0, "id": self.call["id"], "type": "function",
                     "function": {"name": fn["name"], "arguments": ""}}  # fmt: skip
-            out.append(_sse(self._chunk({"tool_calls": [head]})))
+            out.append(self._event(_dump({"tool_calls": [head]})))
             part = {"index": 0, "function": {"arguments": fn["arguments"]}}
-            out.append(_sse(self._chunk({"tool_calls": [part]})))
+            out.append(self._event(_dump({"tool_calls": [part]})))
         return out
 
     def tail(self, usage: bool) -> bytes:
-        """The finish event, the usage event (if asked) and ``[DONE]``."""
-        out = _sse(self._chunk({}, self.finish))
+        """The finish event, the usage event (if asked) and ``[DONE]`` (after ``events``)."""
+        out = self._event(b"{}", _dump(self.finish))
         if usage:
-            out += _sse({**self._chunk(None), "usage": self.usage})
+            out += self._pre + b'[],"usage":' + _dump(self.usage) + b"}\n\n"
         return out + b"data: [DONE]\n\n"
 
 
@@ -217,9 +220,8 @@ class FakeServer:
         self._runner: web.AppRunner | None = None
         self._ids = 0  # never reset: ids stay unique for the server's life
         self._tag = secrets.token_hex(3)  # and differ from another server's
+        self.in_flight = 0  # not reset: calls in flight stay in flight
         self.reset(config or FakeConfig())
-
-    # -- configuration and counters ------------------------------------------------------
 
     def reset(self, config: FakeConfig | None = None) -> None:
         """Zero the counters, rewind the schedule and re-seed the RNG (optionally new knobs)."""
@@ -233,7 +235,6 @@ class FakeServer:
         self.received = dict.fromkeys(Outcome, 0)
         self.served = dict.fromkeys(Outcome, 0)
         self.aborted = 0
-        self.in_flight = 0
 
     def stats(self) -> dict[str, Any]:
         """Counters as served by ``GET /stats`` (see the module docstring for definitions)."""
@@ -259,10 +260,8 @@ class FakeServer:
         return Outcome.OK
 
     def _ttft(self) -> float:
-        cfg = self.config
-        return cfg.ttft_s + (self._rng.random() * cfg.ttft_jitter_s if cfg.ttft_jitter_s else 0.0)
-
-    # -- lifecycle -----------------------------------------------------------------------
+        jitter = self.config.ttft_jitter_s
+        return self.config.ttft_s + (self._rng.random() * jitter if jitter else 0.0)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -319,8 +318,7 @@ class FakeServer:
             body = json.loads(raw)
             assert isinstance(body, dict)
         except (ValueError, AssertionError):
-            error = {"error": {"message": "body is not a JSON object"}}
-            return web.json_response(error, status=400)
+            return web.json_response({"error": {"message": "not a JSON object"}}, status=400)
         outcome = self._outcome()
         self.received[outcome] += 1
         self.in_flight += 1
@@ -343,12 +341,12 @@ class FakeServer:
         return await self._finish(request, resp, outcome)
 
     async def _finish(
-        self, request: web.Request, resp: web.StreamResponse, outcome: Outcome
+        self, request: web.Request, resp: web.StreamResponse, outcome: Outcome, data: bytes = b""
     ) -> web.StreamResponse:
-        """Write the whole response (if not yet) and count the call as served."""
+        """Write the rest of the response and count the call as served."""
         if not resp.prepared:
             await resp.prepare(request)
-        await resp.write_eof()
+        await resp.write_eof(data)
         self.served[outcome] += 1
         return resp
 
@@ -370,9 +368,12 @@ class FakeServer:
             data = answer.body(outcome is not Outcome.NO_USAGE)
             if outcome is Outcome.MALFORMED:
                 data = data[: len(data) // 2]
+            if outcome is not Outcome.CUT:  # (a Response sends headers and body together)
+                whole = web.Response(body=data, content_type="application/json")
+                return await self._finish(request, whole, outcome)
             resp = web.StreamResponse(headers={"Content-Type": "application/json"})
-            resp.content_length = len(data)  # announced in full even when the body is cut
-            parts = [data[: len(data) // 2] if outcome is Outcome.CUT else data]
+            resp.content_length = len(data)  # announced in full, then cut
+            parts = [data[: len(data) // 2]]
         else:
             events = answer.events()
             if outcome is Outcome.MALFORMED:
@@ -389,11 +390,12 @@ class FakeServer:
             pause = (ttft if i == 0 else delay if i > 1 else 0.0) if stream else 0.0
             if pause > 0:
                 await asyncio.sleep(pause)
-            await resp.write(part)
+            if i < len(parts) - 1 or outcome is Outcome.CUT:
+                await resp.write(part)
         if outcome is Outcome.CUT:
             _close(request)  # part of the body, then the connection drops
             return resp
-        return await self._finish(request, resp, outcome)
+        return await self._finish(request, resp, outcome, parts[-1])
 
 
 def _close(request: web.Request) -> None:

@@ -39,15 +39,29 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+class _Writer:
+    """A structlog logger writing each line to a stream looked up when writing (so a
+    redirected or replaced ``sys.stderr``, e.g. under pytest, is honoured)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        stream = self._stream or sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 def configure(*, json: bool | None = None, level: str = "info", stream: Any = None) -> None:
     """Configure structlog once per process. ``json=None``: JSON unless stderr is a terminal."""
-    stream = stream or sys.stderr
     if json is None:
-        json = not stream.isatty()
+        json = not (stream or sys.stderr).isatty()
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        else structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
     )
     structlog.configure(
         processors=[
@@ -61,6 +75,6 @@ def configure(*, json: bool | None = None, level: str = "info", stream: Any = No
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=lambda *args: _Writer(stream),
         cache_logger_on_first_use=False,
     )

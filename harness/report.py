@@ -68,10 +68,22 @@ def _duration(seconds: float) -> str:
 
 
 def _trim(text: str, limit: int) -> str:
+    """At most ``limit`` characters, cut at the last line break (else space) in the final
+    fifth, with a note saying how long the whole text is."""
     text = text.strip()
     if len(text) <= limit:
         return text
-    return text[:limit].rstrip() + f" … (trimmed: {len(text):,} characters in all)"
+    head, floor = text[:limit], limit * 4 // 5
+    cut = head.rfind("\n")
+    if cut < floor:
+        cut = head.rfind(" ")
+    if cut >= floor:
+        head = head[:cut]
+    return head.rstrip() + f"\n… (trimmed: {len(text):,} characters in all)"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _quote(text: str) -> str:
@@ -147,9 +159,11 @@ def _run_entry(run: dict[str, Any], tz: ZoneInfo) -> str:
     status = run["status"]
     if status == TaskStatus.DONE:
         lines += ["", _quote(_trim(run["answer"] or "(no answer)", ANSWER_CHARS))]
-    elif status in TERMINAL:
+    elif status == TaskStatus.FAILED:
         why = run["error"] or run["reason"] or "(no error recorded)"
         lines += ["", "Error:", "", _quote(_trim(why, ANSWER_CHARS))]
+    elif status in TERMINAL:
+        lines += ["", f"Why: {_one_line(run['reason'] or 'cancelled', ERROR_CHARS)}"]
     elif run["reason"]:
         lines += ["", f"Why: {_one_line(run['reason'], ERROR_CHARS)}"]
     return "\n".join(lines)
@@ -251,8 +265,8 @@ def _agent_section(
         return head + "\n\nNo model calls in this period."
     first, last, days = _days(since, now, tz)
     note = (
-        f"Budgets are daily; this period touches {days} day(s) ({first} to {last}), "
-        f"so each daily budget counts {days} time(s)."
+        f"Budgets are daily; this period touches {_plural(days, 'day')} ({first} to {last}), "
+        f"so each daily budget counts {_plural(days, 'time')}."
     )
     rows = []
     for u in usage:
