@@ -440,7 +440,3 @@ def _register_more() -> None:
 
 
 _register_more()
-
-
-if __name__ == "__main__":
-    main()

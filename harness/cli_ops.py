@@ -59,24 +59,31 @@ def _schedules_table(console: Console, data: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     if not data:
-        console.print("no schedules: add [[schedules]] to config/harness.toml")
+        console.print("no schedules: add [[schedules]] to config/harness.toml", markup=False)
         return
-    table = Table("name", "cron", "time zone", "agent", "overlap", "last fired", "next", "last run")
+    table = Table("name", "cron", "zone", "agent", "next", "last run")
+    for i in (0, 1, 4):
+        table.columns[i].no_wrap = True
+    table.columns[2].overflow = "fold"
     for s in data:
-        last_run = (
-            f"{s['last_run_id']} ({s['last_run_status']})" if s["last_run_id"] is not None else "-"
-        )
+        last_run = "-"
+        if s["last_run_id"] is not None:
+            last_run = f"{s['last_run_id']} {s['last_run_status']}"
+        overlap = " (queue)" if s["overlap"] == "queue" else ""
         table.add_row(
             s["name"],
             s["cron"],
             s["timezone"],
-            s["agent"],
-            s["overlap"],
-            s["last_fire_at"] or "-",
-            s["next_fire_at"] or "-",
+            s["agent"] + overlap,
+            _short(s["next_fire_at"]),
             last_run,
         )
     console.print(table)
+
+
+def _short(iso: str | None) -> str:
+    """``2024-06-02 06:00`` from an ISO time (already in the schedule's zone)."""
+    return iso[:16].replace("T", " ") if iso else "-"
 
 
 def report_command(

@@ -265,11 +265,11 @@ class FakeServer:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/stats", self._stats)
-        app.router.add_post("/reset", self._reset)
+        for prefix in ("", "/v1"):  # with or without /v1, for any base URL
+            app.router.add_post(prefix + "/chat/completions", self._chat)
+            app.router.add_get(prefix + "/models", self._models)
+            app.router.add_get(prefix + "/stats", self._stats)
+            app.router.add_post(prefix + "/reset", self._reset)
         return app
 
     async def start(self) -> FakeServer:

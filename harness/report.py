@@ -222,20 +222,11 @@ def _agent_usage(conn: Connection, since: float, now: float) -> list[dict[str, A
         .group_by(c.agent)
         .order_by(c.agent)
     ).all()
+    keys = ("calls", "prompt", "cached", "completion")
     out = []
     for r in rows:
-        prompt, completion = int(r.prompt or 0), int(r.completion or 0)
-        out.append(
-            {
-                "agent": r.agent,
-                "calls": int(r.calls),
-                "prompt": prompt,
-                "cached": int(r.cached or 0),
-                "completion": completion,
-                "total": prompt + completion,
-                "cost": float(r.cost or 0.0),
-            }
-        )
+        u: dict[str, Any] = {"agent": r.agent, **{k: int(getattr(r, k) or 0) for k in keys}}
+        out.append(u | {"total": u["prompt"] + u["completion"], "cost": float(r.cost or 0.0)})
     return out
 
 
@@ -268,26 +259,15 @@ def _agent_section(
         f"Budgets are daily; this period touches {_plural(days, 'day')} ({first} to {last}), "
         f"so each daily budget counts {_plural(days, 'time')}."
     )
+    counts = ("calls", "prompt", "cached", "completion", "total")
     rows = []
     for u in usage:
         b = budgets.get(u["agent"], Budget())
-        rows.append(
-            [
-                u["agent"],
-                f"{u['calls']:,}",
-                f"{u['prompt']:,}",
-                f"{u['cached']:,}",
-                f"{u['completion']:,}",
-                f"{u['total']:,}",
-                _money(u["cost"]),
-                _share(u["total"], b.tokens, days, money=False),
-                _share(u["cost"], b.cost_usd, days, money=True),
-            ]
-        )
-    total = [sum(u[k] for u in usage) for k in ("calls", "prompt", "cached", "completion")]
-    grand = sum(u["total"] for u in usage)
-    cost = sum(u["cost"] for u in usage)
-    rows.append(["**all**", *(f"{n:,}" for n in total), f"{grand:,}", _money(cost), "", ""])
+        tokens = _share(u["total"], b.tokens, days, money=False)
+        cost = _share(u["cost"], b.cost_usd, days, money=True)
+        rows.append([u["agent"], *(f"{u[k]:,}" for k in counts), _money(u["cost"]), tokens, cost])
+    sums = [f"{sum(u[k] for u in usage):,}" for k in counts]
+    rows.append(["**all**", *sums, _money(sum(u["cost"] for u in usage)), "", ""])
     header = ["agent", "calls", "input", "cached", "output", "total", "cost", "tokens of budget"]
     table = _table([*header, "cost of budget"], rows)
     return "\n\n".join([head, note, table])

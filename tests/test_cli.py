@@ -65,7 +65,7 @@ def test_agents_validate_prints_all_problems_and_exits_2(workspace_dir: Path) ->
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "harness",
             "--workspace",
             str(workspace_dir),
             "agents",
@@ -120,7 +120,7 @@ def test_bad_config_exits_2_naming_the_key(workspace_dir: Path) -> None:
     cfg = workspace_dir / "config/harness.toml"
     cfg.write_text(cfg.read_text().replace("concurrency = 4", "concurrency = -1"))
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "--workspace", str(workspace_dir), "status"],
+        [sys.executable, "-m", "harness", "--workspace", str(workspace_dir), "status"],
         capture_output=True,
         text=True,
     )

@@ -22,9 +22,19 @@ LONDON = ZoneInfo("Europe/London")
 HOUR = 3600.0
 
 
-def at(*parts: int, tz: ZoneInfo = LONDON, fold: int = 0) -> float:
+def at(
+    y: int,
+    mo: int,
+    d: int,
+    h: int = 0,
+    mi: int = 0,
+    s: int = 0,
+    *,
+    fold: int = 0,
+    tz: ZoneInfo = LONDON,
+) -> float:
     """Epoch seconds of a wall-clock time in ``tz``."""
-    return datetime(*parts, tzinfo=tz, fold=fold).timestamp()  # type: ignore[misc]
+    return datetime(y, mo, d, h, mi, s, tzinfo=tz, fold=fold).timestamp()
 
 
 def local(ts: float, tz: ZoneInfo = LONDON) -> str:
