@@ -49,6 +49,7 @@ class AgentSpec(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     timeout_s: float | None = Field(default=None, gt=0)
     min_delegations: int = Field(default=0, ge=0)
+    delegation_rounds: int | None = Field(default=None, ge=1)  # steps that may delegate
     prompt: str = ""
 
     def model_name(self, settings: Settings) -> str:

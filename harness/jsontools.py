@@ -6,7 +6,10 @@ the reply, a JSON document, becomes a normal assistant message again. The shape:
 - an answer: ``{"answer": "..."}`` (or ``{"answer": <the caller's schema>}`` when the request
   carried its own ``json_schema`` response format);
 - a tool call: ``{"tool": "<name>", "arguments": {...}}``, one branch per tool with the tool's
-  parameter schema, joined with ``anyOf``.
+  parameter schema, joined with ``anyOf``;
+- several tool calls, when the request sets ``min_tool_calls`` above one:
+  ``{"tool_calls": [<tool call>, ...]}`` with at least that many items (the way a model that
+  cannot emit parallel calls natively still fans out in one step).
 
 ``tool_choice`` narrows the branches: ``"required"`` drops the answer, a named function keeps
 only that tool, ``"none"`` drops the tools (the reply is then free text, or follows the caller's
@@ -87,6 +90,7 @@ def reply_schema(
     tools: list[ToolSpec],
     tool_choice: str | dict[str, Any] | None = None,
     answer: dict[str, Any] | None = None,
+    min_calls: int | None = None,
 ) -> dict[str, Any] | None:
     """The JSON schema of a reply, or None when no tool may be called (then the caller's
     own response format, if any, applies unchanged)."""
@@ -94,6 +98,11 @@ def reply_schema(
     if not chosen:
         return None
     branches = [_tool_branch(t) for t in chosen]
+    if min_calls and min_calls > 1:
+        items = branches[0] if len(branches) == 1 else {"anyOf": branches}
+        # a few more than required, never unbounded: small models fill whatever they may
+        calls = {"type": "array", "items": items, "minItems": min_calls, "maxItems": min_calls + 2}
+        return _object({"tool_calls": calls}, ["tool_calls"])
     if may_answer:
         branches.insert(0, _object({"answer": answer or {"type": "string"}}, ["answer"]))
     return branches[0] if len(branches) == 1 else {"anyOf": branches}
@@ -104,13 +113,25 @@ def response_format(schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema}}
 
 
+def wire_format(fmt: dict[str, Any], style: str) -> dict[str, Any]:
+    """``fmt`` as the server expects it: unchanged for ``json_schema`` servers (OpenAI,
+    vLLM, llama.cpp's own server); ``{"type": "json_object", "schema": ...}`` for
+    llama-cpp-python's server, which enforces that schema with a grammar."""
+    if style != "json_object" or fmt.get("type") != "json_schema":
+        return fmt
+    schema = (fmt.get("json_schema") or {}).get("schema")
+    return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+
+
 def is_encoded(request: ChatRequest) -> bool:
     """True when ``request`` carries a reply schema made by :func:`encode_request`."""
     fmt = request.response_format or {}
     return (fmt.get("json_schema") or {}).get("name") == SCHEMA_NAME
 
 
-def instructions(tools: list[ToolSpec], tool_choice: str | dict[str, Any] | None) -> str:
+def instructions(
+    tools: list[ToolSpec], tool_choice: str | dict[str, Any] | None, min_calls: int | None = None
+) -> str:
     """The system-prompt text telling the model which tools exist and how to call them."""
     chosen, may_answer = _chosen_tools(tools, tool_choice)
     if not chosen:
@@ -119,7 +140,12 @@ def instructions(tools: list[ToolSpec], tool_choice: str | dict[str, Any] | None
         "Reply with one JSON object and nothing else.",
         'To call a tool: {"tool": "<tool name>", "arguments": {<arguments>}}.',
     ]
-    if may_answer:
+    if min_calls and min_calls > 1:
+        lines[1] = (
+            f"Call at least {min_calls} tools now, in one reply: "
+            '{"tool_calls": [{"tool": "<tool name>", "arguments": {<arguments>}}, ...]}.'
+        )
+    elif may_answer:
         lines.append('To answer without a tool: {"answer": <your answer>}.')
     else:
         lines.append("You must call a tool now.")
@@ -172,9 +198,10 @@ def encode_request(request: ChatRequest) -> ChatRequest:
     """``request`` with its tools moved into a ``response_format`` schema and the prompt."""
     tools = request.tools or []
     answer = answer_schema(request.response_format)
-    schema = reply_schema(tools, request.tool_choice, answer)
+    schema = reply_schema(tools, request.tool_choice, answer, request.min_tool_calls)
     messages = _with_instructions(
-        flatten_history(request.messages), instructions(tools, request.tool_choice)
+        flatten_history(request.messages),
+        instructions(tools, request.tool_choice, request.min_tool_calls),
     )
     return request.model_copy(
         update={
@@ -194,34 +221,51 @@ def _strip_fences(text: str) -> str:
     return text.strip()
 
 
-def decode_reply(message: ChatMessage, *, new_id: Callable[[], str] = new_call_id) -> ChatMessage:
-    """The assistant message a JSON reply stands for: a tool call, an answer, or as is.
+def decode_reply(
+    message: ChatMessage, *, new_id: Callable[[], str] = new_call_id, strict: bool = False
+) -> ChatMessage:
+    """The assistant message a JSON reply stands for: tool call(s), an answer, or as is.
 
     Use it only on replies to requests for which :func:`is_encoded` holds. A reply that is
-    not one of the JSON shapes (the server ignored the schema) is returned unchanged, as
-    text; native ``tool_calls`` are kept as they are.
+    not one of the JSON shapes (the server ignored the schema, or the reply was cut at
+    ``max_tokens``) is returned unchanged as text, or with ``strict`` raises ValueError;
+    native ``tool_calls`` are kept as they are.
     """
-    if message.tool_calls or not message.content:
+    if message.tool_calls:
         return message
     try:
-        data = json.loads(_strip_fences(message.content))
+        data = json.loads(_strip_fences(message.content or ""))
     except ValueError:
+        if strict:
+            raise ValueError("not valid JSON (cut short?)") from None
         return message
     if not isinstance(data, dict):
+        if strict:
+            raise ValueError("not a JSON object")
         return message
+    many = data.get("tool_calls")
+    if isinstance(many, list) and many and all(isinstance(c, dict) for c in many):
+        calls = [_tool_call(c, new_id) for c in many if isinstance(c.get("tool"), str)]
+        if calls:
+            return ChatMessage(role="assistant", content=None, tool_calls=calls)
     tool = data.get("tool")
     if isinstance(tool, str) and tool:
-        arguments = data.get("arguments")
-        call = ToolCall(
-            id=new_id(),
-            function=FunctionCall(
-                name=tool,
-                arguments=json.dumps({} if arguments is None else arguments, ensure_ascii=False),
-            ),
-        )
-        return ChatMessage(role="assistant", content=None, tool_calls=[call])
+        return ChatMessage(role="assistant", content=None, tool_calls=[_tool_call(data, new_id)])
     if "answer" in data:
         answer = data["answer"]
         text = answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
         return ChatMessage(role="assistant", content=text)
+    if strict:
+        raise ValueError("neither an answer nor a tool call")
     return message
+
+
+def _tool_call(data: dict[str, Any], new_id: Callable[[], str]) -> ToolCall:
+    arguments = data.get("arguments")
+    return ToolCall(
+        id=new_id(),
+        function=FunctionCall(
+            name=str(data["tool"]),
+            arguments=json.dumps({} if arguments is None else arguments, ensure_ascii=False),
+        ),
+    )

@@ -185,7 +185,23 @@ class TaskRunner:
             return []
         if self.n_children >= limits.max_children:
             return []
+        rounds = self.agent.delegation_rounds
+        if rounds is not None and self._delegation_rounds() >= rounds:
+            return []
         return list(self.agent.delegates_to)
+
+    def _delegation_rounds(self) -> int:
+        """Model steps whose delegations are settled (each may fan out to several
+        sub-tasks). A step still being acted on does not count yet."""
+        answered = {sm.message.tool_call_id for sm in self.transcript if sm.message.tool_call_id}
+        return sum(
+            1
+            for sm in self.transcript
+            if any(
+                c.function.name == "delegate" and c.id in answered
+                for c in sm.message.tool_calls or []
+            )
+        )
 
     def _tool_offer(
         self, *, last_step: bool

@@ -7,7 +7,7 @@ model. Per call:
    model's list; a fallback's own fallbacks are not followed). A model is abandoned for the
    next one after any final failure, retryable or not (a 401 or 404 on one provider says
    nothing about another);
-2. on each model, attempts are retried here and only here (tenacity): connection errors,
+2. on each model, attempts are retried here and only here: connection errors,
    timeouts, idle or cut streams, 408/409/429/5xx, and malformed bodies. Other statuses
    (400, 401, 403, 404, 422...) are final at once. Malformed bodies are retried at most
    ``FORMAT_ATTEMPTS - 1`` times per model: a flaky server recovers, a wrong endpoint never;
@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 import anyio
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from . import jsontools
 from .errors import ConfigError, ProviderError, ResponseFormatError
@@ -210,6 +209,10 @@ class OpenAIProvider:
         stream = client.config.stream if request.stream is None else request.stream
         payload = sent.payload(config.id, stream=stream)
         payload.setdefault("max_tokens", config.max_tokens)
+        if "response_format" in payload:
+            payload["response_format"] = jsontools.wire_format(
+                payload["response_format"], config.schema_format
+            )
         return _Call(
             name=name,
             config=config,
@@ -222,30 +225,32 @@ class OpenAIProvider:
         )
 
     async def _run(self, call: _Call) -> Completion:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda exc: isinstance(exc, AttemptError) and exc.retryable),
-            stop=lambda state: self._should_stop(call, state),
-            wait=self._wait,
-            before_sleep=lambda state: self._log_retry(call, state),
-            sleep=self._sleep,
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._attempt(call, attempt.retry_state.attempt_number)
-        except AttemptError as exc:
-            log.warning(
-                "model_call_failed",
-                provider=call.client.name,
-                model=call.name,
-                status=exc.status,
-                attempt=call.attempts,
-                kind=exc.kind,
-                error=exc.message,
-            )
-            raise _ModelFailed(call, exc) from None
-        raise AssertionError("unreachable: tenacity neither returned nor raised")
+        """Attempts on one model until one succeeds or the retry policy gives up.
+
+        A plain loop rather than a retry library: this is every call's hot path, and the
+        policy is small (retry a retryable AttemptError until ``_should_stop``, waiting
+        ``delay_s``). Anything else, cancellation included, propagates at once.
+        """
+        number = 0
+        while True:
+            number += 1
+            try:
+                return await self._attempt(call, number)
+            except AttemptError as exc:
+                if not exc.retryable or self._should_stop(call, number):
+                    log.warning(
+                        "model_call_failed",
+                        provider=call.client.name,
+                        model=call.name,
+                        status=exc.status,
+                        attempt=call.attempts,
+                        kind=exc.kind,
+                        error=exc.message,
+                    )
+                    raise _ModelFailed(call, exc) from None
+                delay = exc.delay_s or 0.0
+                self._log_retry(call, number, exc, delay)
+            await self._sleep(delay)
 
     async def _attempt(self, call: _Call, number: int) -> Completion:
         call.attempts = number
@@ -263,7 +268,20 @@ class OpenAIProvider:
     def _success(self, call: _Call, number: int, reply: Reply) -> Completion:
         message = reply.message
         if jsontools.is_encoded(call.request):
-            message = jsontools.decode_reply(message)
+            try:
+                message = jsontools.decode_reply(message, strict=True)
+            except ValueError as exc:
+                # e.g. cut at max_tokens: the tokens were spent, the reply is unusable
+                error = AttemptError(
+                    f"reply does not follow the tool schema: {exc}",
+                    kind="format",
+                    retryable=True,
+                    status=reply.status,
+                    body=(message.content or "")[:500],
+                )
+                error.latency_ms = reply.latency_ms
+                error.usage = usage_from_wire(reply.usage, call.prompt_estimate, message)
+                raise error from None
         usage = usage_from_wire(reply.usage, call.prompt_estimate, message)
         call.client.pacer.settle(call.reserve, usage.total_tokens)
         call.records.append(
@@ -291,15 +309,17 @@ class OpenAIProvider:
             attempt=number,
             status=exc.status,
             error=exc.message,
+            usage=exc.usage or Usage(),
         )
 
-    # -- tenacity hooks ----------------------------------------------------------------
+    # -- the retry policy ------------------------------------------------------------
 
     @staticmethod
-    def _should_stop(call: _Call, state: RetryCallState) -> bool:
+    def _should_stop(call: _Call, number: int) -> bool:
+        """Give up on this model after failed attempt ``number``?"""
         if call.format_failures >= FORMAT_ATTEMPTS:
             return True
-        return state.attempt_number > call.client.config.max_retries
+        return number > call.client.config.max_retries
 
     def _backoff(self, call: _Call, number: int, exc: AttemptError) -> None:
         """Decide the wait after failed attempt ``number``; a 429 or Retry-After pauses the
@@ -313,25 +333,16 @@ class OpenAIProvider:
             call.client.pacer.pause_until(self._clock() + exc.delay_s)
 
     @staticmethod
-    def _wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, AttemptError) and exc.delay_s is not None:
-            return exc.delay_s
-        return 0.0
-
-    @staticmethod
-    def _log_retry(call: _Call, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        error = exc if isinstance(exc, AttemptError) else None
+    def _log_retry(call: _Call, number: int, error: AttemptError, delay: float) -> None:
         log.warning(
             "model_call_retry",
             provider=call.client.name,
             model=call.name,
-            attempt=state.attempt_number,
-            status=error.status if error else None,
-            kind=error.kind if error else None,
-            error=error.message if error else None,
-            delay_s=round(state.next_action.sleep, 3) if state.next_action else None,
+            attempt=number,
+            status=error.status,
+            kind=error.kind,
+            error=error.message,
+            delay_s=round(delay, 3),
         )
 
     @staticmethod

@@ -76,6 +76,9 @@ class ModelConfig(_Frozen):
     price_output: float = Field(default=0.0, ge=0)
     fallbacks: list[str] = Field(default_factory=list)
     tools: Literal["native", "json"] = "native"  # "json": tools via response_format
+    # how a JSON schema travels in response_format: OpenAI's {"type": "json_schema", ...} or
+    # llama-cpp-python's {"type": "json_object", "schema": ...}
+    schema_format: Literal["json_schema", "json_object"] = "json_schema"
 
     def cost(self, prompt: int, cached: int, completion: int) -> float:
         cached_price = (

@@ -29,6 +29,7 @@ from .jsontools import new_call_id
 from .messages import ChatMessage, WireUsage
 from .pacing import Clock, Pacer, Sleep, parse_retry_after
 from .settings import ProviderConfig
+from .usage import Usage
 
 TransportFactory = Callable[[str, ProviderConfig], httpx.AsyncBaseTransport]
 ErrorKind = Literal["http", "format", "connect", "timeout", "stream"]
@@ -68,6 +69,7 @@ class AttemptError(Exception):
         self.ttft_ms = ttft_ms
         self.latency_ms = 0.0
         self.delay_s: float | None = None  # set by the retry policy: wait before the next try
+        self.usage: Usage | None = None  # tokens the server spent on a reply we rejected
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ class ProviderClient:
             clock=clock,
         )
         self._client: httpx.AsyncClient | None = None
+        self._url: httpx.URL | None = None  # the chat URL, merged with base_url once
+        self._post_headers: httpx.Headers | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         # shared by all providers: a server may echo any of our keys back
         self._secrets: set[str] = set() if secrets is None else secrets
@@ -160,7 +164,22 @@ class ProviderClient:
                     pool=None,
                 ),
             )
+            template = self._client.build_request("POST", CHAT_PATH)
+            self._url = template.url
+            self._post_headers = httpx.Headers(self._client.headers)
+            self._post_headers["content-type"] = "application/json"
         return self._client
+
+    def _request(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> httpx.Request:
+        """The POST for ``payload``, built directly: ``build_request`` re-parses the URL and
+        re-merges headers on every call (a hot path). Same URL, headers and JSON encoding;
+        with cookies set by a server, the client's own merge is used so they are sent back."""
+        if client.cookies or self._url is None or self._post_headers is None:
+            return client.build_request("POST", CHAT_PATH, json=payload)
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return httpx.Request(
+            "POST", self._url, headers=self._post_headers, content=body.encode("utf-8")
+        )
 
     def limiter(self) -> anyio.CapacityLimiter:
         """At most ``max_concurrency`` calls in flight; the rest queue here, not in the pool."""
@@ -177,6 +196,7 @@ class ProviderClient:
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
+            self._url = self._post_headers = None
             await client.aclose()
 
     # -- one attempt -------------------------------------------------------------------
@@ -184,7 +204,12 @@ class ProviderClient:
     async def send(self, payload: dict[str, Any], *, stream: bool, tokens: int) -> Reply:
         """Send one request once (after pacing) and return the reply, or raise AttemptError."""
         await self.pacer.wait_turn(tokens)
-        async with self.limiter():
+        limiter = self.limiter()
+        try:  # a free slot is taken without a trip through the event loop (the common case)
+            limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await limiter.acquire()
+        try:
             await self.pacer.wait_paused()
             started = self._clock()
             try:
@@ -194,15 +219,18 @@ class ProviderClient:
             except AttemptError as exc:
                 exc.latency_ms = self._ms(started)
                 raise
+        finally:
+            limiter.release()
 
     def _ms(self, started: float) -> float:
         return max(self._clock() - started, 0.0) * 1000.0
 
     async def _post(self, payload: dict[str, Any], started: float) -> Reply:
         client = self._http()
+        request = self._request(client, payload)
         try:
             with anyio.fail_after(self.config.timeout_s):
-                response = await client.post(CHAT_PATH, json=payload)
+                response = await client.send(request)
         except (TimeoutError, httpx.TransportError) as exc:
             raise self._before_response(exc) from None
         self._check_status(response)
@@ -210,7 +238,7 @@ class ProviderClient:
 
     async def _stream(self, payload: dict[str, Any], started: float) -> Reply:
         client = self._http()
-        request = client.build_request("POST", CHAT_PATH, json=payload)
+        request = self._request(client, payload)
         try:
             with anyio.fail_after(self.config.timeout_s):
                 response = await client.send(request, stream=True)

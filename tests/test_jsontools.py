@@ -181,3 +181,68 @@ def test_decode_keeps_native_tool_calls() -> None:
     call = ToolCall(id="c", function=FunctionCall(name="search", arguments="{}"))
     message = ChatMessage(role="assistant", content='{"answer": "x"}', tool_calls=[call])
     assert decode_reply(message) is message
+
+
+def test_min_tool_calls_asks_for_several_calls_in_one_reply() -> None:
+    from harness.jsontools import decode_reply, encode_request
+    from harness.messages import ChatMessage, ChatRequest, FunctionSpec, ToolSpec
+
+    spec = ToolSpec(
+        function=FunctionSpec(
+            name="delegate",
+            parameters={
+                "type": "object",
+                "properties": {"agent": {"enum": ["a", "b"]}, "task": {"type": "string"}},
+                "required": ["agent", "task"],
+            },
+        )
+    )
+    request = ChatRequest(
+        model="m",
+        messages=[ChatMessage(role="system", content="s"), ChatMessage(role="user", content="u")],
+        tools=[spec],
+        tool_choice="required",
+        min_tool_calls=2,
+    )
+    sent = encode_request(request)
+    schema = (sent.response_format or {})["json_schema"]["schema"]
+    assert schema["required"] == ["tool_calls"]
+    assert schema["properties"]["tool_calls"]["minItems"] == 2
+    assert schema["properties"]["tool_calls"]["items"]["properties"]["tool"] == {
+        "const": "delegate"
+    }
+    assert "at least 2" in (sent.messages[0].content or "")
+    reply = ChatMessage(
+        role="assistant",
+        content='{"tool_calls": [{"tool": "delegate", "arguments": {"agent": "a", "task": "x"}},'
+        ' {"tool": "delegate", "arguments": {"agent": "b", "task": "y"}}]}',
+    )
+    ids = iter(["c1", "c2"])
+    decoded = decode_reply(reply, new_id=lambda: next(ids))
+    assert [(c.id, c.function.name, c.function.arguments) for c in decoded.tool_calls or []] == [
+        ("c1", "delegate", '{"agent": "a", "task": "x"}'),
+        ("c2", "delegate", '{"agent": "b", "task": "y"}'),
+    ]
+
+
+def test_wire_format_for_llama_cpp_python() -> None:
+    from harness.jsontools import wire_format
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    assert wire_format(fmt, "json_schema") is fmt
+    assert wire_format(fmt, "json_object") == {"type": "json_object", "schema": {"type": "object"}}
+    assert wire_format({"type": "text"}, "json_object") == {"type": "text"}
+
+
+def test_strict_decode_rejects_a_reply_cut_short() -> None:
+    import pytest
+
+    from harness.jsontools import decode_reply
+    from harness.messages import ChatMessage
+
+    cut = ChatMessage(role="assistant", content='{"tool_calls": [{"tool": "delegate", "argu')
+    assert decode_reply(cut) is cut  # lenient: kept as text
+    with pytest.raises(ValueError, match="cut short"):
+        decode_reply(cut, strict=True)
+    with pytest.raises(ValueError, match="neither"):
+        decode_reply(ChatMessage(role="assistant", content='{"x": 1}'), strict=True)

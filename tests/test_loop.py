@@ -24,6 +24,7 @@ def anyio_backend() -> str:
 
 
 async def test_final_answer_is_recorded_with_its_ledger_row(workspace_dir: Path) -> None:
+    set_front_matter(workspace_dir / "agents/veblen.md", "tools", "[note_search, note_append]")
     rt, provider = runtime(workspace_dir, [ScriptedProvider.text("Veblen's answer.")])
     run_id, task_id = await submit(rt, "Which books explain inference economics?", "veblen")
     await work(rt)
@@ -40,6 +41,7 @@ async def test_final_answer_is_recorded_with_its_ledger_row(workspace_dir: Path)
 
 
 async def test_tool_call_runs_and_the_step_continues(workspace_dir: Path) -> None:
+    set_front_matter(workspace_dir / "agents/veblen.md", "tools", "[note_search, note_append]")
     rt, _provider = runtime(
         workspace_dir,
         [
@@ -63,6 +65,7 @@ async def test_tool_call_runs_and_the_step_continues(workspace_dir: Path) -> Non
 
 async def test_max_steps_withholds_tools_on_the_last_step_then_fails(workspace_dir: Path) -> None:
     set_front_matter(workspace_dir / "agents/veblen.md", "max_steps", "3")
+    set_front_matter(workspace_dir / "agents/veblen.md", "tools", "[note_search]")
     seen: list[ChatRequest] = []
 
     def always_tools(request: ChatRequest) -> StepLike:
@@ -78,6 +81,7 @@ async def test_max_steps_withholds_tools_on_the_last_step_then_fails(workspace_d
 
 
 async def test_repeated_identical_tool_calls_stop_the_task(workspace_dir: Path) -> None:
+    set_front_matter(workspace_dir / "agents/veblen.md", "tools", "[note_search]")
     rt, _ = runtime(
         workspace_dir, lambda r: ScriptedProvider.tool_call("note_search", {"query": "same"})
     )
@@ -253,3 +257,26 @@ async def test_status_tokens_sum_children(workspace_dir: Path) -> None:
         k["usage"]["total_tokens"] for k in run["tasks"][0]["children"]
     )
     assert listed["usage"]["total_tokens"] == tree_total > 0
+
+
+async def test_delegation_rounds_limit_makes_the_chief_answer(workspace_dir: Path) -> None:
+    set_front_matter(workspace_dir / "agents/arnold.md", "delegation_rounds", "1")
+    rt, provider = runtime(
+        workspace_dir,
+        by_agent(
+            {
+                "arnold": _arnold_fans_out,
+                **{
+                    a: (lambda r: ScriptedProvider.text("x"))
+                    for a in ("veblen", "simmons", "bradlee", "gulbenkian")
+                },
+            }
+        ),
+    )
+    run_id, _ = await submit(rt, "go")
+    await work(rt)
+    arnold = [r for r in provider.requests if "Mini Arnold" in (r.messages[0].content or "")]
+    # after one settled round of delegation the delegate tool is no longer offered
+    assert "delegate" in [t.function.name for t in arnold[0].tools or []]
+    assert "delegate" not in [t.function.name for t in arnold[1].tools or []]
+    assert (await rt.store.read(views.get_run, run_id))["status"] == "done"  # type: ignore[index]
