@@ -311,12 +311,14 @@ def _runtime(ws: Workspace, **kwargs: Any) -> Any:
 
     @asynccontextmanager
     async def cm() -> Any:
-        async with ensure_local_server(ws.settings, log_path=ws.var_dir / "local-server.log"):
-            rt = build_runtime(ws, **kwargs)
-            try:
+        rt = build_runtime(ws, **kwargs)
+        try:
+            async with ensure_local_server(
+                ws.settings, log_path=ws.var_dir / "local-server.log", models=rt.models_in_use()
+            ):
                 yield rt
-            finally:
-                await rt.aclose()
+        finally:
+            await rt.aclose()
 
     return cm()
 

@@ -10,10 +10,11 @@ as its first stdout line.
 
 Answers: ``completion_tokens`` words (capped by ``max_tokens``: ``finish_reason`` "length"),
 or one call to a tool when tools are offered and ``tool_choice`` is "required" or names a
-function (``tool_calls="always"``: unless the choice is "none"; "never": never). Arguments
-fill the schema's required properties: the first ``enum`` value, ``"fake <name>"`` for
-strings, 1 for numbers. Usage: prompt = request body bytes // 4, completion = words sent (a
-tool call: argument bytes // 4 + 1).
+function (``tool_calls="always"``: unless the choice is "none"; "never": never), its
+arguments made by :func:`fake_arguments`; or, for a ``json_schema``/``json_object`` response
+format, a JSON document by the same rules for its schema (default ``{"answer": <words>}``).
+Usage: prompt = request body bytes // 4, completion = words sent (JSON: pieces of 4
+characters; a tool call: argument bytes // 4 + 1).
 
 Each call's outcome, in arrival order: from ``schedule`` while it lasts (forever with
 ``repeat_schedule``), then by seeded probability: ``429`` (with ``Retry-After``), ``500``,
@@ -41,7 +42,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
-from itertools import accumulate
+from itertools import accumulate, cycle
 from typing import Any
 
 from aiohttp import web
@@ -63,8 +64,7 @@ FAULTS = list(Outcome)[1:]
 ERRORS = (Outcome.RATE_LIMITED, Outcome.SERVER_ERROR)
 _TEXT = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor"
 MAX_TOKENS = 8192  # longest answer; ``completion_tokens`` above it is capped
-_WORDS = _TEXT.split()
-_TOKENS = [(" " if i else "") + _WORDS[i % len(_WORDS)] for i in range(MAX_TOKENS)]
+_TOKENS = [(" " if i else "") + w for i, w in zip(range(MAX_TOKENS), cycle(_TEXT.split()))]
 _DELTAS = [b'{"content":"' + t.encode() + b'"}' for t in _TOKENS]  # plain words: no escaping
 
 
@@ -103,28 +103,37 @@ class FakeConfig:
         return [self.p_no_usage, self.p_429, self.p_500, self.p_malformed, self.p_cut, self.p_stall]
 
 
-def fake_arguments(schema: dict[str, Any]) -> dict[str, Any]:
-    """Arguments valid for a simple JSON schema: its required properties (all when it lists
-    none), each the default, the first enum value, or a plain value of its type."""
+def fake_arguments(schema: dict[str, Any], text: str = "", index: int = 0) -> dict[str, Any]:
+    """An object valid for a simple JSON schema: its required properties (all when it lists
+    none), each its default or const, the first ``anyOf`` branch, the ``index``-th enum value
+    (cycling), ``minItems`` items (the k-th item with index k, so a fan-out of calls picks
+    different enum values), 1 for numbers, ``text`` for a string named ``answer`` and
+    ``"fake <name>"`` for other strings."""
     props: dict[str, Any] = schema.get("properties") or {}
     required = schema.get("required")
     names = [n for n in props if n in required] if isinstance(required, list) else list(props)
-    return {name: _fake_value(name, props[name] or {}) for name in names}
+    return {name: _fake_value(name, props[name] or {}, text, index) for name in names}
 
 
-def _fake_value(name: str, spec: dict[str, Any]) -> Any:
+def _fake_value(name: str, spec: dict[str, Any], text: str, index: int) -> Any:
     for key in ("default", "const"):
         if key in spec:
             return spec[key]
     if spec.get("enum"):
-        return spec["enum"][0]
-    kind = spec.get("type", "string")
+        return spec["enum"][index % len(spec["enum"])]
+    if spec.get("anyOf") or spec.get("oneOf"):
+        return _fake_value(name, (spec.get("anyOf") or spec["oneOf"])[0], text, index)
+    kind = spec.get("type", "object" if "properties" in spec else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
-        return fake_arguments(spec)
-    simple = {"integer": 1, "number": 1, "boolean": False, "array": [], "null": None}
-    return simple.get(kind, f"fake {name}")
+        return fake_arguments(spec, text, index)
+    if kind == "array":
+        items = spec.get("items") or {}
+        return [_fake_value(name, items, text, k) for k in range(spec.get("minItems", 0))]
+    if kind == "string":
+        return text if name == "answer" and text else f"fake {name}"
+    return {"integer": 1, "number": 1, "boolean": False}.get(kind)
 
 
 def _dump(obj: Any) -> bytes:
@@ -143,13 +152,23 @@ class _Answer:
         if isinstance(cap, int) and 0 < cap < n:
             n, self.finish = cap, "length"
         self.tokens = _TOKENS[:n]
+        self.deltas = _DELTAS[:n]
         self.call: dict[str, Any] | None = None
         tool = _pick_tool(body, server.config.tool_calls)
-        if tool is not None:
+        fmt = body.get("response_format") or {}
+        if fmt.get("type") in ("json_schema", "json_object") and tool is None:
+            # grammar-constrained (llama.cpp); llama-cpp-python: {"type": "json_object", "schema"}
+            schema = fmt.get("schema") or (fmt.get("json_schema") or {}).get("schema")
+            schema = schema or {"properties": {"answer": {}}}
+            content = json.dumps(_fake_value("answer", schema, "".join(self.tokens), 0))
+            self.tokens = [content[i : i + 4] for i in range(0, len(content), 4)]
+            self.deltas = [b'{"content":' + _dump(t) + b"}" for t in self.tokens]
+            n, self.finish = len(self.tokens), "stop"
+        elif tool is not None:
             args = json.dumps(fake_arguments(tool.get("parameters") or {}))
             fn = {"name": tool.get("name", ""), "arguments": args}
             self.call = {"id": f"call_{server.next_id(True)}", "type": "function", "function": fn}
-            self.tokens, self.finish = [], "tool_calls"
+            self.tokens, self.deltas, self.finish = [], [], "tool_calls"
             n = len(args) // 4 + 1
         self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
                       "total_tokens": prompt_tokens + n}  # fmt: skip
@@ -160,9 +179,7 @@ class _Answer:
             message["tool_calls"] = [self.call]
         choice = {"index": 0, "message": message, "finish_reason": self.finish}
         out = {**self._head("chat.completion"), "choices": [choice]}
-        if usage:
-            out["usage"] = self.usage
-        return _dump(out)
+        return _dump(out | {"usage": self.usage} if usage else out)
 
     def _event(self, delta: bytes, finish: bytes = b"null") -> bytes:
         # SSE events are assembled from bytes: the hot path of streamed benchmarks
@@ -173,17 +190,12 @@ class _Answer:
         return {"id": self.id, "object": kind, "created": 0, "model": self.model}
 
     def events(self) -> list[bytes]:
-        """Generated output: the role event, one per token, or the tool call in two parts."""
+        """Generated output: the role event, then one per token or the tool call."""
         self._pre = b"data: " + _dump(self._head("chat.completion.chunk"))[:-1] + b',"choices":'
         out = [self._event(b'{"role":"assistant","content":""}')]
-        out += [self._event(d) for d in _DELTAS[: len(self.tokens)]]
+        out += [self._event(d) for d in self.deltas]
         if self.call is not None:
-            fn = self.call["function"]
-            head = {"index": 0, "id": self.call["id"], "type": "function",
-                    "function": {"name": fn["name"], "arguments": ""}}  # fmt: skip
-            out.append(self._event(_dump({"tool_calls": [head]})))
-            part = {"index": 0, "function": {"arguments": fn["arguments"]}}
-            out.append(self._event(_dump({"tool_calls": [part]})))
+            out.append(self._event(_dump({"tool_calls": [{"index": 0, **self.call}]})))
         return out
 
     def tail(self, usage: bool) -> bytes:
@@ -196,17 +208,14 @@ class _Answer:
 
 def _pick_tool(body: dict[str, Any], mode: str) -> dict[str, Any] | None:
     """The function spec to call, or None for a text answer."""
-    tools = body.get("tools")
-    if not tools or mode == "never" or not isinstance(tools, list):
-        return None
-    specs = [t.get("function") or {} for t in tools if isinstance(t, dict)]
+    tools = body.get("tools") if mode != "never" else None
+    specs = [t.get("function") or {} for t in tools or [] if isinstance(t, dict)]
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
         wanted = (choice.get("function") or {}).get("name")
         return next((s for s in specs if s.get("name") == wanted), None)
-    if choice == "required" or (mode == "always" and choice != "none"):
-        return specs[0] if specs else None
-    return None
+    forced = choice == "required" or (mode == "always" and choice != "none")
+    return specs[0] if specs and forced else None
 
 
 class FakeServer:
@@ -355,7 +364,8 @@ class FakeServer:
     ) -> web.StreamResponse:
         if outcome is Outcome.STALL:
             await asyncio.sleep(self.config.stall_s)
-            _close(request)
+            if request.transport is not None:
+                request.transport.close()  # no response at all
             return web.Response()
         ttft, delay = self._ttft(), self.config.token_delay_s
         stream = bool(body.get("stream")) and outcome not in ERRORS
@@ -392,16 +402,10 @@ class FakeServer:
                 await asyncio.sleep(pause)
             if i < len(parts) - 1 or outcome is Outcome.CUT:
                 await resp.write(part)
-        if outcome is Outcome.CUT:
-            _close(request)  # part of the body, then the connection drops
+        if outcome is Outcome.CUT and request.transport is not None:
+            request.transport.close()  # part of the body, then the connection drops
             return resp
         return await self._finish(request, resp, outcome, parts[-1])
-
-
-def _close(request: web.Request) -> None:
-    """Drop the connection at once (no more bytes, no proper end of the body)."""
-    if request.transport is not None:
-        request.transport.close()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -417,12 +421,6 @@ def _parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default)
     return parser
-
-
-def config_from_args(args: argparse.Namespace) -> FakeConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(FakeConfig)}
-    values["schedule"] = [s.strip() for s in values["schedule"].split(",") if s.strip()]
-    return FakeConfig(**values)
 
 
 async def _serve(server: FakeServer) -> None:
@@ -441,7 +439,9 @@ async def _serve(server: FakeServer) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the server until SIGTERM/SIGINT; the first stdout line is ``listening HOST:PORT``."""
     args = _parser().parse_args(argv)
-    server = FakeServer(config_from_args(args), host=args.host, port=args.port)
+    values = {f.name: getattr(args, f.name) for f in fields(FakeConfig)}
+    values["schedule"] = [s.strip() for s in values["schedule"].split(",") if s.strip()]
+    server = FakeServer(FakeConfig(**values), host=args.host, port=args.port)
     asyncio.run(_serve(server))
 
 

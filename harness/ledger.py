@@ -151,8 +151,9 @@ def _give_back(conn: Connection, day: str, agent: str, tokens: int, cost: float)
     )
 
 
-def release(conn: Connection, reservation_id: int) -> None:
-    """Drop a reservation (the call was never sent, or has been settled)."""
+def release(conn: Connection, reservation_id: int) -> bool:
+    """Drop a reservation (the call was never sent, or has been settled). False when it was
+    gone already (settled as unsettled after its worker was declared dead)."""
     row = conn.execute(
         delete(reservations)
         .where(reservations.c.id == reservation_id)
@@ -160,9 +161,11 @@ def release(conn: Connection, reservation_id: int) -> None:
             reservations.c.day, reservations.c.agent, reservations.c.tokens, reservations.c.cost
         )
     ).first()
-    if row is not None:
-        for who in (row.agent, WORKSPACE):
-            _give_back(conn, row.day, who, row.tokens, row.cost)
+    if row is None:
+        return False
+    for who in (row.agent, WORKSPACE):
+        _give_back(conn, row.day, who, row.tokens, row.cost)
+    return True
 
 
 def record(
@@ -176,8 +179,8 @@ def record(
 ) -> list[int]:
     """Write one ledger row per call record, update the roll-ups (agent/day, workspace/day,
     run) and settle the reservation, all in the caller's transaction. Returns the row ids."""
-    if reservation_id is not None:
-        release(conn, reservation_id)
+    if reservation_id is not None and not release(conn, reservation_id):
+        _unrecord_unsettled(conn, reservation_id)
     ts = clock.now() if ts is None else ts
     day = day_of(ts, settings.tz)
     ids: list[int] = []
@@ -188,6 +191,29 @@ def record(
     return ids
 
 
+def _unrecord_unsettled(conn: Connection, reservation_id: int) -> None:
+    """Remove the unsettled row that stood in for a call whose real answer has now arrived
+    (its worker was only paused, not dead), so the call is charged once, with actual usage."""
+    row = (
+        conn.execute(
+            delete(calls)
+            .where(
+                calls.c.reservation_id == reservation_id, calls.c.outcome == CallOutcome.UNSETTLED
+            )
+            .returning(*calls.c)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return
+    usage = Usage(-row["prompt_tokens"], 0, 0, 0, row["estimated"])
+    rec = CallRecord(row["provider"], row["model"], CallOutcome.UNSETTLED, usage)
+    _roll_up(conn, row["day"], [row["agent"], WORKSPACE], rec, -row["cost_usd"], sign=-1)
+    if row["run_id"] is not None:
+        _roll_up_run(conn, row["run_id"], usage, -row["cost_usd"], sign=-1)
+
+
 def _cost(settings: Settings, model: str, usage: Usage) -> float:
     cfg = settings.models.get(model)
     if cfg is None:
@@ -196,7 +222,13 @@ def _cost(settings: Settings, model: str, usage: Usage) -> float:
 
 
 def _record_one(
-    conn: Connection, ctx: CallContext, rec: CallRecord, settings: Settings, ts: float, day: str
+    conn: Connection,
+    ctx: CallContext,
+    rec: CallRecord,
+    settings: Settings,
+    ts: float,
+    day: str,
+    reservation_id: int | None = None,
 ) -> int:
     u = rec.usage
     cost = _cost(settings, rec.model, u)
@@ -221,45 +253,56 @@ def _record_one(
             estimated=u.estimated,
             outcome=rec.outcome,
             error=rec.error,
+            reservation_id=reservation_id,
         )
     ).inserted_primary_key[0]  # type: ignore[index]
     _roll_up(conn, day, [ctx.agent, WORKSPACE], rec, cost)
     if ctx.run_id is not None:
-        r = runs.c
-        conn.execute(
-            update(runs)
-            .where(r.id == ctx.run_id)
-            .values(
-                calls=r.calls + 1,
-                prompt_tokens=r.prompt_tokens + u.prompt_tokens,
-                cached_tokens=r.cached_tokens + u.cached_tokens,
-                completion_tokens=r.completion_tokens + u.completion_tokens,
-                reasoning_tokens=r.reasoning_tokens + u.reasoning_tokens,
-                cost_usd=r.cost_usd + cost,
-                estimated_calls=r.estimated_calls + int(u.estimated),
-            )
-        )
+        _roll_up_run(conn, ctx.run_id, u, cost)
     return int(row_id)
 
 
+def _roll_up_run(conn: Connection, run_id: int, u: Usage, cost: float, sign: int = 1) -> None:
+    r = runs.c
+    conn.execute(
+        update(runs)
+        .where(r.id == run_id)
+        .values(
+            calls=r.calls + sign,
+            prompt_tokens=r.prompt_tokens + u.prompt_tokens,
+            cached_tokens=r.cached_tokens + u.cached_tokens,
+            completion_tokens=r.completion_tokens + u.completion_tokens,
+            reasoning_tokens=r.reasoning_tokens + u.reasoning_tokens,
+            cost_usd=r.cost_usd + cost,
+            estimated_calls=r.estimated_calls + sign * int(u.estimated),
+        )
+    )
+
+
 def _roll_up(
-    conn: Connection, day: str, agents: Sequence[str], rec: CallRecord, cost: float
+    conn: Connection,
+    day: str,
+    agents: Sequence[str],
+    rec: CallRecord,
+    cost: float,
+    sign: int = 1,
 ) -> None:
+    """Add one call (``sign=-1``: take one back; its usage then carries negative tokens)."""
     c = usage_daily.c
     u = rec.usage
     conn.execute(
         update(usage_daily)
         .where(c.day == day, c.agent.in_(list(agents)))
         .values(
-            calls=c.calls + 1,
+            calls=c.calls + sign,
             prompt_tokens=c.prompt_tokens + u.prompt_tokens,
             cached_tokens=c.cached_tokens + u.cached_tokens,
             completion_tokens=c.completion_tokens + u.completion_tokens,
             reasoning_tokens=c.reasoning_tokens + u.reasoning_tokens,
             cost_usd=c.cost_usd + cost,
-            estimated_calls=c.estimated_calls + int(u.estimated),
-            unsettled_calls=c.unsettled_calls + int(rec.outcome == CallOutcome.UNSETTLED),
-            error_calls=c.error_calls + int(rec.outcome == CallOutcome.ERROR),
+            estimated_calls=c.estimated_calls + sign * int(u.estimated),
+            unsettled_calls=c.unsettled_calls + sign * int(rec.outcome == CallOutcome.UNSETTLED),
+            error_calls=c.error_calls + sign * int(rec.outcome == CallOutcome.ERROR),
         )
     )
 
@@ -283,7 +326,10 @@ def settle_orphans(conn: Connection, settings: Settings, worker_ids: Sequence[in
             usage=Usage(prompt_tokens=r["tokens"], estimated=True),
             error="in flight when its worker died; charged with the reserved estimate",
         )
-        record(conn, ctx, [rec], settings, reservation_id=r["id"], ts=r["created_at"])
+        release(conn, r["id"])
+        day = day_of(r["created_at"], settings.tz)
+        _ensure_rows(conn, day, [ctx.agent, WORKSPACE])
+        _record_one(conn, ctx, rec, settings, r["created_at"], day, reservation_id=r["id"])
     return len(orphans)
 
 

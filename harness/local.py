@@ -6,9 +6,11 @@ downloaded at run time. A provider with ``local = true`` points at that server; 
 it on demand (:func:`ensure_local_server`) or the user runs it in the foreground
 (``harness serve-local``, :func:`serve_forever`).
 
-The server answers one request at a time (llama-cpp-python serialises them behind a lock);
-concurrent callers queue. It is started with ``--interrupt_requests false`` so that a second
-request waits instead of cutting a running stream short.
+The server answers one request at a time (behind a lock); concurrent callers queue. Flags:
+
+- ``--interrupt_requests false``: by default a new request ends a running stream early;
+- ``--logits_all false``: the server's default keeps logits for every prompt token
+  (``n_ctx * 49152 * 4`` bytes, an output-layer pass per token) for ``logprobs`` we never use.
 """
 
 from __future__ import annotations
@@ -21,10 +23,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 from urllib.parse import urlparse
 
@@ -55,17 +55,16 @@ STOP_GRACE_S = 10.0
 _REQUIRED_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings")
 # The server reads these from the environment (pydantic-settings, uvicorn's HOST/PORT beat the
 # command line); an unrelated API_KEY or PORT in the user's shell must not reconfigure it.
-_SERVER_ENV = frozenset(
-    """HOST PORT CONFIG_FILE API_KEY SSL_KEYFILE SSL_CERTFILE INTERRUPT_REQUESTS ROOT_PATH
-    DISABLE_PING_EVENTS MODEL MODEL_ALIAS N_GPU_LAYERS SPLIT_MODE MAIN_GPU TENSOR_SPLIT
+_SERVER_SETTINGS = """HOST PORT CONFIG_FILE API_KEY SSL_KEYFILE SSL_CERTFILE INTERRUPT_REQUESTS
+    ROOT_PATH DISABLE_PING_EVENTS MODEL MODEL_ALIAS N_GPU_LAYERS SPLIT_MODE MAIN_GPU TENSOR_SPLIT
     VOCAB_ONLY USE_MMAP USE_MLOCK KV_OVERRIDES RPC_SERVERS SEED N_CTX N_BATCH N_UBATCH
     N_THREADS N_THREADS_BATCH ROPE_SCALING_TYPE ROPE_FREQ_BASE ROPE_FREQ_SCALE YARN_EXT_FACTOR
     YARN_ATTN_FACTOR YARN_BETA_FAST YARN_BETA_SLOW YARN_ORIG_CTX MUL_MAT_Q LOGITS_ALL EMBEDDING
     OFFLOAD_KQV FLASH_ATTN LAST_N_TOKENS_SIZE LORA_BASE LORA_PATH NUMA CHAT_FORMAT
     CHAT_TEMPLATE_KWARGS CLIP_MODEL_PATH CACHE CACHE_TYPE CACHE_SIZE HF_TOKENIZER_CONFIG_PATH
     HF_PRETRAINED_MODEL_NAME_OR_PATH HF_MODEL_REPO_ID DRAFT_MODEL DRAFT_MODEL_NUM_PRED_TOKENS
-    TYPE_K TYPE_V VERBOSE""".split()
-)
+    TYPE_K TYPE_V VERBOSE"""
+_SERVER_ENV = frozenset(_SERVER_SETTINGS.split())
 
 log = structlog.get_logger("harness.local")
 
@@ -82,13 +81,8 @@ class LocalServerError(HarnessError):
 
 
 def _missing_extra(what: str) -> ConfigError:
-    return ConfigError(
-        Problem(
-            CONFIG_FILE,
-            f"the embedded model needs {what}, which is not installed: {INSTALL_HINT}",
-            "local",
-        )
-    )
+    text = f"the embedded model needs {what}, which is not installed: {INSTALL_HINT}"
+    return ConfigError(Problem(CONFIG_FILE, text, "local"))
 
 
 def check_local_extra() -> None:
@@ -124,37 +118,39 @@ def find_model_file(settings: Settings) -> Path:
     return found[0].resolve()
 
 
-def local_providers(settings: Settings) -> dict[str, ProviderConfig]:
-    """Providers with ``local = true`` that some model uses, the default model's first."""
-    names = [settings.default_model, *settings.models]
-    out: dict[str, ProviderConfig] = {}
-    for name in names:
+def _local_models(settings: Settings, models: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """(provider, wire id) of each model (of ``models``, default all) on a local provider."""
+    names = [settings.default_model, *settings.models] if models is None else list(models)
+    out = []
+    for name in dict.fromkeys(names):
         model = settings.models.get(name)
         provider = settings.providers.get(model.provider) if model else None
         if model and provider and provider.local:
-            out.setdefault(model.provider, provider)
+            out.append((model.provider, model.id))
     return out
 
 
-def local_model_id(settings: Settings, provider: str | None = None) -> str:
-    """The wire id served as the model alias: that of the first model on a local provider.
+def local_providers(
+    settings: Settings, models: Iterable[str] | None = None
+) -> dict[str, ProviderConfig]:
+    """Providers with ``local = true`` used by ``models`` (default: every model, the default
+    model's first); pass a run's models and their fallbacks to spare an unused server."""
+    return {name: settings.providers[name] for name, _ in _local_models(settings, models)}
 
-    The default model wins when it is local. Falls back to ``"local"`` when no provider is
-    local (the server answers any model name with its one model anyway).
+
+def local_model_id(settings: Settings, provider: str | None = None) -> str:
+    """The wire id served as the model alias: the first local model's (the default's if local).
+
+    ``"local"`` when there is none; the server answers any model name with its one model.
     """
-    for name in [settings.default_model, *settings.models]:
-        model = settings.models.get(name)
-        if model is None:
-            continue
-        config = settings.providers.get(model.provider)
-        if config and config.local and (provider is None or model.provider == provider):
-            return model.id
-    return "local"
+    ids = [wire for name, wire in _local_models(settings, None) if provider in (None, name)]
+    return ids[0] if ids else "local"
 
 
 def default_threads(settings: Settings) -> int:
-    """``local.n_threads``, else every core (the server computes one request at a time)."""
-    return settings.local.n_threads or os.cpu_count() or 1
+    """``local.n_threads``, else half the cores (at least one), as llama-cpp-python does:
+    its threads spin at barriers, and on a busy 2-core machine 2 decoded 7x slower than 1."""
+    return settings.local.n_threads or max((os.cpu_count() or 1) // 2, 1)
 
 
 def server_command(
@@ -172,29 +168,19 @@ def server_command(
     check_local_extra()
     local = settings.local
     threads = str(default_threads(settings))
-    return [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(find_model_file(settings)),
-        "--model_alias",
-        model_alias or local_model_id(settings),
-        "--host",
-        host or local.host,
-        "--port",
-        str(port or local.port),
-        "--n_ctx",
-        str(local.n_ctx),
-        "--chat_format",
-        local.chat_format,
-        "--n_threads",
-        threads,
-        "--n_threads_batch",
-        threads,
-        "--interrupt_requests",
-        "false",
-    ]
+    flags = {
+        "--model": str(find_model_file(settings)),
+        "--model_alias": model_alias or local_model_id(settings),
+        "--host": host or local.host,
+        "--port": str(port or local.port),
+        "--n_ctx": str(local.n_ctx),
+        "--chat_format": local.chat_format,
+        "--n_threads": threads,
+        "--n_threads_batch": threads,
+        "--interrupt_requests": "false",
+        "--logits_all": "false",
+    }
+    return [sys.executable, "-m", "llama_cpp.server", *(x for kv in flags.items() for x in kv)]
 
 
 def server_env(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -257,9 +243,7 @@ class LocalServer:
         self.host = host or settings.local.host
         self.port = port or settings.local.port
         self.log_path = log_path or find_workspace() / "var" / LOG_NAME
-        self.command = server_command(
-            settings, self.port, host=self.host, model_alias=model_alias
-        )
+        self.command = server_command(settings, self.port, host=self.host, model_alias=model_alias)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -300,20 +284,19 @@ class LocalServer:
                 return
             code = self.process.poll()
             if code is not None:
-                raise LocalServerError(
-                    f"the local model server exited with code {code} before answering "
-                    f"at {self.base_url}",
-                    log_path=self.log_path,
-                    log_tail=_tail(self.log_path),
+                problem = f"exited with code {code} before answering at {self.base_url}"
+            elif time.monotonic() > deadline:
+                problem = (
+                    f"did not answer at {self.base_url} within {timeout:g}s "
+                    "(local.startup_timeout_s)"
                 )
-            if time.monotonic() > deadline:
-                raise LocalServerError(
-                    f"the local model server did not answer at {self.base_url} "
-                    f"within {timeout:g}s (local.startup_timeout_s)",
-                    log_path=self.log_path,
-                    log_tail=_tail(self.log_path),
-                )
-            await anyio.sleep(0.25)
+            else:
+                await anyio.sleep(0.25)
+                continue
+            tail = _tail(self.log_path)
+            raise LocalServerError(
+                f"the local model server {problem}", log_path=self.log_path, log_tail=tail
+            )
 
     async def stop(self) -> None:
         """SIGTERM the process group, then SIGKILL after :data:`STOP_GRACE_S`. Idempotent."""
@@ -334,12 +317,7 @@ class LocalServer:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
 
@@ -348,38 +326,23 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         os.killpg(proc.pid, sig)
 
 
-@dataclass(frozen=True)
-class _Target:
-    provider: str
-    host: str
-    port: int
-    base_url: str
-
-
-def _target(settings: Settings, name: str, provider: ProviderConfig) -> _Target:
+def _local_port(settings: Settings, name: str, provider: ProviderConfig) -> int:
+    """The port a local provider's server must listen on; its URL must be on this machine."""
     url = urlparse(provider.base_url)
-    host = url.hostname or settings.local.host
-    local_hosts = {"127.0.0.1", "localhost", "::1", "0.0.0.0", settings.local.host}
-    if host not in local_hosts:
-        raise ConfigError(
-            Problem(
-                CONFIG_FILE,
-                f"local = true, but {provider.base_url} is not on this machine",
-                f"providers.{name}.base_url",
-            )
-        )
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return _Target(name, settings.local.host, port, provider.base_url)
+    if url.hostname not in {"127.0.0.1", "localhost", "::1", "0.0.0.0", settings.local.host}:
+        text = f"local = true, but {provider.base_url} is not on this machine"
+        raise ConfigError(Problem(CONFIG_FILE, text, f"providers.{name}.base_url"))
+    return url.port or (443 if url.scheme == "https" else 80)
 
 
 @contextlib.asynccontextmanager
 async def ensure_local_server(
-    settings: Settings, *, log_path: Path | None = None
+    settings: Settings, *, log_path: Path | None = None, models: Iterable[str] | None = None
 ) -> AsyncIterator[list[LocalServer]]:
     """Make sure every local provider's server answers for the duration of the block.
 
-    For each provider with ``local = true`` that a model uses: if its ``base_url`` already
-    answers, nothing is done (someone else runs it, e.g. ``harness serve-local``). If not
+    For each local provider of :func:`local_providers(settings, models) <local_providers>`:
+    if its ``base_url`` answers, nothing is done (e.g. ``harness serve-local`` runs). If not
     and ``local.autostart`` is on, a :class:`LocalServer` is started on the URL's port and
     stopped when the block exits; with autostart off a warning is logged and the provider
     fails on its first call. Yields the servers this call started (often none).
@@ -391,27 +354,23 @@ async def ensure_local_server(
     """
     started: list[LocalServer] = []
     async with contextlib.AsyncExitStack() as stack:
-        targets = [_target(settings, n, p) for n, p in local_providers(settings).items()]
-        for target in targets:
-            if await is_up(target.base_url):
+        providers = local_providers(settings, models)
+        for name, provider in providers.items():
+            port = _local_port(settings, name, provider)
+            if await is_up(provider.base_url):
                 continue
             if not settings.local.autostart:
-                log.warning("local_server_down", url=target.base_url, autostart=False)
+                log.warning("local_server_down", url=provider.base_url, autostart=False)
                 continue
             path = log_path or find_workspace() / "var" / LOG_NAME
-            if len(targets) > 1:
-                path = path.with_name(f"{path.stem}-{target.port}{path.suffix}")
-            server = LocalServer(
-                settings,
-                port=target.port,
-                host=target.host,
-                log_path=path,
-                model_alias=local_model_id(settings, target.provider),
-            )
+            if len(providers) > 1:
+                path = path.with_name(f"{path.stem}-{port}{path.suffix}")
+            alias = local_model_id(settings, name)
+            server = LocalServer(settings, port=port, log_path=path, model_alias=alias)
             try:
                 await server.start()
             except LocalServerError:
-                if await is_up(target.base_url):
+                if await is_up(provider.base_url):
                     continue  # another process started it meanwhile
                 raise
             stack.push_async_callback(server.stop)

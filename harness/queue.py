@@ -337,11 +337,20 @@ def wake_parent(conn: Connection, parent_id: int) -> bool:
     return result.rowcount == 1
 
 
-def reap_expired(conn: Connection, dead_workers: Sequence[int] = ()) -> int:
+def reap_expired(
+    conn: Connection, dead_workers: Sequence[int] = (), *, exclude: int | None = None
+) -> int:
     """Return tasks with an expired lease (or held by a known-dead worker) to the queue;
-    tasks out of attempts are failed. Returns how many tasks were touched."""
+    tasks out of attempts are failed. Returns how many tasks were touched.
+
+    ``exclude``: the calling worker's own id. Its leases only look expired when its own
+    heartbeat is late, and its runners are still going; other workers reap them instead.
+    """
     t = now()
-    orphan = or_(tasks.c.lease_expires_at < t, tasks.c.lease_owner.in_(list(dead_workers)))
+    expired = tasks.c.lease_expires_at < t
+    if exclude is not None:
+        expired = and_(expired, tasks.c.lease_owner != exclude)
+    orphan = or_(expired, tasks.c.lease_owner.in_(list(dead_workers)))
     base = and_(tasks.c.status == TaskStatus.RUNNING, orphan)
     failed = conn.execute(
         update(tasks)

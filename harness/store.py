@@ -183,8 +183,15 @@ def register_worker(conn: Connection, concurrency: int) -> int:
     return int(row.inserted_primary_key[0])  # type: ignore[index]
 
 
-def beat_worker(conn: Connection, worker_id: int) -> None:
-    conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=time.time()))
+def beat_worker(conn: Connection, worker_id: int) -> bool:
+    """Record a heartbeat. False when this worker was declared dead meanwhile (it was paused
+    or cut off too long): its leases are gone and it must start a fresh epoch."""
+    result = conn.execute(
+        update(workers)
+        .where(workers.c.id == worker_id, workers.c.stopped_at.is_(None))
+        .values(heartbeat_at=time.time())
+    )
+    return result.rowcount == 1
 
 
 def stop_worker(conn: Connection, worker_id: int) -> None:

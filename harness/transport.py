@@ -17,6 +17,7 @@ least every ``stream_idle_timeout_s``, with no overall limit while it makes prog
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -88,11 +89,16 @@ def default_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
     """The configured transport, its keep-alive pool sized to ``max_concurrency``."""
     size = config.max_concurrency
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    tls: dict[str, Any] = {}
+    if config.base_url.startswith("http://"):
+        # plain HTTP (e.g. a local model server) never uses TLS: skip loading the CA bundle
+        # (tens of ms before the first call); a context without CAs fails closed if used
+        tls["verify"] = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if config.transport == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        return AiohttpTransport(limits=limits)
-    return httpx.AsyncHTTPTransport(limits=limits, retries=0)
+        return AiohttpTransport(limits=limits, **tls)
+    return httpx.AsyncHTTPTransport(limits=limits, retries=0, **tls)
 
 
 def status_retryable(status: int) -> bool:
@@ -126,6 +132,9 @@ class ProviderClient:
         self._client: httpx.AsyncClient | None = None
         self._url: httpx.URL | None = None  # the chat URL, merged with base_url once
         self._post_headers: httpx.Headers | None = None
+        self._extensions: dict[str, Any] = {}
+        self._aiohttp: Any = None  # our own httpx_aiohttp transport, when that is in use
+        self._aiohttp_options: dict[str, Any] | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         # shared by all providers: a server may echo any of our keys back
         self._secrets: set[str] = set() if secrets is None else secrets
@@ -164,22 +173,77 @@ class ProviderClient:
                     pool=None,
                 ),
             )
-            template = self._client.build_request("POST", CHAT_PATH)
+            template = self._client.build_request("POST", CHAT_PATH, json={})
             self._url = template.url
             self._post_headers = httpx.Headers(self._client.headers)
             self._post_headers["content-type"] = "application/json"
+            self._extensions = dict(template.extensions)  # the client's timeouts
+            aiohttp_own = self._factory is None and self.config.transport == "aiohttp"
+            self._aiohttp = transport if aiohttp_own else None
         return self._client
 
-    def _request(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> httpx.Request:
-        """The POST for ``payload``, built directly: ``build_request`` re-parses the URL and
-        re-merges headers on every call (a hot path). Same URL, headers and JSON encoding;
-        with cookies set by a server, the client's own merge is used so they are sent back."""
-        if client.cookies or self._url is None or self._post_headers is None:
-            return client.build_request("POST", CHAT_PATH, json=payload)
+    # The hot path. A call is one POST, so it skips what ``AsyncClient.build_request`` and
+    # ``AsyncClient.send`` redo on every request: parsing and merging the URL and headers,
+    # the auth flow, redirect handling, the cookie jar and event hooks (none of which an API
+    # call uses: no cookies are kept). The request goes to the transport the client picks
+    # for the URL, so proxy mounts (and respx, in tests) still apply. When that is our own
+    # aiohttp transport, a non-streamed call goes straight to its aiohttp session, without
+    # the httpx request and response stream wrappers. Measured in docs/benchmarks.md (B1).
+
+    def _body(self, payload: dict[str, Any]) -> bytes:
+        """``payload`` as JSON, encoded as httpx encodes it."""
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return httpx.Request(
-            "POST", self._url, headers=self._post_headers, content=body.encode("utf-8")
+        return body.encode("utf-8")
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, payload: dict[str, Any], *, stream: bool
+    ) -> httpx.Response:
+        """Send the POST and return the response (its body read unless ``stream``)."""
+        assert self._url is not None and self._post_headers is not None
+        body = self._body(payload)
+        transport_for = getattr(client, "_transport_for_url", None)
+        transport = transport_for(self._url) if transport_for is not None else None
+        if transport is not None and transport is self._aiohttp and not stream:
+            return await self._aiohttp_post(transport, body)
+        request = httpx.Request(
+            "POST", self._url, headers=self._post_headers, content=body, extensions=self._extensions
         )
+        if transport is None:  # an httpx without ``_transport_for_url``: the public path
+            return await client.send(request, stream=stream)
+        response = await transport.handle_async_request(request)
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
+
+    async def _aiohttp_post(self, transport: Any, body: bytes) -> httpx.Response:
+        """One POST on the aiohttp session of our ``httpx_aiohttp`` transport, with the same
+        options, timeouts and error mapping as its ``handle_async_request``."""
+        import aiohttp
+        from httpx_aiohttp.transport import map_aiohttp_exceptions
+
+        assert self._url is not None and self._post_headers is not None
+        if not isinstance(transport.client, aiohttp.ClientSession):
+            transport.client = transport.get_client()
+        if self._aiohttp_options is None:
+            proxy = transport.proxy
+            self._aiohttp_options = {
+                "headers": list(self._post_headers.multi_items()),
+                "allow_redirects": False,
+                "auto_decompress": False,  # httpx decodes, as for the other transports
+                "compress": False,
+                "timeout": aiohttp.ClientTimeout(sock_connect=self.config.connect_timeout_s),
+                "proxy": str(proxy.url) if proxy else None,
+            }
+        with map_aiohttp_exceptions():
+            async with transport.client.request(
+                "POST", str(self._url), data=body, **self._aiohttp_options
+            ) as resp:
+                content = await resp.read()
+        return httpx.Response(resp.status, headers=resp.raw_headers, content=content)
 
     def limiter(self) -> anyio.CapacityLimiter:
         """At most ``max_concurrency`` calls in flight; the rest queue here, not in the pool."""
@@ -196,7 +260,7 @@ class ProviderClient:
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            self._url = self._post_headers = None
+            self._url = self._post_headers = self._aiohttp = self._aiohttp_options = None
             await client.aclose()
 
     # -- one attempt -------------------------------------------------------------------
@@ -227,10 +291,9 @@ class ProviderClient:
 
     async def _post(self, payload: dict[str, Any], started: float) -> Reply:
         client = self._http()
-        request = self._request(client, payload)
         try:
             with anyio.fail_after(self.config.timeout_s):
-                response = await client.send(request)
+                response = await self._exchange(client, payload, stream=False)
         except (TimeoutError, httpx.TransportError) as exc:
             raise self._before_response(exc) from None
         self._check_status(response)
@@ -238,10 +301,9 @@ class ProviderClient:
 
     async def _stream(self, payload: dict[str, Any], started: float) -> Reply:
         client = self._http()
-        request = self._request(client, payload)
         try:
             with anyio.fail_after(self.config.timeout_s):
-                response = await client.send(request, stream=True)
+                response = await self._exchange(client, payload, stream=True)
         except (TimeoutError, httpx.TransportError) as exc:
             raise self._before_response(exc) from None
         try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from . import ledger, queue, store
 from .errors import LeaseLost
@@ -81,12 +81,15 @@ class Worker:
             if self.stop_when is not None and await self.stop_when():
                 break
             free = self.concurrency - len(self._running)
-            claimed: list[Task] = []
+            claimed: list[Task] | None = []
             if free > 0:
-                claimed = await self.rt.store.write(
-                    queue.claim, self.id, lease_s, free, run_id=self.run_id
-                )
+                claimed = await self.rt.store.write(_claim, self.id, lease_s, free, self.run_id)
+            if claimed is None:
+                await self._new_epoch()
+                continue
             for task in claimed:
+                if task.id in self._running:  # never two runners of one task
+                    self._running[task.id].cancel()
                 scope = anyio.CancelScope()
                 self._running[task.id] = scope
                 tg.start_soon(self._work, task, scope)
@@ -122,7 +125,8 @@ class Worker:
                     backoff_s=self.rt.settings.worker.retry_backoff_s,
                 )
         finally:
-            self._running.pop(task.id, None)
+            if self._running.get(task.id) is scope:
+                del self._running[task.id]
             if status is None and scope.cancelled_caught:
                 with anyio.CancelScope(shield=True):
                     await self._release(task, "worker shutting down")
@@ -143,11 +147,23 @@ class Worker:
             await anyio.sleep(lease_s / 3)
             ids = list(self._running)
             owned = await self.rt.store.write(_beat, self.id, ids, lease_s)
+            if owned is None:
+                await self._new_epoch()
+                continue
             for task_id in set(ids) - owned:
                 scope = self._running.get(task_id)
                 if scope is not None:  # cancelled run, or lease taken over
                     log.warning("task_lease_lost", task_id=task_id)
                     scope.cancel()
+
+    async def _new_epoch(self) -> None:
+        """This worker was declared dead (paused or cut off past two leases): its tasks
+        were taken back, so stop working on them and carry on under a fresh id."""
+        log.warning("worker_declared_dead", worker_id=self.id, running=len(self._running))
+        for scope in self._running.values():
+            scope.cancel()
+        self.id = await self.rt.store.write(store.register_worker, self.concurrency)
+        log.info("worker_started", worker_id=self.id, concurrency=self.concurrency, pid=os.getpid())
 
     async def maintain(self, *, force: bool = False) -> None:
         """Take back orphaned work, wake parents and paused tasks. Cheap, indexed queries."""
@@ -156,7 +172,8 @@ class Worker:
             return
         self._last_maintenance = t
         self.rt.reload_team()
-        n = await self.rt.store.write(_maintain, self.rt, self.rt.settings.worker.lease_s * 2)
+        stale_after = self.rt.settings.worker.lease_s * 2
+        n = await self.rt.store.write(_maintain, self.rt, stale_after, self.id)
         if n:
             log.info("worker_maintenance", touched=n)
 
@@ -184,17 +201,33 @@ class Worker:
                 self.stop()
 
 
-def _beat(conn: Connection, worker_id: int, ids: list[int], lease_s: float) -> set[int]:
-    store.beat_worker(conn, worker_id)
+def _beat(conn: Connection, worker_id: int, ids: list[int], lease_s: float) -> set[int] | None:
+    """Heartbeat and lease renewal; the ids still owned, or None when declared dead."""
+    if not store.beat_worker(conn, worker_id):
+        return None
     return queue.heartbeat(conn, worker_id, ids, lease_s)
 
 
-def _maintain(conn: Connection, rt: Runtime, stale_after_s: float) -> int:
+def _claim(
+    conn: Connection, worker_id: int, lease_s: float, limit: int, run_id: int | None
+) -> list[Task] | None:
+    """Claim under this worker's id, unless it was declared dead (None)."""
+    alive = conn.execute(
+        select(store.workers.c.id).where(
+            store.workers.c.id == worker_id, store.workers.c.stopped_at.is_(None)
+        )
+    ).first()
+    if alive is None:
+        return None
+    return queue.claim(conn, worker_id, lease_s, limit, run_id=run_id)
+
+
+def _maintain(conn: Connection, rt: Runtime, stale_after_s: float, me: int) -> int:
     from . import clock, schedules  # here: the scheduler is wired in through maintenance only
 
     dead = store.dead_workers(conn, stale_after_s)
     n = ledger.settle_orphans(conn, rt.settings, dead)
-    n += queue.reap_expired(conn, dead)
+    n += queue.reap_expired(conn, dead, exclude=me)
     store.mark_stopped(conn, dead)
     n += queue.wake_waiting(conn)
     keys = {a: budget_key(rt, rt.team[a]) for a in queue.paused_agents(conn) if a in rt.team}

@@ -337,3 +337,31 @@ def test_subprocess_prints_its_port_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_json_schema_replies_follow_the_schema(fake: Any) -> None:
+    """Models served with ``tools = "json"`` get their tools as a response-format schema."""
+    from harness import jsontools
+
+    _server, client = fake
+    spec = ToolSpec(function=FunctionSpec.model_validate(DELEGATE["function"]))
+    fan_out = jsontools.reply_schema([spec], "required", min_calls=2)
+    assert fan_out is not None
+    r = await post(client, True, response_format=jsontools.response_format(fan_out))
+    message = jsontools.decode_reply(assemble(r.text).result()[0])
+    args = [json.loads(c.function.arguments) for c in message.tool_calls or []]
+    assert args == [
+        {"agent": "veblen", "task": "fake task"},
+        {"agent": "simmons", "task": "fake task"},
+    ]
+    either = jsontools.reply_schema([spec], "auto")
+    assert either is not None
+    r = await post(client, response_format=jsontools.response_format(either), max_tokens=2)
+    content = r.json()["choices"][0]["message"]["content"]
+    assert json.loads(content) == {"answer": "lorem ipsum"}
+    assert r.json()["usage"]["completion_tokens"] == len(range(0, len(content), 4))
+    llama_cpp_python = {"type": "json_object", "schema": either}
+    r = await post(client, response_format=llama_cpp_python, max_tokens=1)
+    assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"answer": "lorem"}
+    r = await post(client, response_format={"type": "json_object"}, max_tokens=1)
+    assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"answer": "lorem"}

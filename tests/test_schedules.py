@@ -267,9 +267,9 @@ def test_the_worker_fires_schedules_during_maintenance(workspace_dir: Path) -> N
                 insert(schedules_table).values(name="minutely", last_fire_at=now - HOUR)
             )
         )
-        assert rt.store.write_sync(_maintain, rt, 120.0) >= 1
+        assert rt.store.write_sync(_maintain, rt, 120.0, 0) >= 1
         assert len(scheduled_runs(rt.store, "minutely")) == 1
-        rt.store.write_sync(_maintain, rt, 120.0)
+        rt.store.write_sync(_maintain, rt, 120.0, 0)
         assert len(scheduled_runs(rt.store, "minutely")) == 1
     finally:
         clock.use(None)

@@ -23,11 +23,12 @@ import pytest
 from sqlalchemy import Connection, func, select
 
 from harness import ledger, queue, store
-from harness.schema import TaskStatus, calls, messages, reservations, usage_daily
+from harness.schema import TaskStatus, calls, messages, reservations, tasks, usage_daily
 from harness.settings import load_workspace
 from harness.store import Store
 from harness.testing import ScriptedProvider
 from harness.usage import CallOutcome
+from harness.worker import Worker
 from tests.helpers import runtime, submit, work
 
 HARNESS = Path(sys.executable).with_name("harness")
@@ -351,11 +352,28 @@ def test_until_idle_exits_when_nothing_is_runnable(procs: Procs, workspace_dir: 
 # -- known bugs -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ledger.settle_orphans + a late _persist_step_tx charge one call twice "
-    "(an unsettled row and an ok row) when a worker declared dead was only paused",
-)
+def _reserve(st: Store, settings: Any, task_id: int, worker_id: int) -> int:
+    """A budget reservation for one call of ``task_id``'s agent by ``worker_id``."""
+    ctx = ledger.CallContext("veblen", 1, task_id, worker_id)
+    day = ledger.day_of(time.time(), settings.tz)
+    budget = ledger.Budget()
+    return int(
+        st.write_sync(
+            lambda c: ledger.reserve(
+                c,
+                ctx,
+                model="local",
+                provider="local",
+                tokens=500,
+                cost=0.0,
+                budget=budget,
+                workspace_budget=budget,
+                day=day,
+            )
+        )
+    )
+
+
 def test_a_late_answer_from_a_worker_declared_dead_is_charged_once(workspace_dir: Path) -> None:
     from harness.usage import CallRecord, Usage
 
@@ -363,25 +381,94 @@ def test_a_late_answer_from_a_worker_declared_dead_is_charged_once(workspace_dir
     st = open_store(workspace_dir)
     task_id = enqueue(st, "question", "veblen")
     worker_id = st.write_sync(store.register_worker, 1)
-    ctx = ledger.CallContext("veblen", 1, task_id, worker_id)
-
-    def reserve(conn: Connection) -> int:
-        return ledger.reserve(
-            conn,
-            ctx,
-            model="local",
-            provider="local",
-            tokens=500,
-            cost=0.0,
-            budget=ledger.Budget(),
-            workspace_budget=ledger.Budget(),
-            day=ledger.day_of(time.time(), settings.tz),
-        )
-
-    rid = st.write_sync(reserve)
+    rid = _reserve(st, settings, task_id, worker_id)
     # another worker's maintenance: the (SIGSTOPped) worker looks dead, its call unsettled
     st.write_sync(ledger.settle_orphans, settings, [worker_id])
     # the worker resumes; its answer arrives and the loop records it with its reservation
     ok = CallRecord(provider="local", model="local", outcome=CallOutcome.OK, usage=Usage(10, 5))
+    ctx = ledger.CallContext("veblen", 1, task_id, worker_id)
     st.write_sync(ledger.record, ctx, [ok], settings, reservation_id=rid)
-    assert count(st, calls) == 1  # fails: 2 rows (unsettled estimate + ok) for one call
+    assert count(st, calls) == 1  # the unsettled estimate was replaced by the answer
+
+
+def test_a_stale_reservation_id_cannot_release_another_workers_reservation(
+    workspace_dir: Path,
+) -> None:
+    settings = load_workspace(workspace_dir).settings
+    st = open_store(workspace_dir)
+    task_id = enqueue(st, "question", "veblen")
+    a = st.write_sync(store.register_worker, 1)
+    b = st.write_sync(store.register_worker, 1)
+    rid_a = _reserve(st, settings, task_id, a)
+    st.write_sync(ledger.settle_orphans, settings, [a])  # a looked dead (it was paused)
+    rid_b = _reserve(st, settings, task_id, b)  # b took the task over; same id as a's
+    # a resumes: its heartbeat finds the lease gone, the cancelled call gives back "its"
+    # reservation (loop.TaskRunner._step, except BaseException)
+    st.write_sync(ledger.release, rid_a)
+    left = st.read_sync(lambda c: c.execute(select(reservations.c.id)).scalars().all())
+    assert left == [rid_b]  # b's in-flight call keeps its reservation
+    assert reserved_tokens(st) == 2 * 500  # b's row and the workspace's row
+
+
+async def _wait_running(rt: Any, task_id: int) -> queue.Task:
+    import anyio
+
+    while True:
+        task = await rt.store.read(queue.get_task, task_id)
+        if task.status == TaskStatus.RUNNING:
+            return task  # type: ignore[no-any-return]
+        await anyio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_a_worker_declared_dead_claims_nothing_under_its_dead_epoch(
+    workspace_dir: Path,
+) -> None:
+    import anyio
+
+    toml = workspace_dir / "config/harness.toml"
+    toml.write_text(toml.read_text().replace("lease_s = 60", "lease_s = 0.3"))
+    rt, _ = runtime(workspace_dir, lambda r: ScriptedProvider.text("ok", delay_s=0.6))
+    _, first = await submit(rt, "first", "veblen")
+    w = Worker(rt, 1, handle_signals=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(w.run)
+        with anyio.fail_after(10):
+            await _wait_running(rt, first)
+            # another worker's maintenance declares this one dead (it was paused too long)
+            await rt.store.write(store.mark_stopped, [w.id])
+            _, second = await submit(rt, "second", "veblen")
+            await _wait_running(rt, second)
+            owner = await rt.store.read(
+                lambda c: c.execute(
+                    select(tasks.c.lease_owner).where(tasks.c.id == second)
+                ).scalar()
+            )
+            dead = await rt.store.read(store.dead_workers, 0.6)
+        w.stop()
+    await rt.aclose()
+    assert owner not in dead  # the worker took a fresh epoch before claiming again
+
+
+@pytest.mark.anyio
+async def test_a_late_heartbeat_does_not_make_a_worker_run_its_own_task_twice(
+    workspace_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness import worker as worker_module
+
+    toml = workspace_dir / "config/harness.toml"
+    toml.write_text(toml.read_text().replace("lease_s = 60", "lease_s = 0.3"))
+    monkeypatch.setattr(worker_module, "MAINTENANCE_EVERY_S", 0.05)
+
+    def late_beat(conn: Connection, worker_id: int, ids: list[int], lease_s: float) -> set[int]:
+        store.beat_worker(conn, worker_id)  # alive, but its lease extensions land too late
+        return set(ids)
+
+    monkeypatch.setattr(worker_module, "_beat", late_beat)
+    rt, provider = runtime(workspace_dir, lambda r: ScriptedProvider.text("ok", delay_s=1.0))
+    _, task_id = await submit(rt, "question", "veblen")
+    await work(rt, concurrency=2)
+    task = await rt.store.read(queue.get_task, task_id)
+    await rt.aclose()
+    assert task is not None and task.status == TaskStatus.DONE
+    assert len(provider.requests) == 1  # the worker never ran its own task twice

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 06:58:09.241586
+Create Date: 2026-11-29 07:37:31.426990
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("estimated", sa.Boolean(), nullable=False),
         sa.Column("outcome", sa.String(length=16), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("reservation_id", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_calls")),
     )
     with op.batch_alter_table("calls", schema=None) as batch_op:
@@ -73,6 +74,7 @@ def upgrade() -> None:
         sa.Column("cost", sa.Float(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_reservations")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("reservations", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_reservations_worker_id"), ["worker_id"], unique=False)
