@@ -12,8 +12,8 @@ the reply, a JSON document, becomes a normal assistant message again. The shape:
   cannot emit parallel calls natively still fans out in one step).
 
 ``tool_choice`` narrows the branches: ``"required"`` drops the answer, a named function keeps
-only that tool, ``"none"`` drops the tools (the reply is then free text, or follows the caller's
-own response format, and is not decoded: see :func:`is_encoded`).
+only that tool, ``"none"`` drops the tools (the reply is then ``{"answer": "..."}``, or follows
+the caller's own response format and is not decoded: see :func:`is_encoded`).
 Because such models cannot read ``tool`` messages or ``tool_calls`` either, the history is
 rewritten into plain text: earlier calls become the JSON the model would have written, results
 become user messages. All functions here are pure.
@@ -195,17 +195,23 @@ def _with_instructions(messages: list[ChatMessage], text: str) -> list[ChatMessa
 
 
 def encode_request(request: ChatRequest) -> ChatRequest:
-    """``request`` with its tools moved into a ``response_format`` schema and the prompt."""
+    """``request`` with its tools moved into a ``response_format`` schema and the prompt.
+
+    When no tool may be called, the caller set no format of its own and the history holds
+    tool calls, the reply is still ``{"answer": "..."}``: a small model otherwise imitates the
+    tool-call JSON it sees in the flattened history instead of answering.
+    """
     tools = request.tools or []
     answer = answer_schema(request.response_format)
     schema = reply_schema(tools, request.tool_choice, answer, request.min_tool_calls)
-    messages = _with_instructions(
-        flatten_history(request.messages),
-        instructions(tools, request.tool_choice, request.min_tool_calls),
-    )
+    text = instructions(tools, request.tool_choice, request.min_tool_calls)
+    used_tools = any(m.tool_calls or m.role == "tool" for m in request.messages)
+    if schema is None and answer is None and used_tools:
+        schema = _object({"answer": {"type": "string"}}, ["answer"])
+        text = 'Reply with one JSON object and nothing else: {"answer": "<your answer>"}.'
     return request.model_copy(
         update={
-            "messages": messages,
+            "messages": _with_instructions(flatten_history(request.messages), text),
             "tools": None,
             "tool_choice": None,
             "response_format": response_format(schema) if schema else request.response_format,

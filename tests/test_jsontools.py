@@ -87,7 +87,7 @@ def request(**fields: Any) -> ChatRequest:
         ChatMessage(role="system", content="You are veblen."),
         ChatMessage(role="user", content="Find HBM prices."),
     ]
-    return ChatRequest(model="m", messages=messages, **fields)
+    return ChatRequest(model="m", **{"messages": messages, **fields})
 
 
 def test_encode_request_moves_tools_into_the_response_format() -> None:
@@ -117,9 +117,24 @@ def test_encode_request_adds_a_system_message_when_there_is_none() -> None:
 
 def test_encode_request_without_tools_changes_nothing_that_matters() -> None:
     plain = request()
-    encoded = encode_request(plain)
-    assert encoded == plain
-    assert not is_encoded(encoded)
+    assert encode_request(plain) == plain
+
+
+def test_encode_request_after_tool_use_still_asks_for_a_json_answer() -> None:
+    call = ToolCall(id="c1", function=FunctionCall(name="search", arguments="{}"))
+    history = [
+        ChatMessage(role="system", content="s"),
+        ChatMessage(role="user", content="go"),
+        ChatMessage(role="assistant", tool_calls=[call]),
+        ChatMessage(role="tool", tool_call_id="c1", content="found"),
+    ]
+    encoded = encode_request(request(messages=history))
+    assert is_encoded(encoded)
+    schema = (encoded.response_format or {})["json_schema"]["schema"]
+    assert schema["required"] == ["answer"] and encoded.tools is None
+    assert '{"answer"' in (encoded.messages[0].content or "")
+    reply = ChatMessage(role="assistant", content='{"answer": "HBM is scarce."}')
+    assert decode_reply(reply, strict=True).content == "HBM is scarce."
 
 
 def test_encode_request_with_none_keeps_the_callers_format() -> None:
