@@ -22,8 +22,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 setup: $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check harness tests bench tools
-	$(BIN)/ruff format --check harness tests bench tools
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: setup
 	$(BIN)/mypy

@@ -16,8 +16,9 @@ machines (SQLite or PostgreSQL) a given instant fires exactly once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -28,6 +29,7 @@ from sqlalchemy import Connection, and_, or_, select, update
 from . import queue
 from .db import insert_ignore
 from .errors import Problem
+from .ledger import Budget
 from .schema import TERMINAL, runs, schedules, tasks
 from .settings import CONFIG_FILE, ScheduleConfig, Settings
 
@@ -85,7 +87,7 @@ def validate_schedules(settings: Settings, file: str = CONFIG_FILE) -> list[Prob
             msg = f"duplicate schedule name {s.name!r} (also schedules[{seen[s.name]}])"
             problems.append(Problem(file, msg, f"{where}.name"))
         seen.setdefault(s.name, i)
-        if not s.goal.strip():
+        if not s.goal.strip() and not s.report:
             problems.append(Problem(file, "needs a non-empty goal", f"{where}.goal"))
         problems.extend(_check_time(s, settings, file, where))
     return problems
@@ -108,7 +110,14 @@ def _check_time(s: ScheduleConfig, settings: Settings, file: str, where: str) ->
 # -- firing --------------------------------------------------------------------------------
 
 
-def fire_due(conn: Connection, settings: Settings, now: float) -> list[int]:
+def fire_due(
+    conn: Connection,
+    settings: Settings,
+    now: float,
+    *,
+    root: Path | None = None,
+    budgets: Mapping[str, Budget] | None = None,
+) -> list[int]:
     """Start the runs that are due at ``now``; returns the new run ids. Runs in the caller's
     write transaction (the run and the claimed instant commit together).
 
@@ -122,6 +131,9 @@ def fire_due(conn: Connection, settings: Settings, now: float) -> list[int]:
     - **overlap**: with ``"skip"`` no run starts while an earlier run of the schedule is
       unfinished (its root task is not terminal), but the instant is still consumed so it does
       not fire late; with ``"queue"`` the run starts anyway.
+
+    A schedule with ``report`` writes the morning report covering the time since its
+    previous fire to that file (under ``root``, the workspace) instead of starting a run.
 
     Schedules are handled in name order so concurrent workers lock rows in the same order.
     """
@@ -147,6 +159,10 @@ def fire_due(conn: Connection, settings: Settings, now: float) -> list[int]:
         last = known[s.name]
         if last is not None and instant <= last:
             continue
+        if s.report:
+            if _claim_instant(conn, s, instant):
+                _write_report(conn, settings, s, last or instant - 86400, instant, root, budgets)
+            continue
         run_id = _fire(conn, settings, s, instant)
         if run_id is not None:
             fired.append(run_id)
@@ -162,11 +178,7 @@ def _first_seen(conn: Connection, s: ScheduleConfig, now: float) -> None:
 def _fire(conn: Connection, settings: Settings, s: ScheduleConfig, instant: float) -> int | None:
     """Claim ``instant`` for ``s`` (guarded UPDATE) and start its run; None when another
     worker claimed it first or the run was skipped for overlap."""
-    claim = update(schedules).where(
-        schedules.c.name == s.name,
-        or_(schedules.c.last_fire_at.is_(None), schedules.c.last_fire_at < instant),
-    )
-    if conn.execute(claim.values(last_fire_at=instant)).rowcount != 1:
+    if not _claim_instant(conn, s, instant):
         return None
     when = datetime.fromtimestamp(instant, zone(s, settings)).isoformat()
     if s.overlap == "skip":
@@ -181,6 +193,33 @@ def _fire(conn: Connection, settings: Settings, s: ScheduleConfig, instant: floa
     conn.execute(update(schedules).where(schedules.c.name == s.name).values(last_run_id=run_id))
     log.info("schedule_fired", schedule=s.name, instant=when, run_id=run_id, agent=agent)
     return run_id
+
+
+def _claim_instant(conn: Connection, s: ScheduleConfig, instant: float) -> bool:
+    """Consume ``instant`` for ``s`` with a guarded UPDATE: True for exactly one worker."""
+    claim = update(schedules).where(
+        schedules.c.name == s.name,
+        or_(schedules.c.last_fire_at.is_(None), schedules.c.last_fire_at < instant),
+    )
+    return conn.execute(claim.values(last_fire_at=instant)).rowcount == 1
+
+
+def _write_report(
+    conn: Connection,
+    settings: Settings,
+    s: ScheduleConfig,
+    since: float,
+    instant: float,
+    root: Path | None,
+    budgets: Mapping[str, Budget] | None,
+) -> None:
+    from .report import build_report  # report reads views; keep start-up light
+
+    local = datetime.fromtimestamp(instant, zone(s, settings))
+    path = (root or Path.cwd()) / local.strftime(s.report or "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(build_report(conn, settings, since, instant, budgets), encoding="utf-8")
+    log.info("schedule_report_written", schedule=s.name, path=str(path))
 
 
 def _unfinished_run(conn: Connection, name: str) -> int | None:

@@ -140,9 +140,12 @@ class ScheduleConfig(_Frozen):
     name: str
     cron: str
     agent: str | None = None  # default: the chief
-    goal: str
+    goal: str = ""  # required unless ``report`` is set
     timezone: str | None = None  # default: the workspace's
     overlap: Literal["skip", "queue"] = "skip"
+    # write the morning report (since the previous fire) to this file instead of starting a
+    # run; relative to the workspace, strftime codes allowed: "reports/%Y-%m-%d.md"
+    report: str | None = None
 
 
 class Settings(_Frozen):

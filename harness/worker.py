@@ -26,6 +26,7 @@ from sqlalchemy import Connection, select
 from . import ledger, queue, store
 from .errors import LeaseLost
 from .loop import Runtime, TaskRunner, budget_key
+from .loop import budgets as loop_budgets
 from .queue import Task
 
 log = structlog.get_logger("harness.worker")
@@ -232,5 +233,8 @@ def _maintain(conn: Connection, rt: Runtime, stale_after_s: float, me: int) -> i
     n += queue.wake_waiting(conn)
     keys = {a: budget_key(rt, rt.team[a]) for a in queue.paused_agents(conn) if a in rt.team}
     n += queue.requeue_paused(conn, keys)
-    n += len(schedules.fire_due(conn, rt.settings, clock.now()))
+    budgets = {name: loop_budgets(rt, rt.team[name])[0] for name in rt.team.names()}
+    n += len(
+        schedules.fire_due(conn, rt.settings, clock.now(), root=rt.workspace.root, budgets=budgets)
+    )
     return n

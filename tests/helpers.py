@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from harness import queue
 from harness.messages import ChatRequest
@@ -14,6 +17,32 @@ from harness.settings import load_workspace
 from harness.store import Store
 from harness.testing import ScriptedProvider, StepLike
 from harness.worker import Worker
+
+
+class Tap(httpx.AsyncBaseTransport):
+    """A real transport that keeps the status and ``usage`` of every chat completion reply."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.usages: list[dict[str, Any]] = []  # the usage of each 200 reply that has one
+        self.statuses: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        body = await response.aread()
+        if request.url.path.endswith("/chat/completions"):
+            self.statuses.append(response.status_code)
+            if response.status_code == 200:
+                try:
+                    usage = json.loads(body).get("usage")
+                except ValueError:
+                    usage = None
+                if usage:
+                    self.usages.append(usage)
+        return httpx.Response(response.status_code, headers=response.headers, content=body)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def agent_of(request: ChatRequest) -> str:

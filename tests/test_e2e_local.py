@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +26,7 @@ from harness.settings import ProviderConfig, load_workspace
 from harness.store import Store
 from harness.transport import default_transport
 from tests.conftest import REPO
-from tests.helpers import submit, work
+from tests.helpers import Tap, submit, work
 
 pytestmark = [pytest.mark.llm, pytest.mark.anyio]
 
@@ -35,24 +34,6 @@ pytestmark = [pytest.mark.llm, pytest.mark.anyio]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class Tap(httpx.AsyncBaseTransport):
-    """The real transport, keeping the ``usage`` of every chat completion it receives."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-        self.usages: list[dict[str, Any]] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        body = await response.aread()
-        if request.url.path.endswith("/chat/completions") and response.status_code == 200:
-            self.usages.append(json.loads(body)["usage"])
-        return httpx.Response(response.status_code, headers=response.headers, content=body)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_one_agent_answers_and_the_ledger_matches_the_server(

@@ -285,3 +285,28 @@ def test_ledger_cli_json_and_csv_shapes(workspace_dir: Path) -> None:
     assert {f["agent"] for f in json.loads(res.stdout)} >= {"veblen", "arnold"}
     res = runner.invoke(app, ["--workspace", str(workspace_dir), "ledger", "--since", "yesterday"])
     assert res.exit_code == 2 and "--day/--since" in res.output
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_many_concurrent_tasks_never_take_an_agent_past_its_budget(
+    workspace_dir: Path, db_url: str
+) -> None:
+    set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "6000")
+    usage = Usage(prompt_tokens=300, completion_tokens=100)
+    rt, provider = runtime(
+        workspace_dir, lambda r: ScriptedProvider.text("ok", usage=usage, delay_s=0.05), db_url
+    )
+    runs = [(await submit(rt, f"q{i}", "veblen"))[0] for i in range(30)]
+    await work(rt, concurrency=12)
+    statuses = [(await rt.store.read(views.get_run, r))["status"] for r in runs]  # type: ignore[index]
+    done = statuses.count("done")
+    assert done + statuses.count("paused") == 30 and 0 < done < 30
+    [row] = await rt.store.read(ledger_report.rows, {}, agent="veblen")
+    assert row["total_tokens"] == 400 * done <= 6000
+    assert row["calls"] == len(provider.requests) == done  # a refused call is never sent
+    leftover = await rt.store.read(
+        lambda c: c.execute(select(func.sum(usage_daily.c.reserved_tokens))).scalar()
+    )
+    assert not leftover
+    await rt.aclose()

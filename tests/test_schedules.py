@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Connection, insert, select
 
-from harness import queue, schedules
+from harness import clock, queue, schedules
 from harness.errors import ConfigError
 from harness.schema import runs
 from harness.schema import schedules as schedules_table
@@ -340,3 +340,36 @@ def test_describe_lists_schedules_with_next_instant(sqlite_store: Store) -> None
             "last_run_status": "queued",
         },
     ]
+
+
+def test_a_report_schedule_writes_the_morning_report_instead_of_a_run(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    st = make_settings(
+        {
+            "name": "morning",
+            "cron": "0 7 * * *",
+            "timezone": "Europe/London",
+            "report": "reports/%Y-%m-%d.md",
+        }  # fmt: skip
+    )
+    sqlite_store.write_sync(schedules.fire_due, st, at(2024, 6, 1, 8), root=tmp_path)  # first seen
+    clock.use(lambda: at(2024, 6, 2, 3))  # the run was submitted overnight
+    try:
+        run_id, _ = sqlite_store.write_sync(
+            queue.create_run, "overnight work", "arnold", max_attempts=3
+        )
+    finally:
+        clock.use(None)
+    assert (
+        sqlite_store.write_sync(schedules.fire_due, st, at(2024, 6, 2, 7, 0, 5), root=tmp_path)
+        == []
+    )
+    report = (tmp_path / "reports/2024-06-02.md").read_text()
+    assert report.startswith("#") and "overnight work" in report
+    assert scheduled_runs(sqlite_store, "morning") == []  # no run was started
+    # the same instant never writes twice
+    (tmp_path / "reports/2024-06-02.md").unlink()
+    sqlite_store.write_sync(schedules.fire_due, st, at(2024, 6, 2, 7, 30), root=tmp_path)
+    assert not (tmp_path / "reports/2024-06-02.md").exists()
+    assert run_id > 0
