@@ -43,6 +43,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable, doc
 
 class State:
     workspace_dir: Path | None = None
+    log_level_given = False
 
 
 @app.callback()
@@ -65,6 +66,7 @@ def _main(
     from . import logs
 
     State.workspace_dir = workspace
+    State.log_level_given = bool(log_level or os.environ.get("HARNESS_LOG_LEVEL"))
     level = log_level or os.environ.get("HARNESS_LOG_LEVEL", "info")
     if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise typer.BadParameter(f"unknown level {level!r}", param_hint="--log-level")
@@ -336,8 +338,11 @@ def run(
     ] = False,
 ) -> None:
     """Submit a run and work it to the end in this process; print the final answer."""
+    from . import logs
     from .runner import run_goal
 
+    if out.is_terminal and not State.log_level_given:
+        logs.configure(level="warning")  # the live task tree shows progress; keep it clean
     ws = workspace()
     name = _chief(ws, agent)
     code = run_goal(

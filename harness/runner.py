@@ -47,6 +47,9 @@ async def _work(
                     tg.start_soon(refresh)
                     await w.run()
                     tg.cancel_scope.cancel()
+                final = await store.read(views.get_run, run_id)
+                if final:
+                    live.update(display.task_tree(final))
         else:
             await w.run()
         run = await store.read(views.get_run, run_id)

@@ -351,7 +351,7 @@ def test_a_report_schedule_writes_the_morning_report_instead_of_a_run(
             "cron": "0 7 * * *",
             "timezone": "Europe/London",
             "report": "reports/%Y-%m-%d.md",
-        }  # fmt: skip
+        }
     )
     sqlite_store.write_sync(schedules.fire_due, st, at(2024, 6, 1, 8), root=tmp_path)  # first seen
     clock.use(lambda: at(2024, 6, 2, 3))  # the run was submitted overnight
