@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, and_, delete, func, insert, select, update
 
 from . import clock
 from .db import insert_ignore
@@ -263,20 +264,7 @@ def _record_one(
 
 
 def _roll_up_run(conn: Connection, run_id: int, u: Usage, cost: float, sign: int = 1) -> None:
-    r = runs.c
-    conn.execute(
-        update(runs)
-        .where(r.id == run_id)
-        .values(
-            calls=r.calls + sign,
-            prompt_tokens=r.prompt_tokens + u.prompt_tokens,
-            cached_tokens=r.cached_tokens + u.cached_tokens,
-            completion_tokens=r.completion_tokens + u.completion_tokens,
-            reasoning_tokens=r.reasoning_tokens + u.reasoning_tokens,
-            cost_usd=r.cost_usd + cost,
-            estimated_calls=r.estimated_calls + sign * int(u.estimated),
-        )
-    )
+    conn.execute(update(runs).where(runs.c.id == run_id).values(_increments(runs, u, cost, sign)))
 
 
 def _roll_up(
@@ -289,22 +277,24 @@ def _roll_up(
 ) -> None:
     """Add one call (``sign=-1``: take one back; its usage then carries negative tokens)."""
     c = usage_daily.c
-    u = rec.usage
-    conn.execute(
-        update(usage_daily)
-        .where(c.day == day, c.agent.in_(list(agents)))
-        .values(
-            calls=c.calls + sign,
-            prompt_tokens=c.prompt_tokens + u.prompt_tokens,
-            cached_tokens=c.cached_tokens + u.cached_tokens,
-            completion_tokens=c.completion_tokens + u.completion_tokens,
-            reasoning_tokens=c.reasoning_tokens + u.reasoning_tokens,
-            cost_usd=c.cost_usd + cost,
-            estimated_calls=c.estimated_calls + sign * int(u.estimated),
-            unsettled_calls=c.unsettled_calls + sign * int(rec.outcome == CallOutcome.UNSETTLED),
-            error_calls=c.error_calls + sign * int(rec.outcome == CallOutcome.ERROR),
-        )
-    )
+    values = _increments(usage_daily, rec.usage, cost, sign)
+    values["unsettled_calls"] = c.unsettled_calls + sign * int(rec.outcome == CallOutcome.UNSETTLED)
+    values["error_calls"] = c.error_calls + sign * int(rec.outcome == CallOutcome.ERROR)
+    conn.execute(update(usage_daily).where(c.day == day, c.agent.in_(list(agents))).values(values))
+
+
+def _increments(table: Table, u: Usage, cost: float, sign: int) -> dict[str, Any]:
+    """``SET counter = counter + delta`` for the usage counters a roll-up table shares."""
+    c = table.c
+    return {
+        "calls": c.calls + sign,
+        "prompt_tokens": c.prompt_tokens + u.prompt_tokens,
+        "cached_tokens": c.cached_tokens + u.cached_tokens,
+        "completion_tokens": c.completion_tokens + u.completion_tokens,
+        "reasoning_tokens": c.reasoning_tokens + u.reasoning_tokens,
+        "estimated_calls": c.estimated_calls + sign * int(u.estimated),
+        "cost_usd": c.cost_usd + cost,
+    }
 
 
 def settle_orphans(conn: Connection, settings: Settings, worker_ids: Sequence[int]) -> int:

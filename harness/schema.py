@@ -46,6 +46,24 @@ TERMINAL = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 WORKSPACE = "*"  # the usage_daily row that sums every agent (for the workspace budget)
 
+USAGE_COUNTERS = (
+    "calls",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "estimated_calls",
+)
+
+
+def usage_columns() -> list[Column[int] | Column[float]]:
+    """The roll-up counters shared by ``runs`` and ``usage_daily`` (fresh Column objects)."""
+    counters: list[Column[int] | Column[float]] = [
+        Column(name, Integer, nullable=False, default=0) for name in USAGE_COUNTERS
+    ]
+    return [*counters, Column("cost_usd", Float, nullable=False, default=0.0)]
+
+
 workers = Table(
     "workers",
     metadata,
@@ -68,13 +86,7 @@ runs = Table(
     Column("schedule", String(128)),
     Column("created_at", Float, nullable=False),
     # roll-up of every call made by any task of the run (kept in the call's transaction)
-    Column("calls", Integer, nullable=False, default=0),
-    Column("prompt_tokens", Integer, nullable=False, default=0),
-    Column("cached_tokens", Integer, nullable=False, default=0),
-    Column("completion_tokens", Integer, nullable=False, default=0),
-    Column("reasoning_tokens", Integer, nullable=False, default=0),
-    Column("cost_usd", Float, nullable=False, default=0.0),
-    Column("estimated_calls", Integer, nullable=False, default=0),
+    *usage_columns(),
 )
 
 tasks = Table(
@@ -160,13 +172,7 @@ usage_daily = Table(
     metadata,
     Column("day", String(10), primary_key=True),
     Column("agent", String(64), primary_key=True),  # WORKSPACE ("*") sums all agents
-    Column("calls", Integer, nullable=False, default=0),
-    Column("prompt_tokens", Integer, nullable=False, default=0),
-    Column("cached_tokens", Integer, nullable=False, default=0),
-    Column("completion_tokens", Integer, nullable=False, default=0),
-    Column("reasoning_tokens", Integer, nullable=False, default=0),
-    Column("cost_usd", Float, nullable=False, default=0.0),
-    Column("estimated_calls", Integer, nullable=False, default=0),
+    *usage_columns(),
     Column("unsettled_calls", Integer, nullable=False, default=0),
     Column("error_calls", Integer, nullable=False, default=0),
     Column("reserved_tokens", Integer, nullable=False, default=0),

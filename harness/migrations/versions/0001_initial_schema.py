@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 07:37:31.426990
+Create Date: 2026-11-29 07:58:47.801233
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def upgrade() -> None:
         sa.Column("cached_tokens", sa.Integer(), nullable=False),
         sa.Column("completion_tokens", sa.Integer(), nullable=False),
         sa.Column("reasoning_tokens", sa.Integer(), nullable=False),
-        sa.Column("cost_usd", sa.Float(), nullable=False),
         sa.Column("estimated_calls", sa.Integer(), nullable=False),
+        sa.Column("cost_usd", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_runs")),
     )
     op.create_table(
@@ -112,8 +112,8 @@ def upgrade() -> None:
         sa.Column("cached_tokens", sa.Integer(), nullable=False),
         sa.Column("completion_tokens", sa.Integer(), nullable=False),
         sa.Column("reasoning_tokens", sa.Integer(), nullable=False),
-        sa.Column("cost_usd", sa.Float(), nullable=False),
         sa.Column("estimated_calls", sa.Integer(), nullable=False),
+        sa.Column("cost_usd", sa.Float(), nullable=False),
         sa.Column("unsettled_calls", sa.Integer(), nullable=False),
         sa.Column("error_calls", sa.Integer(), nullable=False),
         sa.Column("reserved_tokens", sa.Integer(), nullable=False),
