@@ -9,7 +9,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup test lint typecheck pytest demo bench bench-quick clean
+.PHONY: setup test lint typecheck pytest demo bench bench-quick migration clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench: setup
 
 bench-quick: setup
 	$(BIN)/python -m bench --quick
+
+migration: setup
+	$(BIN)/python -m harness.migrations.new "$(MSG)"
 
 clean:
 	rm -rf $(VENV) var/*.db .mypy_cache .pytest_cache .ruff_cache
