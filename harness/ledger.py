@@ -302,25 +302,42 @@ def settle_orphans(conn: Connection, settings: Settings, worker_ids: Sequence[in
     with their reserved estimate (so the ledger shows them instead of losing them)."""
     if not worker_ids:
         return 0
-    orphans = (
-        conn.execute(select(reservations).where(reservations.c.worker_id.in_(list(worker_ids))))
-        .mappings()
-        .all()
-    )
-    for r in orphans:
-        ctx = CallContext(agent=r["agent"], run_id=r["run_id"], task_id=r["task_id"])
-        rec = CallRecord(
-            provider=r["provider"],
-            model=r["model"],
-            outcome=CallOutcome.UNSETTLED,
-            usage=Usage(prompt_tokens=r["tokens"], estimated=True),
-            error="in flight when its worker died; charged with the reserved estimate",
+    orphans = conn.execute(
+        select(reservations.c.id).where(reservations.c.worker_id.in_(list(worker_ids)))
+    ).scalars()
+    why = "in flight when its worker died; charged with the reserved estimate"
+    return sum(settle_unsettled(conn, settings, rid, why) for rid in list(orphans))
+
+
+def settle_unsettled(conn: Connection, settings: Settings, reservation_id: int, why: str) -> bool:
+    """Turn a reservation into an *unsettled* ledger row charged with its estimate: the call
+    may have reached the server, but its answer was never recorded (the worker died, or the
+    call was cancelled mid-flight). A late answer replaces it (see ``record``)."""
+    r = (
+        conn.execute(
+            delete(reservations)
+            .where(reservations.c.id == reservation_id)
+            .returning(*reservations.c)
         )
-        release(conn, r["id"])
-        day = day_of(r["created_at"], settings.tz)
-        _ensure_rows(conn, day, [ctx.agent, WORKSPACE])
-        _record_one(conn, ctx, rec, settings, r["created_at"], day, reservation_id=r["id"])
-    return len(orphans)
+        .mappings()
+        .first()
+    )
+    if r is None:
+        return False
+    for who in (r["agent"], WORKSPACE):
+        _give_back(conn, r["day"], who, r["tokens"], r["cost"])
+    ctx = CallContext(agent=r["agent"], run_id=r["run_id"], task_id=r["task_id"])
+    rec = CallRecord(
+        provider=r["provider"],
+        model=r["model"],
+        outcome=CallOutcome.UNSETTLED,
+        usage=Usage(prompt_tokens=r["tokens"], estimated=True),
+        error=why,
+    )
+    day = day_of(r["created_at"], settings.tz)
+    _ensure_rows(conn, day, [ctx.agent, WORKSPACE])
+    _record_one(conn, ctx, rec, settings, r["created_at"], day, reservation_id=r["id"])
+    return True
 
 
 def today_use(conn: Connection, agent: str, day: str) -> tuple[int, float]:

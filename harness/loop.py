@@ -253,9 +253,11 @@ class TaskRunner:
             )
             raise
         except BaseException:
-            # cancelled or crashed mid-call: give the reservation back if we still can
+            # cancelled mid-call (shutdown, lost lease, cancelled run): the server may have
+            # served it, so it is charged with its estimate rather than silently forgotten
+            why = "cancelled while in flight; charged with the reserved estimate"
             with anyio.CancelScope(shield=True):
-                await self.rt.store.write(ledger.release, reservation)
+                await self.rt.store.write(ledger.settle_unsettled, settings, reservation, why)
             raise
         await self._persist_step(ctx, completion, reservation)
         self.rt.emit("model_done", task_id=self.task.id, agent=agent.name, usage=completion.usage)
