@@ -38,6 +38,7 @@ demo: setup
 	$(BIN)/harness run --show-ledger "Write a short briefing on the economics of AI inference: why decode is memory-bound, what the shift from training to inference means for chips and for firms' token budgets."
 
 bench: setup
+	$(BIN)/pip install -q -e '.[bench-peers]'
 	$(BIN)/python -m bench --out docs/benchmarks.md
 
 bench-quick: setup

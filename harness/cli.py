@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="harness",
     help="A runtime for teams of LLM agents that work unattended overnight.",
     no_args_is_help=True,
@@ -29,9 +30,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 agents_app = typer.Typer(
-    help="List, show and validate the workspace's agents.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="List, show and validate the workspace's agents.",
+    no_args_is_help=True,
 )
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_app = typer.Typer(rich_markup_mode=None, help="Database schema.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
 app.add_typer(db_app, name="db")
 
@@ -420,10 +423,12 @@ def cancel(
     run_id: Annotated[int, typer.Argument(help="The run to cancel (its whole task tree).")],
 ) -> None:
     """Cancel a run and every unfinished task in it."""
-    from . import queue
+    from . import queue, views
 
     ws = workspace()
     with opened_store(ws) as store:
+        if store.read_sync(views.get_run, run_id) is None:
+            fail(f"no run {run_id}")
         n = store.write_sync(queue.cancel_run, run_id)
     out.print(f"cancelled {n} task(s) of run {run_id}")
 

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from .ledger import Budget
     from .settings import Workspace
 
-ledger_app = typer.Typer(help="Token ledger per day and agent; budgets; forecasts; pruning.")
+ledger_app = typer.Typer(
+    rich_markup_mode=None, help="Token ledger per day and agent; budgets; forecasts; pruning."
+)
 
 
 def _budgets(ws: Workspace) -> dict[str, Budget]:

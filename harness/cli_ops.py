@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 schedules_app = typer.Typer(
-    help="Cron schedules (the schedules section of config/harness.toml).", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Cron schedules (the schedules section of config/harness.toml).",
+    no_args_is_help=True,
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable, documented shape).")]

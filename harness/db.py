@@ -12,17 +12,16 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, text
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from .errors import ConfigError, Problem
+from .migrations import HEAD_REVISION
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
@@ -75,7 +74,11 @@ def is_postgres(conn: Connection | Engine) -> bool:
 def insert_ignore(conn: Connection, table: Table) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect."""
     if is_postgres(conn):
+        from sqlalchemy.dialects import postgresql
+
         return postgresql.insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects import sqlite
+
     return sqlite.insert(table).on_conflict_do_nothing()
 
 
@@ -86,36 +89,51 @@ def read(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def _alembic_config(conn: Connection) -> Config:
+def _alembic_config(conn: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.attributes["connection"] = conn
+    if conn is not None:
+        cfg.attributes["connection"] = conn
     return cfg
 
 
-def _head() -> str | None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    return ScriptDirectory.from_config(cfg).get_current_head()
+def script_head() -> str | None:
+    """The newest revision in ``harness/migrations/versions`` (Alembic's view)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def _stored_revision(conn: Connection) -> str | None:
+    try:
+        with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError:  # no alembic_version table yet
+        return None
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    with engine.connect().execution_options(read_only=True) as conn:
+        return _stored_revision(conn)
 
 
 def upgrade(engine: Engine) -> bool:
     """Bring the schema to the newest revision. Returns True when anything was applied.
 
-    Safe to call from several processes at once: on PostgreSQL an advisory lock serialises
+    A current database costs one ``SELECT`` (Alembic is imported only to migrate). Safe to
+    call from several processes at once: on PostgreSQL an advisory lock serialises
     migrations; on SQLite the migration runs inside one ``BEGIN IMMEDIATE`` transaction.
     """
-    if current_revision(engine) == _head():
+    if current_revision(engine) == HEAD_REVISION:
         return False
+    from alembic import command
+
     with engine.begin() as conn:
         if is_postgres(conn):
             conn.execute(text("SELECT pg_advisory_xact_lock(74657)"))
-        if MigrationContext.configure(conn).get_current_revision() == _head():
+        if _stored_revision(conn) == HEAD_REVISION:
             return False
         command.upgrade(_alembic_config(conn), "head")
     return True

@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Table, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, select, update
 
 from . import clock
-from .db import insert_ignore
 from .errors import BudgetExceeded
-from .schema import WORKSPACE, calls, reservations, runs, usage_daily
+from .schema import USAGE_COUNTERS, WORKSPACE, calls, reservations, runs, usage_daily
 from .settings import Settings
 from .usage import CallOutcome, CallRecord, Usage
 
@@ -57,8 +57,17 @@ def next_day_start(ts: float, tz: ZoneInfo) -> float:
     return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
 
 
+@cache
+def _ensure_statement(dialect: str) -> Any:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert_(usage_daily).on_conflict_do_nothing()
+
+
 def _ensure_rows(conn: Connection, day: str, agents: Sequence[str]) -> None:
-    conn.execute(insert_ignore(conn, usage_daily), [{"day": day, "agent": a} for a in agents])
+    stmt = _ensure_statement(conn.dialect.name)
+    conn.execute(stmt, [{"day": day, "agent": a} for a in agents])
 
 
 def _used(conn: Connection, day: str, agent: str) -> tuple[int, float, int, float]:
@@ -73,24 +82,39 @@ def _used(conn: Connection, day: str, agent: str) -> tuple[int, float, int, floa
     return (int(row[0]), float(row[1]), int(row[2]), float(row[3])) if row else (0, 0.0, 0, 0.0)
 
 
+@cache
+def _take_statement(limit_tokens: bool, limit_cost: bool) -> Any:
+    """The guarded reservation UPDATE, built once per kind of budget."""
+    u = usage_daily.c
+    n: Any = bindparam("n")
+    c: Any = bindparam("c")
+    cond = [u.day == bindparam("p_day"), u.agent == bindparam("p_agent")]
+    if limit_tokens:
+        used = u.prompt_tokens + u.completion_tokens + u.reserved_tokens
+        cond.append(used + n <= bindparam("max_tokens"))
+    if limit_cost:
+        cond.append(u.cost_usd + u.reserved_cost + c <= bindparam("max_cost"))
+    return (
+        update(usage_daily)
+        .where(and_(*cond))
+        .values(reserved_tokens=u.reserved_tokens + n, reserved_cost=u.reserved_cost + c)
+    )
+
+
 def _take(
     conn: Connection, day: str, agent: str, budget: Budget, tokens: int, cost: float
 ) -> BudgetExceeded | None:
     """Add a reservation to one roll-up row if it stays within budget (guarded UPDATE)."""
-    u = usage_daily.c
-    cond = [u.day == day, u.agent == agent]
-    if budget.tokens is not None:
-        cond.append(
-            u.prompt_tokens + u.completion_tokens + u.reserved_tokens + tokens <= budget.tokens
-        )
-    if budget.cost_usd is not None:
-        cond.append(u.cost_usd + u.reserved_cost + cost <= budget.cost_usd)
-    stmt = (
-        update(usage_daily)
-        .where(and_(*cond))
-        .values(reserved_tokens=u.reserved_tokens + tokens, reserved_cost=u.reserved_cost + cost)
-    )
-    if conn.execute(stmt).rowcount == 1:
+    stmt = _take_statement(budget.tokens is not None, budget.cost_usd is not None)
+    params = {
+        "p_day": day,
+        "p_agent": agent,
+        "n": tokens,
+        "c": cost,
+        "max_tokens": budget.tokens,
+        "max_cost": budget.cost_usd,
+    }
+    if conn.execute(stmt, params).rowcount == 1:
         return None
     used, used_cost, reserved, reserved_cost = _used(conn, day, agent)
     who = "workspace" if agent == WORKSPACE else agent
@@ -233,38 +257,72 @@ def _record_one(
 ) -> int:
     u = rec.usage
     cost = _cost(settings, rec.model, u)
-    row_id = conn.execute(
-        insert(calls).values(
-            ts=ts,
-            day=day,
-            run_id=ctx.run_id,
-            task_id=ctx.task_id,
-            agent=ctx.agent,
-            provider=rec.provider,
-            model=rec.model,
-            prompt_tokens=u.prompt_tokens,
-            cached_tokens=u.cached_tokens,
-            completion_tokens=u.completion_tokens,
-            reasoning_tokens=u.reasoning_tokens,
-            cost_usd=cost,
-            latency_ms=rec.latency_ms,
-            ttft_ms=rec.ttft_ms,
-            attempt=rec.attempt,
-            http_status=rec.status,
-            estimated=u.estimated,
-            outcome=rec.outcome,
-            error=rec.error,
-            reservation_id=reservation_id,
-        )
-    ).inserted_primary_key[0]  # type: ignore[index]
+    row = {
+        "ts": ts,
+        "day": day,
+        "run_id": ctx.run_id,
+        "task_id": ctx.task_id,
+        "agent": ctx.agent,
+        "provider": rec.provider,
+        "model": rec.model,
+        "prompt_tokens": u.prompt_tokens,
+        "cached_tokens": u.cached_tokens,
+        "completion_tokens": u.completion_tokens,
+        "reasoning_tokens": u.reasoning_tokens,
+        "cost_usd": cost,
+        "latency_ms": rec.latency_ms,
+        "ttft_ms": rec.ttft_ms,
+        "attempt": rec.attempt,
+        "http_status": rec.status,
+        "estimated": u.estimated,
+        "outcome": str(rec.outcome),
+        "error": rec.error,
+        "reservation_id": reservation_id,
+    }
+    row_id = conn.execute(_INSERT_CALL, row).inserted_primary_key[0]  # type: ignore[index]
     _roll_up(conn, day, [ctx.agent, WORKSPACE], rec, cost)
     if ctx.run_id is not None:
         _roll_up_run(conn, ctx.run_id, u, cost)
     return int(row_id)
 
 
+def _increments(table: Table) -> dict[str, Any]:
+    """``SET counter = counter + :d_counter`` for the usage counters a roll-up table shares."""
+    return {name: table.c[name] + bindparam(f"d_{name}") for name in (*USAGE_COUNTERS, "cost_usd")}
+
+
+_INSERT_CALL = insert(calls)
+_ROLL_UP_RUN = update(runs).where(runs.c.id == bindparam("p_run")).values(_increments(runs))
+_ROLL_UP_DAY = (
+    update(usage_daily)
+    .where(
+        usage_daily.c.day == bindparam("p_day"),
+        usage_daily.c.agent == bindparam("p_agent"),
+    )
+    .values(
+        {
+            **_increments(usage_daily),
+            "unsettled_calls": usage_daily.c.unsettled_calls + bindparam("d_unsettled"),
+            "error_calls": usage_daily.c.error_calls + bindparam("d_errors"),
+        }
+    )
+)
+
+
+def _deltas(u: Usage, cost: float, sign: int) -> dict[str, Any]:
+    return {
+        "d_calls": sign,
+        "d_prompt_tokens": u.prompt_tokens,
+        "d_cached_tokens": u.cached_tokens,
+        "d_completion_tokens": u.completion_tokens,
+        "d_reasoning_tokens": u.reasoning_tokens,
+        "d_estimated_calls": sign * int(u.estimated),
+        "d_cost_usd": cost,
+    }
+
+
 def _roll_up_run(conn: Connection, run_id: int, u: Usage, cost: float, sign: int = 1) -> None:
-    conn.execute(update(runs).where(runs.c.id == run_id).values(_increments(runs, u, cost, sign)))
+    conn.execute(_ROLL_UP_RUN, {"p_run": run_id, **_deltas(u, cost, sign)})
 
 
 def _roll_up(
@@ -276,25 +334,16 @@ def _roll_up(
     sign: int = 1,
 ) -> None:
     """Add one call (``sign=-1``: take one back; its usage then carries negative tokens)."""
-    c = usage_daily.c
-    values = _increments(usage_daily, rec.usage, cost, sign)
-    values["unsettled_calls"] = c.unsettled_calls + sign * int(rec.outcome == CallOutcome.UNSETTLED)
-    values["error_calls"] = c.error_calls + sign * int(rec.outcome == CallOutcome.ERROR)
-    conn.execute(update(usage_daily).where(c.day == day, c.agent.in_(list(agents))).values(values))
-
-
-def _increments(table: Table, u: Usage, cost: float, sign: int) -> dict[str, Any]:
-    """``SET counter = counter + delta`` for the usage counters a roll-up table shares."""
-    c = table.c
-    return {
-        "calls": c.calls + sign,
-        "prompt_tokens": c.prompt_tokens + u.prompt_tokens,
-        "cached_tokens": c.cached_tokens + u.cached_tokens,
-        "completion_tokens": c.completion_tokens + u.completion_tokens,
-        "reasoning_tokens": c.reasoning_tokens + u.reasoning_tokens,
-        "estimated_calls": c.estimated_calls + sign * int(u.estimated),
-        "cost_usd": c.cost_usd + cost,
+    params = {
+        "p_day": day,
+        "d_unsettled": sign * int(rec.outcome == CallOutcome.UNSETTLED),
+        "d_errors": sign * int(rec.outcome == CallOutcome.ERROR),
+        **_deltas(rec.usage, cost, sign),
     }
+    # one row at a time, the agent's before the workspace's: the order reserve() locks them
+    # in, so two transactions never wait on each other's rows (no deadlock on PostgreSQL)
+    for agent in agents:
+        conn.execute(_ROLL_UP_DAY, {**params, "p_agent": agent})
 
 
 def settle_orphans(conn: Connection, settings: Settings, worker_ids: Sequence[int]) -> int:

@@ -119,7 +119,8 @@ def forecast(
     call) and when, at that pace, it will hit its budget (null when not today)."""
     now = time.time() if now is None else now
     day = day_of(now, tz)
-    start = next_day_start(now - 86400, tz)  # midnight today
+    today = datetime.fromtimestamp(now, tz).date()
+    start = datetime(today.year, today.month, today.day, tzinfo=tz).timestamp()
     end = next_day_start(now, tz)
     out = []
     firsts = dict(

@@ -25,6 +25,7 @@ import structlog
 from . import ledger, queue
 from .agents import AgentSpec
 from .errors import BudgetExceeded, LeaseLost, ProviderError, RunFailed
+from .jsontools import new_call_id
 from .messages import ChatMessage, ChatRequest, ToolCall, ToolSpec
 from .provider import Completion
 from .queue import NewTask, Task
@@ -128,7 +129,7 @@ class TaskRunner:
         except RunFailed as exc:
             return await self._fail(exc.reason, retry=False)
         except ProviderError as exc:
-            return await self._fail(str(exc), retry=True)
+            return await self._fail(str(exc), retry=exc.retryable)
 
     async def _run(self) -> TaskStatus:
         self.transcript = await self.rt.store.read(load_transcript, self.task.id)
@@ -248,9 +249,10 @@ class TaskRunner:
         try:
             completion = await self.rt.provider.complete(request)
         except ProviderError as exc:
-            await self.rt.store.write(
-                ledger.record, ctx, exc.records, settings, reservation_id=reservation
-            )
+            with anyio.CancelScope(shield=True):  # paid attempts are recorded, whatever comes
+                await self.rt.store.write(
+                    ledger.record, ctx, exc.records, settings, reservation_id=reservation
+                )
             raise
         except BaseException:
             # cancelled mid-call (shutdown, lost lease, cancelled run): the server may have
@@ -259,7 +261,16 @@ class TaskRunner:
             with anyio.CancelScope(shield=True):
                 await self.rt.store.write(ledger.settle_unsettled, settings, reservation, why)
             raise
-        await self._persist_step(ctx, completion, reservation)
+        try:
+            with anyio.CancelScope(shield=True):  # an answer that arrived is never dropped
+                await self._persist_step(ctx, completion, reservation)
+        except LeaseLost:
+            raise
+        except Exception:
+            why = "answered, but the answer could not be stored; charged with the estimate"
+            with anyio.CancelScope(shield=True):
+                await self.rt.store.write(ledger.settle_unsettled, settings, reservation, why)
+            raise
         self.rt.emit("model_done", task_id=self.task.id, agent=agent.name, usage=completion.usage)
         message = completion.message
         if not message.tool_calls:
@@ -273,7 +284,7 @@ class TaskRunner:
         message = ChatMessage(
             role="assistant",
             content=completion.message.content,
-            tool_calls=completion.message.tool_calls or None,
+            tool_calls=self._fresh_ids(completion.message.tool_calls or []) or None,
         )
         owned = await self.rt.store.write(
             _persist_step_tx,
@@ -295,6 +306,18 @@ class TaskRunner:
             completion_tokens=completion.usage.completion_tokens,
             tool_calls=len(message.tool_calls or []),
         )
+
+    def _fresh_ids(self, calls: list[ToolCall]) -> list[ToolCall]:
+        """Tool calls with ids unique within the transcript: some servers number ids per reply
+        (``call_0`` every step), and children and results are keyed by them."""
+        seen = {c.id for sm in self.transcript for c in sm.message.tool_calls or []}
+        out = []
+        for call in calls:
+            if call.id in seen or not call.id:
+                call = call.model_copy(update={"id": new_call_id()})
+            seen.add(call.id)
+            out.append(call)
+        return out
 
     # -- acting on tool calls ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Connection,
     RowMapping,
     and_,
+    bindparam,
     exists,
     func,
     insert,
@@ -115,35 +117,32 @@ def create_run(
     return int(run_id), int(task_id)
 
 
-def claim(
-    conn: Connection, worker_id: int, lease_s: float, limit: int = 1, *, run_id: int | None = None
-) -> list[Task]:
-    """Lease up to ``limit`` runnable queued tasks to ``worker_id`` (highest priority first),
-    optionally only tasks of one run."""
-    t = now()
+@cache
+def _claim_statements(postgres: bool, one_run: bool) -> tuple[Any, Any]:
+    """The claim's statements, built once per shape (construction costs more than running
+    them): ``(pick, update)``. Parameters: t, exp, w, limit, p_run, ids (PostgreSQL)."""
+    t: Any = bindparam("t")
     runnable = and_(tasks.c.status == TaskStatus.QUEUED, tasks.c.not_before <= t)
-    if run_id is not None:
-        runnable = and_(runnable, tasks.c.run_id == run_id)
+    if one_run:
+        runnable = and_(runnable, tasks.c.run_id == bindparam("p_run"))
     pick = (
         select(tasks.c.id)
         .where(runnable)
         .order_by(tasks.c.priority.desc(), tasks.c.id)
-        .limit(limit)
+        .limit(bindparam("limit"))
     )
-    if is_postgres(conn):
-        ids = [r[0] for r in conn.execute(pick.with_for_update(skip_locked=True))]
-        if not ids:
-            return []
-        where = and_(tasks.c.id.in_(ids), runnable)
+    if postgres:
+        pick = pick.with_for_update(skip_locked=True)
+        chosen = tasks.c.id.in_(bindparam("ids", expanding=True))
     else:
-        where = and_(tasks.c.id.in_(pick.scalar_subquery()), runnable)
+        chosen = tasks.c.id.in_(pick.scalar_subquery())
     stmt = (
         update(tasks)
-        .where(where)
+        .where(chosen, runnable)
         .values(
             status=TaskStatus.RUNNING,
-            lease_owner=worker_id,
-            lease_expires_at=t + lease_s,
+            lease_owner=bindparam("w"),
+            lease_expires_at=bindparam("exp"),
             attempts=tasks.c.attempts + 1,
             started_at=func.coalesce(tasks.c.started_at, t),
             updated_at=t,
@@ -151,7 +150,25 @@ def claim(
         )
         .returning(*tasks.c)
     )
-    claimed = [Task.from_row(r) for r in conn.execute(stmt).mappings()]
+    return pick, stmt
+
+
+def claim(
+    conn: Connection, worker_id: int, lease_s: float, limit: int = 1, *, run_id: int | None = None
+) -> list[Task]:
+    """Lease up to ``limit`` runnable queued tasks to ``worker_id`` (highest priority first),
+    optionally only tasks of one run."""
+    t = now()
+    params: dict[str, Any] = {"t": t, "exp": t + lease_s, "w": worker_id, "limit": limit}
+    if run_id is not None:
+        params["p_run"] = run_id
+    postgres = is_postgres(conn)
+    pick, stmt = _claim_statements(postgres, run_id is not None)
+    if postgres:
+        params["ids"] = [r[0] for r in conn.execute(pick, params)]
+        if not params["ids"]:
+            return []
+    claimed = [Task.from_row(r) for r in conn.execute(stmt, params).mappings()]
     return sorted(claimed, key=lambda task: (-task.priority, task.id))
 
 
@@ -174,7 +191,7 @@ def heartbeat(
     return {r[0] for r in conn.execute(stmt)}
 
 
-def _owned(task_id: int, worker_id: int) -> Any:
+def _owned(task_id: Any, worker_id: Any) -> Any:
     return and_(
         tasks.c.id == task_id,
         tasks.c.status == TaskStatus.RUNNING,
@@ -182,7 +199,18 @@ def _owned(task_id: int, worker_id: int) -> Any:
     )
 
 
-def _move(conn: Connection, task_id: int, worker_id: int, **values: Any) -> None:
+@cache
+def _move_statement(keys: tuple[str, ...], uncharge: bool) -> Any:
+    """``UPDATE tasks SET <keys> WHERE <owned>``, built once per shape."""
+    values: dict[str, Any] = {k: bindparam(f"v_{k}") for k in keys}
+    if uncharge:  # a release, pause or wait is not a failed attempt
+        values["attempts"] = tasks.c.attempts - 1
+    return update(tasks).where(_owned(bindparam("task_id"), bindparam("worker_id"))).values(values)
+
+
+def _move(
+    conn: Connection, task_id: int, worker_id: int, *, uncharge: bool = False, **values: Any
+) -> None:
     """Guarded transition out of ``running`` by the lease owner; LeaseLost when not owned."""
     t = now()
     values.setdefault("updated_at", t)
@@ -190,19 +218,24 @@ def _move(conn: Connection, task_id: int, worker_id: int, **values: Any) -> None
         values.setdefault("finished_at", t)
     if values.get("status") != TaskStatus.RUNNING:
         values.update(lease_owner=None, lease_expires_at=None)
-    result = conn.execute(update(tasks).where(_owned(task_id, worker_id)).values(**values))
+    stmt = _move_statement(tuple(sorted(values)), uncharge)
+    params = {f"v_{k}": v for k, v in values.items()}
+    result = conn.execute(stmt, {"task_id": task_id, "worker_id": worker_id, **params})
     if result.rowcount != 1:
         raise LeaseLost(task_id)
 
 
+_TOUCH = (
+    update(tasks)
+    .where(_owned(bindparam("task_id"), bindparam("worker_id")))
+    .values(updated_at=bindparam("t"), steps=tasks.c.steps + bindparam("delta"))
+)
+
+
 def touch(conn: Connection, task_id: int, worker_id: int, steps_delta: int = 0) -> bool:
     """Check (and record) that this worker still owns the running task. True when owned."""
-    result = conn.execute(
-        update(tasks)
-        .where(_owned(task_id, worker_id))
-        .values(updated_at=now(), steps=tasks.c.steps + steps_delta)
-    )
-    return result.rowcount == 1
+    params = {"task_id": task_id, "worker_id": worker_id, "t": now(), "delta": steps_delta}
+    return conn.execute(_TOUCH, params).rowcount == 1
 
 
 def complete(conn: Connection, task_id: int, worker_id: int, result: str) -> None:
@@ -244,7 +277,7 @@ def release(conn: Connection, task_id: int, worker_id: int, reason: str) -> None
         task_id,
         worker_id,
         status=TaskStatus.QUEUED,
-        attempts=tasks.c.attempts - 1,
+        uncharge=True,
         status_reason=reason,
     )
 
@@ -262,7 +295,7 @@ def pause(
         status_reason=reason,
         not_before=until,
         pause_budget=budget_key,
-        attempts=tasks.c.attempts - 1,
+        uncharge=True,
     )
 
 
@@ -305,7 +338,7 @@ def spawn_children(
         worker_id,
         status=TaskStatus.WAITING,
         status_reason=f"waiting for {len(ids)} sub-task(s)",
-        attempts=tasks.c.attempts - 1,
+        uncharge=True,
     )
     wake_parent(conn, parent.id)
     return ids

@@ -217,8 +217,12 @@ def _write_report(
 
     local = datetime.fromtimestamp(instant, zone(s, settings))
     path = (root or Path.cwd()) / local.strftime(s.report or "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_report(conn, settings, since, instant, budgets), encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(build_report(conn, settings, since, instant, budgets), encoding="utf-8")
+    except OSError as exc:  # the instant is consumed; the rest of maintenance goes on
+        log.error("schedule_report_failed", schedule=s.name, path=str(path), error=str(exc))
+        return
     log.info("schedule_report_written", schedule=s.name, path=str(path))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -58,8 +59,9 @@ USAGE_COUNTERS = (
 
 def usage_columns() -> list[Column[int] | Column[float]]:
     """The roll-up counters shared by ``runs`` and ``usage_daily`` (fresh Column objects)."""
+    # 64-bit: a busy workspace passes 2**31 tokens (PostgreSQL's INTEGER) within days
     counters: list[Column[int] | Column[float]] = [
-        Column(name, Integer, nullable=False, default=0) for name in USAGE_COUNTERS
+        Column(name, BigInteger, nullable=False, default=0) for name in USAGE_COUNTERS
     ]
     return [*counters, Column("cost_usd", Float, nullable=False, default=0.0)]
 
@@ -116,10 +118,12 @@ tasks = Table(
     Column("started_at", Float),
     Column("finished_at", Float),
     UniqueConstraint("parent_id", "parent_call_id"),
-    Index(None, "status", "priority", "not_before"),
     Index(None, "run_id"),
     Index(None, "lease_owner"),
 )
+
+# the claim order (priority first, then age) walks this index instead of sorting the queue
+Index("ix_tasks_claim", tasks.c.status, tasks.c.priority.desc(), tasks.c.id)
 
 messages = Table(
     "messages",
@@ -175,7 +179,7 @@ usage_daily = Table(
     *usage_columns(),
     Column("unsettled_calls", Integer, nullable=False, default=0),
     Column("error_calls", Integer, nullable=False, default=0),
-    Column("reserved_tokens", Integer, nullable=False, default=0),
+    Column("reserved_tokens", BigInteger, nullable=False, default=0),
     Column("reserved_cost", Float, nullable=False, default=0.0),
 )
 

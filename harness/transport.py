@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import httpx
@@ -83,6 +83,36 @@ class Reply:
     status: int
     latency_ms: float
     ttft_ms: float | None = None
+
+
+class Answer(Protocol):
+    """What the status check and the body parser read of a response: an ``httpx.Response``,
+    or the lighter :class:`RawAnswer` of the direct aiohttp path."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    """A whole (decoded) response body with its status and headers."""
+
+    status_code: int
+    headers: Mapping[str, str]  # case-insensitive (aiohttp's CIMultiDictProxy)
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
 
 
 def default_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
@@ -197,14 +227,22 @@ class ProviderClient:
 
     async def _exchange(
         self, client: httpx.AsyncClient, payload: dict[str, Any], *, stream: bool
-    ) -> httpx.Response:
-        """Send the POST and return the response (its body read unless ``stream``)."""
+    ) -> Any:
+        """Send the POST and return the response (its body read unless ``stream``): an
+        ``httpx.Response``, or a :class:`RawAnswer` from the direct aiohttp path."""
         assert self._url is not None and self._post_headers is not None
         body = self._body(payload)
         transport_for = getattr(client, "_transport_for_url", None)
         transport = transport_for(self._url) if transport_for is not None else None
         if transport is not None and transport is self._aiohttp and not stream:
-            return await self._aiohttp_post(transport, body)
+            return await self._aiohttp_post(transport, body)  # with its own deadline
+        with anyio.fail_after(self.config.timeout_s):
+            return await self._send(client, transport, body, stream=stream)
+
+    async def _send(
+        self, client: httpx.AsyncClient, transport: Any, body: bytes, *, stream: bool
+    ) -> httpx.Response:
+        assert self._url is not None
         request = httpx.Request(
             "POST", self._url, headers=self._post_headers, content=body, extensions=self._extensions
         )
@@ -219,9 +257,12 @@ class ProviderClient:
                 raise
         return response
 
-    async def _aiohttp_post(self, transport: Any, body: bytes) -> httpx.Response:
+    async def _aiohttp_post(self, transport: Any, body: bytes) -> RawAnswer:
         """One POST on the aiohttp session of our ``httpx_aiohttp`` transport, with the same
-        options, timeouts and error mapping as its ``handle_async_request``."""
+        options and error mapping as its ``handle_async_request``; aiohttp decodes the body
+        (gzip and deflate are all this path asks for) and enforces the ``timeout_s``
+        deadline (``total``: a ``TimeoutError``, like ``anyio.fail_after`` on the other
+        path, at less cost)."""
         import aiohttp
         from httpx_aiohttp.transport import map_aiohttp_exceptions
 
@@ -230,12 +271,15 @@ class ProviderClient:
             transport.client = transport.get_client()
         if self._aiohttp_options is None:
             proxy = transport.proxy
+            headers = httpx.Headers(self._post_headers)
+            headers["accept-encoding"] = "gzip, deflate"  # what aiohttp always decodes
             self._aiohttp_options = {
-                "headers": list(self._post_headers.multi_items()),
+                "headers": list(headers.multi_items()),
                 "allow_redirects": False,
-                "auto_decompress": False,  # httpx decodes, as for the other transports
                 "compress": False,
-                "timeout": aiohttp.ClientTimeout(sock_connect=self.config.connect_timeout_s),
+                "timeout": aiohttp.ClientTimeout(
+                    total=self.config.timeout_s, sock_connect=self.config.connect_timeout_s
+                ),
                 "proxy": str(proxy.url) if proxy else None,
             }
         with map_aiohttp_exceptions():
@@ -243,7 +287,7 @@ class ProviderClient:
                 "POST", str(self._url), data=body, **self._aiohttp_options
             ) as resp:
                 content = await resp.read()
-        return httpx.Response(resp.status, headers=resp.raw_headers, content=content)
+        return RawAnswer(resp.status, resp.headers, content)
 
     def limiter(self) -> anyio.CapacityLimiter:
         """At most ``max_concurrency`` calls in flight; the rest queue here, not in the pool."""
@@ -291,9 +335,8 @@ class ProviderClient:
 
     async def _post(self, payload: dict[str, Any], started: float) -> Reply:
         client = self._http()
-        try:
-            with anyio.fail_after(self.config.timeout_s):
-                response = await self._exchange(client, payload, stream=False)
+        try:  # the whole exchange within timeout_s (see _exchange)
+            response = await self._exchange(client, payload, stream=False)
         except (TimeoutError, httpx.TransportError) as exc:
             raise self._before_response(exc) from None
         self._check_status(response)
@@ -301,9 +344,8 @@ class ProviderClient:
 
     async def _stream(self, payload: dict[str, Any], started: float) -> Reply:
         client = self._http()
-        try:
-            with anyio.fail_after(self.config.timeout_s):
-                response = await self._exchange(client, payload, stream=True)
+        try:  # the headers within timeout_s (see _exchange)
+            response = await self._exchange(client, payload, stream=True)
         except (TimeoutError, httpx.TransportError) as exc:
             raise self._before_response(exc) from None
         try:
@@ -396,7 +438,7 @@ class ProviderClient:
             reached_server=False,
         )
 
-    def _check_status(self, response: httpx.Response) -> None:
+    def _check_status(self, response: Answer) -> None:
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -410,7 +452,7 @@ class ProviderClient:
             retry_after=parse_retry_after(response.headers),
         )
 
-    def _parse_body(self, response: httpx.Response, started: float) -> Reply:
+    def _parse_body(self, response: Answer, started: float) -> Reply:
         try:
             message, finish_reason, usage = parse_completion(response.content)
         except FormatProblem as exc:

@@ -83,10 +83,11 @@ class Worker:
                 break
             free = self.concurrency - len(self._running)
             claimed: list[Task] | None = []
+            claim_id = self.id
             if free > 0:
                 claimed = await self.rt.store.write(_claim, self.id, lease_s, free, self.run_id)
             if claimed is None:
-                await self._new_epoch()
+                await self._new_epoch(seen_dead=claim_id)
                 continue
             for task in claimed:
                 if task.id in self._running:  # never two runners of one task
@@ -126,9 +127,11 @@ class Worker:
                     backoff_s=self.rt.settings.worker.retry_backoff_s,
                 )
         finally:
-            if self._running.get(task.id) is scope:
+            current = self._running.get(task.id) is scope
+            if current:
                 del self._running[task.id]
-            if status is None and scope.cancelled_caught:
+            # a runner superseded by a re-claim of its task must not release the new claim
+            if current and status is None and scope.cancelled_caught:
                 with anyio.CancelScope(shield=True):
                     await self._release(task, "worker shutting down")
             self._wake.set()
@@ -146,20 +149,28 @@ class Worker:
         lease_s = self.rt.settings.worker.lease_s
         while True:
             await anyio.sleep(lease_s / 3)
-            ids = list(self._running)
-            owned = await self.rt.store.write(_beat, self.id, ids, lease_s)
-            if owned is None:
-                await self._new_epoch()
+            snapshot = dict(self._running)
+            beat_id = self.id
+            try:
+                owned = await self.rt.store.write(_beat, beat_id, list(snapshot), lease_s)
+            except Exception:  # e.g. the database restarting: keep beating
+                log.exception("worker_heartbeat_failed")
                 continue
-            for task_id in set(ids) - owned:
-                scope = self._running.get(task_id)
-                if scope is not None:  # cancelled run, or lease taken over
+            if owned is None:
+                await self._new_epoch(seen_dead=beat_id)
+                continue
+            for task_id in set(snapshot) - owned:
+                scope = snapshot[task_id]
+                if self._running.get(task_id) is scope:  # cancelled run, or lease taken over
                     log.warning("task_lease_lost", task_id=task_id)
                     scope.cancel()
 
-    async def _new_epoch(self) -> None:
+    async def _new_epoch(self, seen_dead: int) -> None:
         """This worker was declared dead (paused or cut off past two leases): its tasks
-        were taken back, so stop working on them and carry on under a fresh id."""
+        were taken back, so stop working on them and carry on under a fresh id. A late
+        answer about an epoch already replaced (``seen_dead`` is not ours now) is ignored."""
+        if seen_dead != self.id:
+            return
         log.warning("worker_declared_dead", worker_id=self.id, running=len(self._running))
         for scope in self._running.values():
             scope.cancel()
@@ -174,7 +185,11 @@ class Worker:
         self._last_maintenance = t
         self.rt.reload_team()
         stale_after = self.rt.settings.worker.lease_s * 2
-        n = await self.rt.store.write(_maintain, self.rt, stale_after, self.id)
+        try:
+            n = await self.rt.store.write(_maintain, self.rt, stale_after, self.id)
+        except Exception:  # a database hiccup must not stop the worker; try again later
+            log.exception("worker_maintenance_failed")
+            return
         if n:
             log.info("worker_maintenance", touched=n)
 
@@ -226,7 +241,8 @@ def _claim(
 def _maintain(conn: Connection, rt: Runtime, stale_after_s: float, me: int) -> int:
     from . import clock, schedules  # here: the scheduler is wired in through maintenance only
 
-    dead = store.dead_workers(conn, stale_after_s)
+    # never ourselves: a late heartbeat of our own is no reason to take back our work
+    dead = [w for w in store.dead_workers(conn, stale_after_s) if w != me]
     n = ledger.settle_orphans(conn, rt.settings, dead)
     n += queue.reap_expired(conn, dead, exclude=me)
     store.mark_stopped(conn, dead)

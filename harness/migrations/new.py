@@ -2,7 +2,8 @@
 
 ``make migration MSG="add x to y"`` (developers only): upgrades a scratch SQLite database to
 the current head, then lets Alembic autogenerate the next revision into ``versions/``.
-Review the file (Alembic cannot see renames) and run the test suite on both backends.
+Review the file (Alembic cannot see renames), set ``HEAD_REVISION`` in
+``harness/migrations/__init__.py`` to its id, and run the test suite on both backends.
 """
 
 from __future__ import annotations

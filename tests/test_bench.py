@@ -1,0 +1,87 @@
+"""The benchmark suite (``python -m bench``) runs end to end with tiny sizes: no timings are
+checked, only that every benchmark's code path still works and reports its rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from bench import b1_call, b2_step, b3_concurrency, b5_queue, b6_ledger, suite
+from bench.__main__ import main
+from bench.clients import LiteLLM, litellm_available, messages
+from bench.common import TINY, FakeServerProcess, Section, quiet_harness_logs
+
+
+def _measures(section: Section) -> list[str]:
+    return [r.measure for r in section.rows]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServerProcess]:
+    quiet_harness_logs()
+    with FakeServerProcess() as srv:
+        yield srv
+
+
+def test_call_and_step_benchmarks(server: FakeServerProcess) -> None:
+    async def go() -> list[Section]:
+        return [
+            await b3_concurrency.server_ceiling(TINY, server),
+            await b1_call.run(TINY, server, litellm=False),
+            await b2_step.run(TINY, server),
+            await b3_concurrency.run_b3(TINY, server),
+            await b3_concurrency.run_b4(TINY, server),
+        ]
+
+    ceiling, b1, b2, b3, b4 = anyio.run(go)
+    assert len(ceiling.rows) == 4
+    assert "harness / raw aiohttp" in _measures(b1)
+    assert any("openai SDK" in m for m in _measures(b1))
+    assert _measures(b2)[:2] == ["harness / raw (mean step time)", "added p50 per step"]
+    assert "C=4: throughput harness / raw" in _measures(b3)
+    assert "harness, metered: tokens/s" in _measures(b4)
+    for section in (b1, b2, b3, b4):
+        assert all(r.value != "n/a" for r in section.rows), section.markdown()
+
+
+@pytest.mark.postgres
+def test_queue_and_ledger_benchmarks() -> None:
+    b5, b6 = anyio.run(b5_queue.run, TINY), anyio.run(b6_ledger.run, TINY)
+    measures = _measures(b5)
+    assert "sqlite, one at a time: harness tasks/s" in measures
+    assert "postgres, batches of 4: harness / raw" in measures  # PostgreSQL was measured
+    assert _measures(b6)[:2] == ["today's use, one agent: p99", "30-day table, all agents: p99"]
+
+
+@pytest.mark.slow
+def test_worker_process_benchmarks_and_report(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    assert main(["--sizes", "tiny", "--only", "B7,B8", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "python -m bench --sizes tiny --only B7,B8" in text
+    for row in ("start -> first task's model call", "worker RSS", "`harness --help` wall time"):
+        assert row in text
+    assert "## Summary" in text and "B7" in text and "B8" in text
+
+
+def test_unknown_benchmark_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit):
+        main(["--only", "B9"])
+    assert suite.KEYS == ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not litellm_available(), reason="litellm is not installed")
+def test_litellm_arm_makes_a_call(server: FakeServerProcess) -> None:
+    async def go() -> int:
+        client = LiteLLM(server.base_url, messages(50))
+        await client.start()
+        try:
+            return await client.call()
+        finally:
+            await client.close()
+
+    assert anyio.run(go) > 0
