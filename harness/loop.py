@@ -132,8 +132,7 @@ class TaskRunner:
             return await self._fail(str(exc), retry=exc.retryable)
 
     async def _run(self) -> TaskStatus:
-        self.transcript = await self.rt.store.read(load_transcript, self.task.id)
-        self.n_children = len(await self.rt.store.read(queue.children, self.task.id))
+        self.transcript, self.n_children = await self.rt.store.read(_load_state, self.task.id)
         if not self.transcript:
             await self._append(self._opening())
         while True:
@@ -286,7 +285,7 @@ class TaskRunner:
             content=completion.message.content,
             tool_calls=self._fresh_ids(completion.message.tool_calls or []) or None,
         )
-        owned = await self.rt.store.write(
+        appended = await self.rt.store.write(
             _persist_step_tx,
             self.task,
             self.worker_id,
@@ -296,9 +295,9 @@ class TaskRunner:
             self.rt.settings,
             message,
         )
-        if not owned:
+        if appended is None:
             raise LeaseLost(self.task.id)
-        self.transcript = await self.rt.store.read(load_transcript, self.task.id)
+        self.transcript.extend(appended)
         self.log.info(
             "model_step",
             model=completion.model,
@@ -396,10 +395,10 @@ class TaskRunner:
     # -- persistence helpers -------------------------------------------------------------------
 
     async def _append(self, msgs: list[ChatMessage]) -> None:
-        owned = await self.rt.store.write(_append_tx, self.task.id, self.worker_id, msgs)
-        if not owned:
+        appended = await self.rt.store.write(_append_tx, self.task.id, self.worker_id, msgs)
+        if appended is None:
             raise LeaseLost(self.task.id)
-        self.transcript = await self.rt.store.read(load_transcript, self.task.id)
+        self.transcript.extend(appended)
 
     async def _complete(self, answer: str) -> TaskStatus:
         await self.rt.store.write(queue.complete, self.task.id, self.worker_id, answer)
@@ -461,11 +460,17 @@ def _child_result(child: Task) -> str:
     return f"error: sub-task {child.id} ({child.agent}) {child.status}: {why}"
 
 
-def _append_tx(conn: Any, task_id: int, worker_id: int, msgs: list[ChatMessage]) -> bool:
+def _load_state(conn: Any, task_id: int) -> tuple[list[StoredMessage], int]:
+    """The task's transcript and how many sub-tasks it has created (one read)."""
+    return load_transcript(conn, task_id), queue.count_children(conn, task_id)
+
+
+def _append_tx(
+    conn: Any, task_id: int, worker_id: int, msgs: list[ChatMessage]
+) -> list[StoredMessage] | None:
     if not queue.touch(conn, task_id, worker_id):
-        return False
-    append_messages(conn, task_id, msgs)
-    return True
+        return None
+    return append_messages(conn, task_id, msgs)
 
 
 def _persist_step_tx(
@@ -477,10 +482,10 @@ def _persist_step_tx(
     reservation: int,
     settings: Settings,
     message: ChatMessage,
-) -> bool:
-    """Ledger rows always (the call was paid for); the transcript only while we own the task."""
+) -> list[StoredMessage] | None:
+    """Ledger rows always (the call was paid for); the transcript only while we own the task
+    (None when we no longer do)."""
     ids = ledger.record(conn, ctx, completion.records, settings, reservation_id=reservation)
     if not queue.touch(conn, task.id, worker_id, steps_delta=1):
-        return False
-    append_messages(conn, task.id, [message], call_id=ids[-1] if ids else None)
-    return True
+        return None
+    return append_messages(conn, task.id, [message], call_id=ids[-1] if ids else None)

@@ -87,6 +87,14 @@ class NewTask:
 now = clock.now
 
 
+_INSERT_RUN = insert(runs)
+_INSERT_TASK = insert(tasks)
+_SET_ROOT = (
+    update(runs).where(runs.c.id == bindparam("p_run")).values(root_task_id=bindparam("p_task"))
+)
+_PARENT_OF = select(tasks.c.parent_id).where(tasks.c.id == bindparam("p_task"))
+
+
 def create_run(
     conn: Connection,
     goal: str,
@@ -98,22 +106,20 @@ def create_run(
 ) -> tuple[int, int]:
     """Insert a run and its root task (queued). Returns ``(run_id, task_id)``."""
     t = now()
-    run_id = conn.execute(
-        insert(runs).values(goal=goal, agent=agent, schedule=schedule, created_at=t)
-    ).inserted_primary_key[0]  # type: ignore[index]
-    task_id = conn.execute(
-        insert(tasks).values(
-            run_id=run_id,
-            agent=agent,
-            input=goal,
-            status=TaskStatus.QUEUED,
-            priority=priority,
-            max_attempts=max_attempts,
-            created_at=t,
-            updated_at=t,
-        )
-    ).inserted_primary_key[0]  # type: ignore[index]
-    conn.execute(update(runs).where(runs.c.id == run_id).values(root_task_id=task_id))
+    run = {"goal": goal, "agent": agent, "schedule": schedule, "created_at": t}
+    run_id = conn.execute(_INSERT_RUN, run).inserted_primary_key[0]  # type: ignore[index]
+    task = {
+        "run_id": run_id,
+        "agent": agent,
+        "input": goal,
+        "status": TaskStatus.QUEUED.value,
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "created_at": t,
+        "updated_at": t,
+    }
+    task_id = conn.execute(_INSERT_TASK, task).inserted_primary_key[0]  # type: ignore[index]
+    conn.execute(_SET_ROOT, {"p_run": run_id, "p_task": task_id})
     return int(run_id), int(task_id)
 
 
@@ -345,7 +351,7 @@ def spawn_children(
 
 
 def wake_parent_of(conn: Connection, task_id: int) -> None:
-    parent_id = conn.execute(select(tasks.c.parent_id).where(tasks.c.id == task_id)).scalar()
+    parent_id = conn.execute(_PARENT_OF, {"p_task": task_id}).scalar()
     if parent_id is not None:
         wake_parent(conn, parent_id)
 
@@ -494,3 +500,8 @@ def run_blocked_or_settled(conn: Connection, run_id: int) -> bool:
         select(tasks.c.status).where(tasks.c.run_id == run_id, tasks.c.parent_id.is_(None))
     ).scalar()
     return root is None or root in TERMINAL or not has_runnable(conn, run_id)
+
+
+def count_children(conn: Connection, parent_id: int) -> int:
+    stmt = select(func.count()).select_from(tasks).where(tasks.c.parent_id == parent_id)
+    return int(conn.execute(stmt).scalar() or 0)

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
 
 from . import db
 from .messages import ChatMessage, ToolCall
@@ -113,10 +113,13 @@ class StoredMessage:
     created_at: float
 
 
+_TRANSCRIPT = (
+    select(messages).where(messages.c.task_id == bindparam("p_task")).order_by(messages.c.seq)
+)
+
+
 def load_transcript(conn: Connection, task_id: int) -> list[StoredMessage]:
-    rows = conn.execute(
-        select(messages).where(messages.c.task_id == task_id).order_by(messages.c.seq)
-    ).mappings()
+    rows = conn.execute(_TRANSCRIPT, {"p_task": task_id}).mappings()
     out = []
     for r in rows:
         calls = (
@@ -135,16 +138,20 @@ def load_transcript(conn: Connection, task_id: int) -> list[StoredMessage]:
     return out
 
 
+_LAST_SEQ = select(func.max(messages.c.seq)).where(messages.c.task_id == bindparam("p_task"))
+_INSERT_MESSAGE = insert(messages)
+
+
 def append_messages(
     conn: Connection, task_id: int, msgs: Sequence[ChatMessage], *, call_id: int | None = None
-) -> None:
-    """Append messages to a task's transcript (sequence numbers continue from the last)."""
-    last = conn.execute(
-        select(func.max(messages.c.seq)).where(messages.c.task_id == task_id)
-    ).scalar()
+) -> list[StoredMessage]:
+    """Append messages to a task's transcript (sequence numbers continue from the last);
+    returns them as stored, so callers need not read the transcript again."""
+    last = conn.execute(_LAST_SEQ, {"p_task": task_id}).scalar()
     seq = -1 if last is None else int(last)
     t = time.time()
     rows = []
+    stored = []
     for msg in msgs:
         seq += 1
         calls = json.dumps([c.model_dump() for c in msg.tool_calls]) if msg.tool_calls else None
@@ -161,8 +168,10 @@ def append_messages(
                 "created_at": t,
             }
         )
+        stored.append(StoredMessage(seq, msg, call_id, t))
     if rows:
-        conn.execute(insert(messages), rows)
+        conn.execute(_INSERT_MESSAGE, rows)
+    return stored
 
 
 # -- workers -------------------------------------------------------------------------------
