@@ -201,11 +201,14 @@ def record(
     *,
     reservation_id: int | None = None,
     ts: float | None = None,
+    extra_reservations: Sequence[int] = (),
 ) -> list[int]:
     """Write one ledger row per call record, update the roll-ups (agent/day, workspace/day,
     run) and settle the reservation, all in the caller's transaction. Returns the row ids."""
-    if reservation_id is not None and not release(conn, reservation_id):
-        _unrecord_unsettled(conn, reservation_id)
+    held = [] if reservation_id is None else [reservation_id]
+    for rid in [*held, *extra_reservations]:
+        if not release(conn, rid):
+            _unrecord_unsettled(conn, rid)
     ts = clock.now() if ts is None else ts
     day = day_of(ts, settings.tz)
     ids: list[int] = []

@@ -35,6 +35,7 @@ from .settings import Settings
 from .store import StoredMessage, append_messages, load_transcript
 from .tokens import estimate_prompt_tokens
 from .tools import ToolContext, delegate_spec
+from .usage import CallRecord
 
 log = structlog.get_logger("harness.loop")
 
@@ -227,48 +228,54 @@ class TaskRunner:
         request = self._request()
         agent = self.agent
         settings = self.rt.settings
-        model = settings.models[request.model]
-        max_tokens = request.max_tokens or model.max_tokens
         prompt_est = estimate_prompt_tokens(request)
         budget, workspace_budget = budgets(self.rt, agent)
         ctx = ledger.CallContext(agent.name, self.task.run_id, self.task.id, self.worker_id)
         day = ledger.day_of(queue.now(), settings.tz)
-        reservation = await self.rt.store.write(
-            ledger.reserve,
-            ctx,
-            model=request.model,
-            provider=model.provider,
-            tokens=prompt_est + max_tokens,
-            cost=model.cost(prompt_est, 0, max_tokens),
-            budget=budget,
-            workspace_budget=workspace_budget,
-            day=day,
-        )
+
+        async def reserve(model_name: str, _attempt: int = 1) -> None:
+            """Hold the worst case of one attempt on ``model_name`` (before each attempt:
+            retries and fallbacks spend tokens too, so each is covered before it is sent)."""
+            model = settings.models[model_name]
+            max_tokens = request.max_tokens or model.max_tokens
+            rid = await self.rt.store.write(
+                ledger.reserve,
+                ctx,
+                model=model_name,
+                provider=model.provider,
+                tokens=prompt_est + max_tokens,
+                cost=model.cost(prompt_est, 0, max_tokens),
+                budget=budget,
+                workspace_budget=workspace_budget,
+                day=day,
+            )
+            held.append(rid)
+
+        held: list[int] = []
+        await reserve(request.model)
         self.rt.emit("model_call", task_id=self.task.id, agent=agent.name)
         try:
-            completion = await self.rt.provider.complete(request)
-        except ProviderError as exc:
+            completion = await self.rt.provider.complete(request, before_attempt=reserve)
+        except (ProviderError, BudgetExceeded) as exc:
+            records = getattr(exc, "records", [])
             with anyio.CancelScope(shield=True):  # paid attempts are recorded, whatever comes
-                await self.rt.store.write(
-                    ledger.record, ctx, exc.records, settings, reservation_id=reservation
-                )
+                await self.rt.store.write(_record_tx, ctx, records, settings, held)
             raise
         except BaseException:
             # cancelled mid-call (shutdown, lost lease, cancelled run): the server may have
             # served it, so it is charged with its estimate rather than silently forgotten
-            why = "cancelled while in flight; charged with the reserved estimate"
             with anyio.CancelScope(shield=True):
-                await self.rt.store.write(ledger.settle_unsettled, settings, reservation, why)
+                await self.rt.store.write(_unsettle_tx, settings, held, "cancelled while in flight")
             raise
         try:
             with anyio.CancelScope(shield=True):  # an answer that arrived is never dropped
-                await self._persist_step(ctx, completion, reservation)
+                await self._persist_step(ctx, completion, held)
         except LeaseLost:
             raise
         except Exception:
-            why = "answered, but the answer could not be stored; charged with the estimate"
             with anyio.CancelScope(shield=True):
-                await self.rt.store.write(ledger.settle_unsettled, settings, reservation, why)
+                why = "answered, but the answer could not be stored"
+                await self.rt.store.write(_unsettle_tx, settings, held, why)
             raise
         self.rt.emit("model_done", task_id=self.task.id, agent=agent.name, usage=completion.usage)
         message = completion.message
@@ -278,7 +285,7 @@ class TaskRunner:
         return StepOutcome.DELEGATE if "delegate" in names else StepOutcome.TOOLS
 
     async def _persist_step(
-        self, ctx: ledger.CallContext, completion: Completion, reservation: int
+        self, ctx: ledger.CallContext, completion: Completion, reservations: list[int]
     ) -> None:
         message = ChatMessage(
             role="assistant",
@@ -291,7 +298,7 @@ class TaskRunner:
             self.worker_id,
             ctx,
             completion,
-            reservation,
+            reservations,
             self.rt.settings,
             message,
         )
@@ -460,6 +467,22 @@ def _child_result(child: Task) -> str:
     return f"error: sub-task {child.id} ({child.agent}) {child.status}: {why}"
 
 
+def _record_tx(
+    conn: Any,
+    ctx: ledger.CallContext,
+    records: Sequence[CallRecord],
+    settings: Settings,
+    reservations: Sequence[int],
+) -> list[int]:
+    """Record a call's attempts and settle every reservation held for it."""
+    return ledger.record(conn, ctx, records, settings, extra_reservations=reservations)
+
+
+def _unsettle_tx(conn: Any, settings: Settings, reservations: Sequence[int], why: str) -> None:
+    for rid in reservations:
+        ledger.settle_unsettled(conn, settings, rid, f"{why}; charged with the reserved estimate")
+
+
 def _load_state(conn: Any, task_id: int) -> tuple[list[StoredMessage], int]:
     """The task's transcript and how many sub-tasks it has created (one read)."""
     return load_transcript(conn, task_id), queue.count_children(conn, task_id)
@@ -479,13 +502,13 @@ def _persist_step_tx(
     worker_id: int,
     ctx: ledger.CallContext,
     completion: Completion,
-    reservation: int,
+    reservations: list[int],
     settings: Settings,
     message: ChatMessage,
 ) -> list[StoredMessage] | None:
     """Ledger rows always (the call was paid for); the transcript only while we own the task
     (None when we no longer do)."""
-    ids = ledger.record(conn, ctx, completion.records, settings, reservation_id=reservation)
+    ids = _record_tx(conn, ctx, completion.records, settings, reservations)
     if not queue.touch(conn, task.id, worker_id, steps_delta=1):
         return None
     return append_messages(conn, task.id, [message], call_id=ids[-1] if ids else None)

@@ -26,6 +26,7 @@ Models configured ``tools = "json"`` get their tools through ``response_format``
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,7 +34,7 @@ import anyio
 import structlog
 
 from . import jsontools
-from .errors import ConfigError, ProviderError, ResponseFormatError
+from .errors import ConfigError, ControlSignal, ProviderError, ResponseFormatError
 from .messages import ChatMessage, ChatRequest, WireUsage
 from .pacing import Clock, Sleep, backoff_delay
 from .settings import ModelConfig, Settings
@@ -59,10 +60,19 @@ class Completion:
     records: list[CallRecord]  # one per attempt that reached a server, failed ones too
 
 
+AttemptHook = Callable[[str, int], Awaitable[None]]
+"""``before_attempt(model, n)``: awaited before every attempt after a completion's first one
+(a retry or a fallback), so a caller can reserve budget for it; may raise a ControlSignal
+(e.g. BudgetExceeded), which stops the completion with the attempts made so far attached as
+``signal.records``."""
+
+
 class Provider(Protocol):
     """Anything that answers chat requests: the HTTP client, or a scripted double."""
 
-    async def complete(self, request: ChatRequest) -> Completion: ...
+    async def complete(
+        self, request: ChatRequest, *, before_attempt: AttemptHook | None = None
+    ) -> Completion: ...
 
     async def aclose(self) -> None: ...
 
@@ -107,6 +117,8 @@ class _Call:
     records: list[CallRecord]  # shared across the whole fallback chain
     format_failures: int = 0
     attempts: int = 0
+    before_attempt: AttemptHook | None = None
+    first: bool = True  # the completion's very first attempt (covered by the caller)
 
     @property
     def reserve(self) -> int:
@@ -172,12 +184,16 @@ class OpenAIProvider:
                 names.append(name)
         return names
 
-    async def complete(self, request: ChatRequest) -> Completion:
+    async def complete(
+        self, request: ChatRequest, *, before_attempt: AttemptHook | None = None
+    ) -> Completion:
         """Answer ``request``; raise ProviderError once every model in the chain failed."""
         records: list[CallRecord] = []
         failure: _ModelFailed | None = None
         for name in self.chain(request.model):
             call = self._prepare(name, request, records)
+            call.before_attempt = before_attempt
+            call.first = failure is None
             if failure is not None:
                 log.warning(
                     "model_fallback",
@@ -234,6 +250,12 @@ class OpenAIProvider:
         number = 0
         while True:
             number += 1
+            if call.before_attempt is not None and not (call.first and number == 1):
+                try:
+                    await call.before_attempt(call.name, len(call.records) + 1)
+                except ControlSignal as signal:
+                    signal.records = list(call.records)  # type: ignore[attr-defined]
+                    raise
             try:
                 return await self._attempt(call, number)
             except AttemptError as exc:

@@ -32,9 +32,9 @@ from typing import Any, TypeAlias, Union, cast
 import anyio
 import anyio.lowlevel
 
-from .errors import ProviderError
+from .errors import ControlSignal, ProviderError
 from .messages import ChatMessage, ChatRequest, FunctionCall, ToolCall
-from .provider import Completion
+from .provider import AttemptHook, Completion
 from .tokens import estimate_completion_tokens, estimate_prompt_tokens
 from .usage import CallOutcome, CallRecord, Usage
 
@@ -195,11 +195,25 @@ class ScriptedProvider:
 
     # -- the Provider interface --------------------------------------------------------
 
-    async def complete(self, request: ChatRequest) -> Completion:
-        """Answer ``request`` with the next step (recording the request first)."""
+    async def complete(
+        self, request: ChatRequest, *, before_attempt: AttemptHook | None = None
+    ) -> Completion:
+        """Answer ``request`` with the next step (recording the request first).
+
+        A scripted :class:`Completion` with several records stands for retries or fallbacks:
+        like the real provider, ``before_attempt`` is awaited before the 2nd, 3rd... attempt,
+        and a ControlSignal it raises carries the attempts made so far as ``.records``.
+        """
         self.requests.append(request)
         step = self._resolve(self._next(request), request)
         if isinstance(step, Completion):
+            for n in range(2, len(step.records) + 1):
+                if before_attempt is not None:
+                    try:
+                        await before_attempt(step.records[n - 1].model, n)
+                    except ControlSignal as signal:
+                        signal.records = step.records[: n - 1]  # type: ignore[attr-defined]
+                        raise
             self.completions.append(step)
             return step
         if step.delay_s:

@@ -622,3 +622,28 @@ async def test_json_tools_with_an_unknown_named_tool_fail_clearly(
             ask(tools=[SEARCH], tool_choice=choice)
         )
     assert (info.value.model, info.value.records) == ("m", [])
+
+
+async def test_before_attempt_covers_every_retry_and_can_stop_the_call(
+    router: respx.Router, clock: FakeClock
+) -> None:
+    from harness.errors import BudgetExceeded
+
+    router.post(URL_A).mock(side_effect=[httpx.Response(500, text="oops"), ok()])
+    seen: list[tuple[str, int]] = []
+
+    async def hook(model: str, n: int) -> None:
+        seen.append((model, n))
+
+    done = await provider_for(router, clock).complete(ask(), before_attempt=hook)
+    assert seen == [("m", 2)]  # not before the first attempt: the caller covered that one
+    assert [r.status for r in done.records] == [500, 200]
+
+    router.post(URL_A).mock(side_effect=[httpx.Response(500, text="oops"), ok()])
+
+    async def refuse(model: str, n: int) -> None:
+        raise BudgetExceeded("veblen", "daily token budget", 10, 9, 5, "2026-11-29")
+
+    with pytest.raises(BudgetExceeded) as info:
+        await provider_for(router, clock).complete(ask(), before_attempt=refuse)
+    assert [r.status for r in info.value.records] == [500]  # type: ignore[attr-defined]
