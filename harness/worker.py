@@ -85,7 +85,12 @@ class Worker:
             claimed: list[Task] | None = []
             claim_id = self.id
             if free > 0:
-                claimed = await self.rt.store.write(_claim, self.id, lease_s, free, self.run_id)
+                try:
+                    claimed = await self.rt.store.write(_claim, self.id, lease_s, free, self.run_id)
+                except Exception:  # the database restarting, a lock timeout: back off, go on
+                    log.exception("worker_claim_failed")
+                    claimed = []
+                    await anyio.sleep(min(delay * 10, idle_max))
             if claimed is None:
                 await self._new_epoch(seen_dead=claim_id)
                 continue
