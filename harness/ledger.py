@@ -151,41 +151,47 @@ def reserve(
         if refused is not None:
             raise refused  # the caller's transaction rolls back what was taken so far
     rid = conn.execute(
-        insert(reservations).values(
-            day=day,
-            agent=ctx.agent,
-            run_id=ctx.run_id,
-            task_id=ctx.task_id,
-            worker_id=ctx.worker_id,
-            model=model,
-            provider=provider,
-            tokens=tokens,
-            cost=cost,
-            created_at=clock.now(),
-        )
+        _INSERT_RESERVATION,
+        {
+            "day": day,
+            "agent": ctx.agent,
+            "run_id": ctx.run_id,
+            "task_id": ctx.task_id,
+            "worker_id": ctx.worker_id,
+            "model": model,
+            "provider": provider,
+            "tokens": tokens,
+            "cost": cost,
+            "created_at": clock.now(),
+        },
     ).inserted_primary_key[0]  # type: ignore[index]
     return int(rid)
 
 
-def _give_back(conn: Connection, day: str, agent: str, tokens: int, cost: float) -> None:
-    u = usage_daily.c
-    conn.execute(
-        update(usage_daily)
-        .where(u.day == day, u.agent == agent)
-        .values(reserved_tokens=u.reserved_tokens - tokens, reserved_cost=u.reserved_cost - cost)
+_INSERT_RESERVATION = insert(reservations)
+_GIVE_BACK = (
+    update(usage_daily)
+    .where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
+    .values(
+        reserved_tokens=usage_daily.c.reserved_tokens - bindparam("n"),
+        reserved_cost=usage_daily.c.reserved_cost - bindparam("c"),
     )
+)
+_RELEASE = (
+    delete(reservations)
+    .where(reservations.c.id == bindparam("p_id"))
+    .returning(reservations.c.day, reservations.c.agent, reservations.c.tokens, reservations.c.cost)
+)
+
+
+def _give_back(conn: Connection, day: str, agent: str, tokens: int, cost: float) -> None:
+    conn.execute(_GIVE_BACK, {"p_day": day, "p_agent": agent, "n": tokens, "c": cost})
 
 
 def release(conn: Connection, reservation_id: int) -> bool:
     """Drop a reservation (the call was never sent, or has been settled). False when it was
     gone already (settled as unsettled after its worker was declared dead)."""
-    row = conn.execute(
-        delete(reservations)
-        .where(reservations.c.id == reservation_id)
-        .returning(
-            reservations.c.day, reservations.c.agent, reservations.c.tokens, reservations.c.cost
-        )
-    ).first()
+    row = conn.execute(_RELEASE, {"p_id": reservation_id}).first()
     if row is None:
         return False
     for who in (row.agent, WORKSPACE):

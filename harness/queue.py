@@ -502,6 +502,10 @@ def run_blocked_or_settled(conn: Connection, run_id: int) -> bool:
     return root is None or root in TERMINAL or not has_runnable(conn, run_id)
 
 
+_COUNT_CHILDREN = (
+    select(func.count()).select_from(tasks).where(tasks.c.parent_id == bindparam("p_parent"))
+)
+
+
 def count_children(conn: Connection, parent_id: int) -> int:
-    stmt = select(func.count()).select_from(tasks).where(tasks.c.parent_id == parent_id)
-    return int(conn.execute(stmt).scalar() or 0)
+    return int(conn.execute(_COUNT_CHILDREN, {"p_parent": parent_id}).scalar() or 0)
