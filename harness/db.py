@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,8 +73,14 @@ def is_postgres(conn: Connection | Engine) -> bool:
 
 
 def insert_ignore(conn: Connection, table: Table) -> Insert:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect."""
-    if is_postgres(conn):
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect (built once per
+    dialect and table; pass the rows as parameters)."""
+    return _insert_ignore(conn.dialect.name, table)
+
+
+@cache
+def _insert_ignore(dialect: str, table: Table) -> Insert:
+    if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
 
         return postgresql.insert(table).on_conflict_do_nothing()

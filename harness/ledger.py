@@ -15,9 +15,10 @@ from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, select, update
 
 from . import clock
+from .db import insert_ignore
 from .errors import BudgetExceeded
 from .schema import USAGE_COUNTERS, WORKSPACE, calls, reservations, runs, usage_daily
 from .settings import Settings
@@ -57,17 +58,8 @@ def next_day_start(ts: float, tz: ZoneInfo) -> float:
     return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
 
 
-@cache
-def _ensure_statement(dialect: str) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert_(usage_daily).on_conflict_do_nothing()
-
-
 def _ensure_rows(conn: Connection, day: str, agents: Sequence[str]) -> None:
-    stmt = _ensure_statement(conn.dialect.name)
-    conn.execute(stmt, [{"day": day, "agent": a} for a in agents])
+    conn.execute(insert_ignore(conn, usage_daily), [{"day": day, "agent": a} for a in agents])
 
 
 def _used(conn: Connection, day: str, agent: str) -> tuple[int, float, int, float]:
@@ -411,7 +403,3 @@ def prune(conn: Connection, before_day: str) -> int:
 
 def days_back(today: str, n: int) -> str:
     return (date.fromisoformat(today) - timedelta(days=n)).isoformat()
-
-
-def max_day(conn: Connection) -> str | None:
-    return conn.execute(select(func.max(usage_daily.c.day))).scalar()

@@ -487,13 +487,6 @@ def has_runnable(conn: Connection, run_id: int | None = None) -> bool:
     return conn.execute(select(tasks.c.id).where(cond).limit(1)).first() is not None
 
 
-def next_wakeup(conn: Connection) -> float | None:
-    """The earliest ``not_before`` among queued tasks, or None when none are queued."""
-    return conn.execute(
-        select(func.min(tasks.c.not_before)).where(tasks.c.status == TaskStatus.QUEUED)
-    ).scalar()
-
-
 def run_blocked_or_settled(conn: Connection, run_id: int) -> bool:
     """True when a run's root task is settled, or no task of it is queued or running."""
     root = conn.execute(
