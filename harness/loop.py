@@ -233,14 +233,23 @@ class TaskRunner:
         ctx = ledger.CallContext(agent.name, self.task.run_id, self.task.id, self.worker_id)
         day = ledger.day_of(queue.now(), settings.tz)
 
-        async def reserve(model_name: str, _attempt: int = 1) -> None:
-            """Hold the worst case of one attempt on ``model_name`` (before each attempt:
-            retries and fallbacks spend tokens too, so each is covered before it is sent)."""
+        held: list[int] = []  # reservations taken for this completion and not yet settled
+        settled = 0  # how many of its attempts are in the ledger already
+
+        async def reserve(model_name: str, attempts: Sequence[CallRecord] = ()) -> None:
+            """Hold the worst case of the next attempt on ``model_name`` (retries and
+            fallbacks spend tokens too, so each is covered before it is sent), recording
+            the attempts that failed so far in the same transaction: a worker that dies
+            mid-call leaves at most one reservation per task behind."""
+            nonlocal settled
             model = settings.models[model_name]
             max_tokens = request.max_tokens or model.max_tokens
             rid = await self.rt.store.write(
-                ledger.reserve,
+                _next_attempt_tx,
                 ctx,
+                attempts[settled:],
+                list(held),
+                settings,
                 model=model_name,
                 provider=model.provider,
                 tokens=prompt_est + max_tokens,
@@ -249,9 +258,9 @@ class TaskRunner:
                 workspace_budget=workspace_budget,
                 day=day,
             )
-            held.append(rid)
+            held[:] = [rid]
+            settled = len(attempts)
 
-        held: list[int] = []
         await reserve(request.model)
         self.rt.emit("model_call", task_id=self.task.id, agent=agent.name)
         try:
@@ -259,7 +268,7 @@ class TaskRunner:
         except (ProviderError, BudgetExceeded) as exc:
             records = getattr(exc, "records", [])
             with anyio.CancelScope(shield=True):  # paid attempts are recorded, whatever comes
-                await self.rt.store.write(_record_tx, ctx, records, settings, held)
+                await self.rt.store.write(_record_tx, ctx, records[settled:], settings, held)
             raise
         except BaseException:
             # cancelled mid-call (shutdown, lost lease, cancelled run): the server may have
@@ -269,7 +278,7 @@ class TaskRunner:
             raise
         try:
             with anyio.CancelScope(shield=True):  # an answer that arrived is never dropped
-                await self._persist_step(ctx, completion, held)
+                await self._persist_step(ctx, completion, completion.records[settled:], held)
         except LeaseLost:
             raise
         except Exception:
@@ -285,7 +294,11 @@ class TaskRunner:
         return StepOutcome.DELEGATE if "delegate" in names else StepOutcome.TOOLS
 
     async def _persist_step(
-        self, ctx: ledger.CallContext, completion: Completion, reservations: list[int]
+        self,
+        ctx: ledger.CallContext,
+        completion: Completion,
+        records: Sequence[CallRecord],
+        reservations: list[int],
     ) -> None:
         message = ChatMessage(
             role="assistant",
@@ -297,7 +310,7 @@ class TaskRunner:
             self.task,
             self.worker_id,
             ctx,
-            completion,
+            records,
             reservations,
             self.rt.settings,
             message,
@@ -478,6 +491,19 @@ def _record_tx(
     return ledger.record(conn, ctx, records, settings, extra_reservations=reservations)
 
 
+def _next_attempt_tx(
+    conn: Any,
+    ctx: ledger.CallContext,
+    failed: Sequence[CallRecord],
+    held: Sequence[int],
+    settings: Settings,
+    **reservation: Any,
+) -> int:
+    """Record failed attempts, settling what they held, and reserve the next attempt."""
+    _record_tx(conn, ctx, failed, settings, held)
+    return ledger.reserve(conn, ctx, **reservation)
+
+
 def _unsettle_tx(conn: Any, settings: Settings, reservations: Sequence[int], why: str) -> None:
     for rid in reservations:
         ledger.settle_unsettled(conn, settings, rid, f"{why}; charged with the reserved estimate")
@@ -501,14 +527,14 @@ def _persist_step_tx(
     task: Task,
     worker_id: int,
     ctx: ledger.CallContext,
-    completion: Completion,
+    records: Sequence[CallRecord],
     reservations: list[int],
     settings: Settings,
     message: ChatMessage,
 ) -> list[StoredMessage] | None:
     """Ledger rows always (the call was paid for); the transcript only while we own the task
     (None when we no longer do)."""
-    ids = _record_tx(conn, ctx, completion.records, settings, reservations)
+    ids = _record_tx(conn, ctx, records, settings, reservations)
     if not queue.touch(conn, task.id, worker_id, steps_delta=1):
         return None
     return append_messages(conn, task.id, [message], call_id=ids[-1] if ids else None)

@@ -26,7 +26,7 @@ Models configured ``tools = "json"`` get their tools through ``response_format``
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,9 +60,10 @@ class Completion:
     records: list[CallRecord]  # one per attempt that reached a server, failed ones too
 
 
-AttemptHook = Callable[[str, int], Awaitable[None]]
-"""``before_attempt(model, n)``: awaited before every attempt after a completion's first one
-(a retry or a fallback), so a caller can reserve budget for it; may raise a ControlSignal
+AttemptHook = Callable[[str, Sequence[CallRecord]], Awaitable[None]]
+"""``before_attempt(model, attempts)``: awaited before every attempt after a completion's first
+one (a retry or a fallback) with the failed attempts so far that reached a server, so a caller
+can record them and reserve budget for the next; may raise a ControlSignal
 (e.g. BudgetExceeded), which stops the completion with the attempts made so far attached as
 ``signal.records``."""
 
@@ -252,7 +253,7 @@ class OpenAIProvider:
             number += 1
             if call.before_attempt is not None and not (call.first and number == 1):
                 try:
-                    await call.before_attempt(call.name, len(call.records) + 1)
+                    await call.before_attempt(call.name, list(call.records))
                 except ControlSignal as signal:
                     signal.records = list(call.records)  # type: ignore[attr-defined]
                     raise

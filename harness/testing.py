@@ -210,7 +210,7 @@ class ScriptedProvider:
             for n in range(2, len(step.records) + 1):
                 if before_attempt is not None:
                     try:
-                        await before_attempt(step.records[n - 1].model, n)
+                        await before_attempt(step.records[n - 1].model, step.records[: n - 1])
                     except ControlSignal as signal:
                         signal.records = step.records[: n - 1]  # type: ignore[attr-defined]
                         raise

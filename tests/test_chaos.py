@@ -24,10 +24,11 @@ After a final ``harness worker --until-idle``, the test checks:
    row was received by a worker that died before its step committed; that call's budget
    reservation (committed before the request was sent, deleted in the step's transaction)
    was left behind and became exactly one ``unsettled`` row when the next worker found the
-   dead one. One reservation covers one ``complete()``, which returns on its first success,
-   so S - L <= U. More precisely, U is exactly the number of distinct reservations found
-   right after the kills (a reservation outlives only a dead worker), at most one per task
-   slot per kill.
+   dead one. Each attempt is reserved before it is sent, and the attempts that failed are
+   recorded (as ``error`` rows, their reservations released) in the transaction that
+   reserves the next, so a task holds one reservation at a time and S - L <= U. More
+   precisely, U is exactly the number of distinct reservations found right after the kills
+   (a reservation outlives only a dead worker), at most one per task slot per kill.
    Also every ledger row (``ok`` or ``error``) stands for a distinct request the server
    received, and no reservation or reserved token is left once everything is idle.
 

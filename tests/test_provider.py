@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -20,7 +21,7 @@ from harness.provider import FORMAT_ATTEMPTS, OpenAIProvider
 from harness.settings import Settings
 from harness.testing import FakeClock, chat_completion
 from harness.tokens import estimate_prompt_tokens
-from harness.usage import CallOutcome
+from harness.usage import CallOutcome, CallRecord
 
 pytestmark = pytest.mark.anyio
 
@@ -630,18 +631,18 @@ async def test_before_attempt_covers_every_retry_and_can_stop_the_call(
     from harness.errors import BudgetExceeded
 
     router.post(URL_A).mock(side_effect=[httpx.Response(500, text="oops"), ok()])
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, list[int | None]]] = []
 
-    async def hook(model: str, n: int) -> None:
-        seen.append((model, n))
+    async def hook(model: str, attempts: Sequence[CallRecord]) -> None:
+        seen.append((model, [r.status for r in attempts]))
 
     done = await provider_for(router, clock).complete(ask(), before_attempt=hook)
-    assert seen == [("m", 2)]  # not before the first attempt: the caller covered that one
+    assert seen == [("m", [500])]  # not before the first attempt: the caller covered that one
     assert [r.status for r in done.records] == [500, 200]
 
     router.post(URL_A).mock(side_effect=[httpx.Response(500, text="oops"), ok()])
 
-    async def refuse(model: str, n: int) -> None:
+    async def refuse(model: str, attempts: Sequence[CallRecord]) -> None:
         raise BudgetExceeded("veblen", "daily token budget", 10, 9, 5, "2026-11-29")
 
     with pytest.raises(BudgetExceeded) as info:

@@ -362,6 +362,55 @@ async def test_retried_attempts_inside_one_call_cannot_take_an_agent_past_its_bu
     assert used <= 1000
 
 
+@pytest.mark.anyio
+async def test_each_retry_settles_the_failed_attempt_so_one_reservation_is_held_at_a_time(
+    workspace_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed during a retry leaves one unsettled row, not one per attempt: the
+    failed attempts are already in the ledger as errors with what they really cost."""
+    from harness import loop
+    from harness.messages import ChatMessage
+    from harness.usage import CallOutcome, CallRecord, Usage
+
+    def rec(outcome: CallOutcome, attempt: int, usage: Usage) -> CallRecord:
+        return CallRecord("local", "local", outcome, usage, attempt=attempt, status=200)
+
+    good = Usage(prompt_tokens=30, completion_tokens=7)
+    completion = Completion(
+        ChatMessage(role="assistant", content="answer"),
+        "stop",
+        good,
+        "local",
+        [
+            rec(CallOutcome.ERROR, 1, Usage()),
+            rec(CallOutcome.ERROR, 2, Usage(prompt_tokens=30, completion_tokens=3)),
+            rec(CallOutcome.OK, 3, good),
+        ],
+    )
+    seen: list[tuple[int, int]] = []  # (reservations held, error rows) after each retry's tx
+    real = loop._next_attempt_tx
+
+    def spy(conn: Any, *args: Any, **kwargs: Any) -> int:
+        rid = real(conn, *args, **kwargs)
+        count = select(func.count())
+        held = conn.execute(count.select_from(reservations)).scalar()
+        errors = conn.execute(count.select_from(calls).where(calls.c.outcome == "error")).scalar()
+        seen.append((held, errors))
+        return rid
+
+    monkeypatch.setattr(loop, "_next_attempt_tx", spy)
+    rt, _ = runtime(workspace_dir, [completion])
+    await submit(rt, "question", "veblen")
+    await work(rt)
+    assert seen == [(1, 0), (1, 1), (1, 2)]  # the first reservation, then one per retry
+    outcomes = rt.store.read_sync(
+        lambda c: c.execute(select(calls.c.outcome, calls.c.completion_tokens)).all()
+    )
+    assert sorted(outcomes) == [("error", 0), ("error", 3), ("ok", 7)]
+    assert _count(rt, reservations) == 0 and _reserved(rt) == 0
+    await rt.aclose()
+
+
 # -- 10. PostgreSQL: roll-up rows are locked in a different order by record() and reserve() -------
 
 
