@@ -64,8 +64,15 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        if driver(conn).in_transaction:
+            return  # begun by the store's inline path (it chose how; see harness.store)
         read_only = conn.get_execution_options().get("read_only", False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def driver(conn: Connection) -> Any:
+    """The DB-API connection under ``conn`` (sqlite3 or psycopg)."""
+    return conn.connection.driver_connection
 
 
 def is_postgres(conn: Connection | Engine) -> bool:

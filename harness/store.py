@@ -1,9 +1,20 @@
 """The durable store: an engine, the schema kept current, and async access off the event loop.
 
-``Store.write(fn, *args)`` runs ``fn(conn, *args)`` in one write transaction in a worker thread;
-``Store.read`` does the same in a read-only transaction. Queue transitions (``harness.queue``)
-and ledger writes (``harness.ledger``) are plain functions of a connection, so several of them
-compose into one transaction (a model step's message, its ledger rows and its roll-ups).
+``Store.write(fn, *args)`` runs ``fn(conn, *args)`` in one write transaction without blocking
+the event loop; ``Store.read`` does the same in a read-only transaction. Queue transitions
+(``harness.queue``) and ledger writes (``harness.ledger``) are plain functions of a connection,
+so several of them compose into one transaction (a model step's message, its ledger rows and
+its roll-ups).
+
+Where the work runs. A transaction on PostgreSQL waits on the network, so it runs in a worker
+thread. A transaction on a SQLite file is CPU work in this process, except when it must wait
+for another writer's lock, or flush the WAL to the database file (a checkpoint). So on SQLite
+the store first tries the transaction on the calling (event loop) thread, on a connection of
+its own that never waits: ``busy_timeout=0`` until ``BEGIN IMMEDIATE`` has the write lock, and
+no automatic checkpoints. When the lock is taken it goes to a worker thread and waits there as
+usual; checkpoints run in a worker thread every ``CHECKPOINT_EVERY`` inline commits. A thread
+hop costs more than a typical transaction (about 150 us against 50-150 us on this machine,
+``docs/benchmarks.md``), so this halves the store's share of an agent step.
 """
 
 from __future__ import annotations
@@ -11,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +34,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import anyio.to_thread
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
 
 from . import db
 from .messages import ChatMessage, ToolCall
@@ -30,12 +44,29 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+CHECKPOINT_EVERY = 500  # inline SQLite commits between two checkpoints (in a thread)
+
+
+class _Busy(Exception):
+    """The inline connection could not start at once; the caller goes to a thread."""
+
+
 class Store:
     """Async facade over a SQLAlchemy engine (SQLite file or PostgreSQL)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._limiter = anyio.CapacityLimiter(32)
+        url = engine.url
+        self._inline = url.get_backend_name() == "sqlite" and url.database not in (
+            None,
+            "",
+            ":memory:",
+        )
+        self._local = threading.local()  # each event loop thread's inline connection
+        self._inline_conns: list[Connection] = []
+        self._lock = threading.Lock()
+        self._commits = 0
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -46,6 +77,10 @@ class Store:
         return cls(engine)
 
     def close(self) -> None:
+        with self._lock:
+            conns, self._inline_conns = self._inline_conns, []
+        for conn in conns:
+            conn.close()
         self.engine.dispose()
 
     # -- running work off the event loop --------------------------------------------------
@@ -59,13 +94,73 @@ class Store:
             return fn(conn, *args, **kwargs)
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(conn, *args)`` in one write transaction, in a worker thread."""
+        """Run ``fn(conn, *args)`` in one write transaction (inline on an idle SQLite file,
+        else in a worker thread)."""
+        if self._inline:
+            try:
+                out = self._inline_tx(True, fn, args, kwargs)
+            except _Busy:
+                pass
+            else:
+                self._commits += 1
+                if self._commits >= CHECKPOINT_EVERY:
+                    self._commits = 0
+                    await anyio.to_thread.run_sync(self._checkpoint, limiter=self._limiter)
+                return out
         call = partial(self.write_sync, fn, *args, **kwargs)
         return await anyio.to_thread.run_sync(call, limiter=self._limiter)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._inline:
+            try:
+                return self._inline_tx(False, fn, args, kwargs)
+            except _Busy:
+                pass
         call = partial(self.read_sync, fn, *args, **kwargs)
         return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    def _inline_tx(
+        self, write: bool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        """``fn`` in a transaction on this thread's own connection, or _Busy at once."""
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect_inline()
+        driver = db.driver(conn)
+        try:
+            driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise _Busy from None
+            raise
+        # the lock is ours: from here on waiting is not expected, but is not an error either
+        driver.execute(f"PRAGMA busy_timeout={db.BUSY_TIMEOUT_MS}")
+        try:
+            with conn.begin():  # commits on success, rolls back on an exception
+                return fn(conn, *args, **kwargs)
+        except OperationalError as exc:
+            if not write and "locked" in str(exc.orig):
+                raise _Busy from None  # a read may simply go to a thread and wait
+            raise
+        finally:
+            driver.execute("PRAGMA busy_timeout=0")
+
+    def _connect_inline(self) -> Connection:
+        conn = self.engine.connect()
+        driver = db.driver(conn)
+        driver.execute("PRAGMA busy_timeout=0")
+        driver.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint
+        with self._lock:
+            self._inline_conns.append(conn)
+        return conn
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file without blocking writers (PASSIVE)."""
+        raw = self.engine.raw_connection()  # outside any transaction, as a checkpoint must be
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            raw.close()
 
     # -- notes (the NotesStore protocol used by the notes tools) ---------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 from sqlalchemy import text
 
@@ -46,3 +47,66 @@ def test_starting_on_a_current_database_does_not_import_alembic(sqlite_url: str)
 
 def test_redact_hides_the_password() -> None:
     assert "secret" not in db.redact("postgresql+psycopg://u:secret@h/db")
+
+
+def test_sqlite_writes_run_inline_and_wait_in_a_thread_when_another_writer_holds_the_lock(
+    sqlite_url: str, monkeypatch: Any
+) -> None:
+    """An idle SQLite file is written on the event loop's thread (no thread hop); while
+    another connection holds the write lock the write waits in a worker thread, and the
+    event loop goes on meanwhile."""
+    import sqlite3
+    import threading
+
+    import anyio
+
+    from harness import store as store_mod
+
+    store = Store.open(sqlite_url)
+    threads: list[str] = []
+
+    def where(conn: Any, value: int) -> int:
+        threads.append(threading.current_thread().name)
+        conn.execute(text("CREATE TABLE IF NOT EXISTS probe (v INTEGER)"))
+        conn.execute(text("INSERT INTO probe VALUES (:v)"), {"v": value})
+        return value
+
+    checkpoints: list[int] = []
+    real_checkpoint = store._checkpoint
+    monkeypatch.setattr(store_mod, "CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(store, "_checkpoint", lambda: checkpoints.append(1) or real_checkpoint())
+
+    async def main() -> None:
+        assert await store.write(where, 1) == 1
+        assert threads == [threading.current_thread().name]  # inline
+        other = sqlite3.connect(store.engine.url.database, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer (process) holds the lock
+        ticks = 0
+        async with anyio.create_task_group() as tg:
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await anyio.sleep(0.01)
+
+            tg.start_soon(tick)
+            with anyio.fail_after(5):
+                tg.start_soon(store.write, where, 2)
+                await anyio.sleep(0.2)
+                assert ticks >= 5  # the loop was not blocked by the waiting write
+                # a read needs no lock in WAL mode: it runs inline meanwhile
+                assert await store.read(lambda c: c.execute(text("SELECT 1")).scalar()) == 1
+                other.execute("COMMIT")
+                while len(threads) < 2:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        other.close()
+        assert threads[1] != threads[0]  # it waited in a worker thread
+        assert await store.write(where, 3) == 3
+        assert checkpoints == [1]  # every CHECKPOINT_EVERY inline commits, in a thread
+        rows = await store.read(lambda c: c.execute(text("SELECT v FROM probe")).scalars().all())
+        assert sorted(rows) == [1, 2, 3]
+
+    anyio.run(main)
+    store.close()
