@@ -9,13 +9,14 @@ PostgreSQL uses psycopg 3 (``postgresql+psycopg://``).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from enum import Enum
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, text
+from sqlalchemy import Connection, Engine, Executable, Insert, Table, create_engine, event, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from .errors import ConfigError, Problem
@@ -94,6 +95,71 @@ def _insert_ignore(dialect: str, table: Table) -> Insert:
     from sqlalchemy.dialects import sqlite
 
     return sqlite.insert(table).on_conflict_do_nothing()
+
+
+# -- the hot path: prebuilt statements straight to the driver -------------------------------
+
+# (dialect, id(statement), INSERT columns) -> (statement, SQL, positional order, fixed values)
+_Prepared = tuple[Executable, str, tuple[str, ...] | None, dict[str, Any]]
+_PREPARED: dict[tuple[str, int, tuple[str, ...]], _Prepared] = {}
+
+
+def run(
+    conn: Connection,
+    stmt: Executable,
+    params: Mapping[str, Any] | Sequence[Mapping[str, Any]] = {},  # never mutated
+) -> Any:
+    """Execute a prebuilt Core statement on the driver's cursor; returns the DB-API cursor.
+
+    The statement is compiled once per dialect (and, for an INSERT, per set of columns
+    given), so a call costs little more than the driver's own ``execute``: no SQLAlchemy
+    result objects or type processing. For the queue's and the ledger's hot paths, whose
+    parameters are plain values (str, int, float, bool, None) and whose INSERTs name their
+    columns (omitted columns get their scalar Python default). Rows come back as tuples in
+    the statement's column order. A list of parameter dicts runs ``executemany``.
+    """
+    rows: Sequence[Mapping[str, Any]] = [params] if isinstance(params, Mapping) else params
+    first: Mapping[str, Any] = rows[0] if rows else {}
+    keys = tuple(first) if isinstance(stmt, Insert) else ()
+    key = (conn.dialect.name, id(stmt), keys)
+    prepared = _PREPARED.get(key)
+    if prepared is None or prepared[0] is not stmt:
+        prepared = _PREPARED[key] = (stmt, *_prepare(conn, stmt, keys))
+    _, sql, order, fixed = prepared
+
+    def args(p: Mapping[str, Any]) -> Any:
+        if fixed:
+            p = {**fixed, **p}
+        return p if order is None else [p[k] for k in order]
+
+    if isinstance(params, Mapping):
+        return driver(conn).execute(sql, args(params))
+    cur = driver(conn).cursor()
+    cur.executemany(sql, [args(p) for p in rows])
+    return cur
+
+
+def _prepare(
+    conn: Connection, stmt: Executable, keys: tuple[str, ...]
+) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+    defaults: dict[str, Any] = {}
+    kw: dict[str, Any] = {}
+    if isinstance(stmt, Insert):
+        for col in stmt.table.columns:
+            default: Any = col.default
+            if col.key not in keys and default is not None and default.is_scalar:
+                defaults[col.key] = default.arg
+        kw["column_keys"] = [*keys, *defaults]
+    compiled = stmt.compile(dialect=conn.dialect, **kw)  # type: ignore[attr-defined]
+    sql = compiled.string
+    if "POSTCOMPILE" in sql:
+        raise ValueError(f"db.run cannot run a statement with expanding parameters: {sql}")
+    for bind, name in compiled.bind_names.items():  # values written into the statement
+        if not bind.required and name not in keys:
+            value = bind.effective_value
+            defaults[name] = value.value if isinstance(value, Enum) else value
+    order = tuple(compiled.positiontup) if compiled.positional else None
+    return sql, order, defaults
 
 
 @contextmanager

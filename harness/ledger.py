@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, select, update
 
 from . import clock
-from .db import insert_ignore
+from .db import insert_ignore, run
 from .errors import BudgetExceeded
 from .schema import USAGE_COUNTERS, WORKSPACE, calls, reservations, runs, usage_daily
 from .settings import Settings
@@ -59,18 +59,19 @@ def next_day_start(ts: float, tz: ZoneInfo) -> float:
 
 
 def _ensure_rows(conn: Connection, day: str, agents: Sequence[str]) -> None:
-    conn.execute(insert_ignore(conn, usage_daily), [{"day": day, "agent": a} for a in agents])
+    run(conn, insert_ignore(conn, usage_daily), [{"day": day, "agent": a} for a in agents])
+
+
+_USED = select(
+    usage_daily.c.prompt_tokens + usage_daily.c.completion_tokens,
+    usage_daily.c.cost_usd,
+    usage_daily.c.reserved_tokens,
+    usage_daily.c.reserved_cost,
+).where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
 
 
 def _used(conn: Connection, day: str, agent: str) -> tuple[int, float, int, float]:
-    row = conn.execute(
-        select(
-            usage_daily.c.prompt_tokens + usage_daily.c.completion_tokens,
-            usage_daily.c.cost_usd,
-            usage_daily.c.reserved_tokens,
-            usage_daily.c.reserved_cost,
-        ).where(usage_daily.c.day == day, usage_daily.c.agent == agent)
-    ).first()
+    row = run(conn, _USED, {"p_day": day, "p_agent": agent}).fetchone()
     return (int(row[0]), float(row[1]), int(row[2]), float(row[3])) if row else (0, 0.0, 0, 0.0)
 
 
@@ -106,7 +107,7 @@ def _take(
         "max_tokens": budget.tokens,
         "max_cost": budget.cost_usd,
     }
-    if conn.execute(stmt, params).rowcount == 1:
+    if run(conn, stmt, params).rowcount == 1:
         return None
     used, used_cost, reserved, reserved_cost = _used(conn, day, agent)
     who = "workspace" if agent == WORKSPACE else agent
@@ -142,7 +143,8 @@ def reserve(
         refused = _take(conn, day, who, limit, tokens, cost)
         if refused is not None:
             raise refused  # the caller's transaction rolls back what was taken so far
-    rid = conn.execute(
+    rid = run(
+        conn,
         _INSERT_RESERVATION,
         {
             "day": day,
@@ -156,11 +158,11 @@ def reserve(
             "cost": cost,
             "created_at": clock.now(),
         },
-    ).inserted_primary_key[0]  # type: ignore[index]
+    ).fetchone()[0]
     return int(rid)
 
 
-_INSERT_RESERVATION = insert(reservations)
+_INSERT_RESERVATION = insert(reservations).returning(reservations.c.id)
 _GIVE_BACK = (
     update(usage_daily)
     .where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
@@ -177,17 +179,18 @@ _RELEASE = (
 
 
 def _give_back(conn: Connection, day: str, agent: str, tokens: int, cost: float) -> None:
-    conn.execute(_GIVE_BACK, {"p_day": day, "p_agent": agent, "n": tokens, "c": cost})
+    run(conn, _GIVE_BACK, {"p_day": day, "p_agent": agent, "n": tokens, "c": cost})
 
 
 def release(conn: Connection, reservation_id: int) -> bool:
     """Drop a reservation (the call was never sent, or has been settled). False when it was
     gone already (settled as unsettled after its worker was declared dead)."""
-    row = conn.execute(_RELEASE, {"p_id": reservation_id}).first()
+    row = run(conn, _RELEASE, {"p_id": reservation_id}).fetchone()
     if row is None:
         return False
-    for who in (row.agent, WORKSPACE):
-        _give_back(conn, row.day, who, row.tokens, row.cost)
+    day, agent, tokens, cost = row
+    for who in (agent, WORKSPACE):
+        _give_back(conn, day, who, tokens, cost)
     return True
 
 
@@ -280,7 +283,7 @@ def _record_one(
         "error": rec.error,
         "reservation_id": reservation_id,
     }
-    row_id = conn.execute(_INSERT_CALL, row).inserted_primary_key[0]  # type: ignore[index]
+    row_id = run(conn, _INSERT_CALL, row).fetchone()[0]
     _roll_up(conn, day, [ctx.agent, WORKSPACE], rec, cost)
     if ctx.run_id is not None:
         _roll_up_run(conn, ctx.run_id, u, cost)
@@ -292,7 +295,7 @@ def _increments(table: Table) -> dict[str, Any]:
     return {name: table.c[name] + bindparam(f"d_{name}") for name in (*USAGE_COUNTERS, "cost_usd")}
 
 
-_INSERT_CALL = insert(calls)
+_INSERT_CALL = insert(calls).returning(calls.c.id)
 _ROLL_UP_RUN = update(runs).where(runs.c.id == bindparam("p_run")).values(_increments(runs))
 _ROLL_UP_DAY = (
     update(usage_daily)
@@ -323,7 +326,7 @@ def _deltas(u: Usage, cost: float, sign: int) -> dict[str, Any]:
 
 
 def _roll_up_run(conn: Connection, run_id: int, u: Usage, cost: float, sign: int = 1) -> None:
-    conn.execute(_ROLL_UP_RUN, {"p_run": run_id, **_deltas(u, cost, sign)})
+    run(conn, _ROLL_UP_RUN, {"p_run": run_id, **_deltas(u, cost, sign)})
 
 
 def _roll_up(
@@ -344,7 +347,7 @@ def _roll_up(
     # one row at a time, the agent's before the workspace's: the order reserve() locks them
     # in, so two transactions never wait on each other's rows (no deadlock on PostgreSQL)
     for agent in agents:
-        conn.execute(_ROLL_UP_DAY, {**params, "p_agent": agent})
+        run(conn, _ROLL_UP_DAY, {**params, "p_agent": agent})
 
 
 def settle_orphans(conn: Connection, settings: Settings, worker_ids: Sequence[int]) -> int:

@@ -14,10 +14,12 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Connection,
-    RowMapping,
+    Integer,
     and_,
+    any_,
     bindparam,
     exists,
     func,
@@ -28,7 +30,7 @@ from sqlalchemy import (
 )
 
 from . import clock
-from .db import is_postgres
+from .db import is_postgres, run
 from .errors import LeaseLost
 from .schema import TERMINAL, TaskStatus, runs, tasks
 
@@ -56,7 +58,7 @@ class Task:
     error: str | None = None
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> Task:
+    def from_row(cls, row: Mapping[Any, Any]) -> Task:
         return cls(
             id=row["id"],
             run_id=row["run_id"],
@@ -87,8 +89,8 @@ class NewTask:
 now = clock.now
 
 
-_INSERT_RUN = insert(runs)
-_INSERT_TASK = insert(tasks)
+_INSERT_RUN = insert(runs).returning(runs.c.id)
+_INSERT_TASK = insert(tasks).returning(tasks.c.id)
 _SET_ROOT = (
     update(runs).where(runs.c.id == bindparam("p_run")).values(root_task_id=bindparam("p_task"))
 )
@@ -106,8 +108,8 @@ def create_run(
 ) -> tuple[int, int]:
     """Insert a run and its root task (queued). Returns ``(run_id, task_id)``."""
     t = now()
-    run = {"goal": goal, "agent": agent, "schedule": schedule, "created_at": t}
-    run_id = conn.execute(_INSERT_RUN, run).inserted_primary_key[0]  # type: ignore[index]
+    values = {"goal": goal, "agent": agent, "schedule": schedule, "created_at": t}
+    run_id = run(conn, _INSERT_RUN, values).fetchone()[0]
     task = {
         "run_id": run_id,
         "agent": agent,
@@ -118,8 +120,8 @@ def create_run(
         "created_at": t,
         "updated_at": t,
     }
-    task_id = conn.execute(_INSERT_TASK, task).inserted_primary_key[0]  # type: ignore[index]
-    conn.execute(_SET_ROOT, {"p_run": run_id, "p_task": task_id})
+    task_id = run(conn, _INSERT_TASK, task).fetchone()[0]
+    run(conn, _SET_ROOT, {"p_run": run_id, "p_task": task_id})
     return int(run_id), int(task_id)
 
 
@@ -139,7 +141,7 @@ def _claim_statements(postgres: bool, one_run: bool) -> tuple[Any, Any]:
     )
     if postgres:
         pick = pick.with_for_update(skip_locked=True)
-        chosen = tasks.c.id.in_(bindparam("ids", expanding=True))
+        chosen = tasks.c.id == any_(bindparam("ids", type_=ARRAY(Integer)))
     else:
         chosen = tasks.c.id.in_(pick.scalar_subquery())
     stmt = (
@@ -171,11 +173,17 @@ def claim(
     postgres = is_postgres(conn)
     pick, stmt = _claim_statements(postgres, run_id is not None)
     if postgres:
-        params["ids"] = [r[0] for r in conn.execute(pick, params)]
+        params["ids"] = [r[0] for r in run(conn, pick, params)]
         if not params["ids"]:
             return []
-    claimed = [Task.from_row(r) for r in conn.execute(stmt, params).mappings()]
+    claimed = [Task.from_row(r) for r in _mappings(run(conn, stmt, params))]
     return sorted(claimed, key=lambda task: (-task.priority, task.id))
+
+
+def _mappings(cursor: Any) -> list[dict[str, Any]]:
+    """A DB-API cursor's rows as dicts by column name."""
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def heartbeat(
@@ -226,7 +234,7 @@ def _move(
         values.update(lease_owner=None, lease_expires_at=None)
     stmt = _move_statement(tuple(sorted(values)), uncharge)
     params = {f"v_{k}": v for k, v in values.items()}
-    result = conn.execute(stmt, {"task_id": task_id, "worker_id": worker_id, **params})
+    result = run(conn, stmt, {"task_id": task_id, "worker_id": worker_id, **params})
     if result.rowcount != 1:
         raise LeaseLost(task_id)
 
@@ -241,7 +249,7 @@ _TOUCH = (
 def touch(conn: Connection, task_id: int, worker_id: int, steps_delta: int = 0) -> bool:
     """Check (and record) that this worker still owns the running task. True when owned."""
     params = {"task_id": task_id, "worker_id": worker_id, "t": now(), "delta": steps_delta}
-    return conn.execute(_TOUCH, params).rowcount == 1
+    return bool(run(conn, _TOUCH, params).rowcount == 1)
 
 
 def complete(conn: Connection, task_id: int, worker_id: int, result: str) -> None:
@@ -351,9 +359,25 @@ def spawn_children(
 
 
 def wake_parent_of(conn: Connection, task_id: int) -> None:
-    parent_id = conn.execute(_PARENT_OF, {"p_task": task_id}).scalar()
-    if parent_id is not None:
-        wake_parent(conn, parent_id)
+    row = run(conn, _PARENT_OF, {"p_task": task_id}).fetchone()
+    if row is not None and row[0] is not None:
+        wake_parent(conn, row[0])
+
+
+_LOCK_PARENT = select(tasks.c.id).where(tasks.c.id == bindparam("p_parent")).with_for_update()
+_CHILD = tasks.alias("child")
+_WAKE_PARENT = (
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("p_parent"),
+        tasks.c.status == TaskStatus.WAITING,
+        ~exists().where(
+            _CHILD.c.parent_id == bindparam("p_parent"),
+            *[_CHILD.c.status != s.value for s in TERMINAL],
+        ),
+    )
+    .values(status=TaskStatus.QUEUED, status_reason="sub-tasks settled", updated_at=bindparam("t"))
+)
 
 
 def wake_parent(conn: Connection, parent_id: int) -> bool:
@@ -363,17 +387,8 @@ def wake_parent(conn: Connection, parent_id: int) -> bool:
     cannot both miss the wake-up (each would otherwise not see the other's commit).
     """
     if is_postgres(conn):
-        conn.execute(select(tasks.c.id).where(tasks.c.id == parent_id).with_for_update())
-    child = tasks.alias("child")
-    unsettled = exists().where(
-        child.c.parent_id == parent_id, child.c.status.not_in([s.value for s in TERMINAL])
-    )
-    result = conn.execute(
-        update(tasks)
-        .where(tasks.c.id == parent_id, tasks.c.status == TaskStatus.WAITING, ~unsettled)
-        .values(status=TaskStatus.QUEUED, status_reason="sub-tasks settled", updated_at=now())
-    )
-    return result.rowcount == 1
+        run(conn, _LOCK_PARENT, {"p_parent": parent_id})
+    return bool(run(conn, _WAKE_PARENT, {"p_parent": parent_id, "t": now()}).rowcount == 1)
 
 
 def reap_expired(
@@ -501,4 +516,4 @@ _COUNT_CHILDREN = (
 
 
 def count_children(conn: Connection, parent_id: int) -> int:
-    return int(conn.execute(_COUNT_CHILDREN, {"p_parent": parent_id}).scalar() or 0)
+    return int(run(conn, _COUNT_CHILDREN, {"p_parent": parent_id}).fetchone()[0] or 0)

@@ -138,8 +138,8 @@ class Store:
         try:
             with conn.begin():  # commits on success, rolls back on an exception
                 return fn(conn, *args, **kwargs)
-        except OperationalError as exc:
-            if not write and "locked" in str(exc.orig):
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            if not write and "locked" in str(exc):
                 raise _Busy from None  # a read may simply go to a thread and wait
             raise
         finally:
@@ -209,27 +209,31 @@ class StoredMessage:
 
 
 _TRANSCRIPT = (
-    select(messages).where(messages.c.task_id == bindparam("p_task")).order_by(messages.c.seq)
+    select(
+        messages.c.seq,
+        messages.c.role,
+        messages.c.content,
+        messages.c.tool_calls,
+        messages.c.tool_call_id,
+        messages.c.name,
+        messages.c.call_id,
+        messages.c.created_at,
+    )
+    .where(messages.c.task_id == bindparam("p_task"))
+    .order_by(messages.c.seq)
 )
 
 
 def load_transcript(conn: Connection, task_id: int) -> list[StoredMessage]:
-    rows = conn.execute(_TRANSCRIPT, {"p_task": task_id}).mappings()
     out = []
-    for r in rows:
-        calls = (
-            [ToolCall.model_validate(c) for c in json.loads(r["tool_calls"])]
-            if r["tool_calls"]
-            else None
-        )
+    for seq, role, content, tool_calls, tool_call_id, name, call_id, created_at in db.run(
+        conn, _TRANSCRIPT, {"p_task": task_id}
+    ):
+        calls = [ToolCall.model_validate(c) for c in json.loads(tool_calls)] if tool_calls else None
         msg = ChatMessage(
-            role=r["role"],
-            content=r["content"],
-            tool_calls=calls,
-            tool_call_id=r["tool_call_id"],
-            name=r["name"],
+            role=role, content=content, tool_calls=calls, tool_call_id=tool_call_id, name=name
         )
-        out.append(StoredMessage(r["seq"], msg, r["call_id"], r["created_at"]))
+        out.append(StoredMessage(seq, msg, call_id, created_at))
     return out
 
 
@@ -242,7 +246,7 @@ def append_messages(
 ) -> list[StoredMessage]:
     """Append messages to a task's transcript (sequence numbers continue from the last);
     returns them as stored, so callers need not read the transcript again."""
-    last = conn.execute(_LAST_SEQ, {"p_task": task_id}).scalar()
+    last = db.run(conn, _LAST_SEQ, {"p_task": task_id}).fetchone()[0]
     seq = -1 if last is None else int(last)
     t = time.time()
     rows = []
@@ -265,7 +269,7 @@ def append_messages(
         )
         stored.append(StoredMessage(seq, msg, call_id, t))
     if rows:
-        conn.execute(_INSERT_MESSAGE, rows)
+        db.run(conn, _INSERT_MESSAGE, rows)
     return stored
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from harness import db
@@ -109,4 +110,47 @@ def test_sqlite_writes_run_inline_and_wait_in_a_thread_when_another_writer_holds
         assert sorted(rows) == [1, 2, 3]
 
     anyio.run(main)
+    store.close()
+
+
+def test_run_executes_prebuilt_statements_on_the_driver(db_url: str) -> None:
+    """``db.run``: INSERTs fill omitted columns with their Python defaults, values written
+    into a statement travel with it, RETURNING and executemany work, on both backends."""
+    from sqlalchemy import bindparam, insert, select, update
+
+    from harness.schema import TaskStatus, runs, tasks
+
+    store = Store.open(db_url)
+    new_run = insert(runs).returning(runs.c.id)
+    bump = (
+        update(runs)
+        .where(runs.c.id == bindparam("p_id"), runs.c.agent == "veblen")  # a fixed value
+        .values(calls=runs.c.calls + bindparam("n"))
+        .returning(runs.c.calls)
+    )
+    queued = select(tasks.c.id).where(tasks.c.status == TaskStatus.QUEUED)
+
+    def work(conn: Any) -> tuple[int, int, int, list[int]]:
+        rid = db.run(conn, new_run, {"goal": "g", "agent": "veblen", "created_at": 1.0})
+        run_id = rid.fetchone()[0]
+        calls = db.run(conn, bump, {"p_id": run_id, "n": 2}).fetchone()[0]
+        rows = [
+            {"run_id": run_id, "agent": "veblen", "input": f"t{i}", "status": s, "created_at": 1.0}
+            for i, s in enumerate(["queued", "done", "queued"])
+        ]
+        for row in rows:
+            row["updated_at"] = 1.0
+        db.run(conn, insert(tasks), rows)  # executemany; depth, attempts... by default
+        depth = conn.execute(select(tasks.c.depth, tasks.c.max_attempts)).first()
+        ids = [r[0] for r in db.run(conn, queued)]
+        return calls, depth[0], depth[1], ids
+
+    calls, depth, max_attempts, ids = store.write_sync(work)
+    assert (calls, depth, max_attempts, len(ids)) == (2, 0, 3, 2)
+
+    def expanding(conn: Any) -> None:
+        db.run(conn, select(tasks.c.id).where(tasks.c.id.in_(bindparam("ids", expanding=True))))
+
+    with pytest.raises(ValueError, match="expanding"):
+        store.write_sync(expanding)
     store.close()
