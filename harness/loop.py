@@ -104,6 +104,7 @@ class TaskRunner:
         self.worker_id = worker_id
         self.log = log.bind(run_id=task.run_id, task_id=task.id, agent=task.agent)
         self.transcript: list[StoredMessage] = []
+        self.unsaved: list[ChatMessage] = []  # the opening, stored with the first reservation
         self.n_children = 0  # sub-tasks created so far (the max_children limit)
 
     @property
@@ -134,8 +135,10 @@ class TaskRunner:
 
     async def _run(self) -> TaskStatus:
         self.transcript, self.n_children = await self.rt.store.read(_load_state, self.task.id)
-        if not self.transcript:
-            await self._append(self._opening())
+        if not self.transcript:  # a new task: its opening is stored with its first call's
+            self.unsaved = self._opening()  # reservation (one transaction fewer)
+            t = queue.now()
+            self.transcript = [StoredMessage(i, m, None, t) for i, m in enumerate(self.unsaved)]
         while True:
             pending = pending_calls(self.transcript)
             if pending:
@@ -146,7 +149,9 @@ class TaskRunner:
             last = self.transcript[-1].message
             if last.role == "assistant":
                 return await self._complete(last.content or "")
-            await self._step()
+            if await self._step() == StepOutcome.FINAL:
+                self.log.info("task_done", chars=len(self.transcript[-1].message.content or ""))
+                return TaskStatus.DONE  # completed with the answer, in one transaction
 
     def _opening(self) -> list[ChatMessage]:
         return [
@@ -244,12 +249,14 @@ class TaskRunner:
             nonlocal settled
             model = settings.models[model_name]
             max_tokens = request.max_tokens or model.max_tokens
-            rid = await self.rt.store.write(
+            opening = (self.task.id, self.worker_id, self.unsaved)
+            rid, stored = await self.rt.store.write(
                 _next_attempt_tx,
                 ctx,
                 attempts[settled:],
                 list(held),
                 settings,
+                opening,
                 model=model_name,
                 provider=model.provider,
                 tokens=prompt_est + max_tokens,
@@ -260,6 +267,9 @@ class TaskRunner:
             )
             held[:] = [rid]
             settled = len(attempts)
+            if self.unsaved:
+                self.transcript[: len(stored)] = stored
+                self.unsaved = []
 
         await reserve(request.model)
         self.rt.emit("model_call", task_id=self.task.id, agent=agent.name)
@@ -497,11 +507,17 @@ def _next_attempt_tx(
     failed: Sequence[CallRecord],
     held: Sequence[int],
     settings: Settings,
+    opening: tuple[int, int, list[ChatMessage]],
     **reservation: Any,
-) -> int:
-    """Record failed attempts, settling what they held, and reserve the next attempt."""
+) -> tuple[int, list[StoredMessage]]:
+    """Record failed attempts, settling what they held, and reserve the next attempt; the
+    first one also stores a new task's opening messages (while this worker owns the task)."""
+    task_id, worker_id, msgs = opening
+    stored = _append_tx(conn, task_id, worker_id, msgs) if msgs else []
+    if stored is None:
+        raise LeaseLost(task_id)
     _record_tx(conn, ctx, failed, settings, held)
-    return ledger.reserve(conn, ctx, **reservation)
+    return ledger.reserve(conn, ctx, **reservation), stored
 
 
 def _unsettle_tx(conn: Any, settings: Settings, reservations: Sequence[int], why: str) -> None:
@@ -537,4 +553,7 @@ def _persist_step_tx(
     ids = _record_tx(conn, ctx, records, settings, reservations)
     if not queue.touch(conn, task.id, worker_id, steps_delta=1):
         return None
-    return append_messages(conn, task.id, [message], call_id=ids[-1] if ids else None)
+    stored = append_messages(conn, task.id, [message], call_id=ids[-1] if ids else None)
+    if not message.tool_calls:  # a final answer: the task is done in the same transaction
+        queue.complete(conn, task.id, worker_id, message.content or "")
+    return stored

@@ -40,6 +40,34 @@ async def test_final_answer_is_recorded_with_its_ledger_row(workspace_dir: Path)
     assert [m["role"] for m in transcript] == ["system", "user", "assistant"]
 
 
+async def test_a_one_step_task_takes_two_write_transactions(
+    workspace_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The opening messages go in with the first reservation, and the answer, its ledger row
+    and the task's completion commit together: nothing can fall between them."""
+    from harness import store as st
+    from harness.loop import TaskRunner
+
+    rt, _ = runtime(workspace_dir, [ScriptedProvider.text("done")])
+    _, task_id = await submit(rt, "a goal", "veblen")
+    wid = await rt.store.write(st.register_worker, 1)
+    [task] = await rt.store.write(queue.claim, wid, 60)
+    writes: list[str] = []
+    real = rt.store.write
+
+    async def spy(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        writes.append(fn.__name__)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(rt.store, "write", spy)
+    assert await TaskRunner(rt, task, wid).run() == TaskStatus.DONE
+    assert writes == ["_next_attempt_tx", "_persist_step_tx"]
+    transcript = await rt.store.read(views.transcript, task_id)
+    assert [m["role"] for m in transcript] == ["system", "user", "assistant"]
+    assert (await rt.store.read(queue.get_task, task_id)).result == "done"  # type: ignore[union-attr]
+    await rt.aclose()
+
+
 async def test_tool_call_runs_and_the_step_continues(workspace_dir: Path) -> None:
     set_front_matter(workspace_dir / "agents/veblen.md", "tools", "[note_search, note_append]")
     rt, _provider = runtime(
