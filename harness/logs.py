@@ -1,7 +1,8 @@
 """structlog setup: human-readable on a terminal, JSON lines otherwise (or with ``--log-json``).
 
-Every event passes through ``redact``: values of keys that look like secrets, and any value
-equal to a configured API key, are replaced before anything is written.
+Every event passes through ``redact``: values of keys that look like secrets, and any API key
+harness has read (or secret-looking environment variable at start), are replaced before
+anything is written.
 """
 
 from __future__ import annotations
@@ -17,17 +18,23 @@ import structlog
 SECRET_KEYS = ("authorization", "api_key", "apikey", "password", "secret", "token_value")
 
 
-def _secret_values() -> list[str]:
-    names = [
-        k
-        for k in os.environ
-        if k.endswith(("_API_KEY", "_TOKEN", "_SECRET")) or k == "HARNESS_API_KEY"
-    ]
-    return [os.environ[k] for k in names if len(os.environ[k]) >= 8]
+_secrets: set[str] = set()  # values never written: API keys read, secret-looking env vars
+
+
+def add_secret(value: str | None) -> None:
+    """Never log ``value`` (called for every API key harness reads)."""
+    if value and len(value) >= 8:
+        _secrets.add(value)
+
+
+def _scan_environment() -> None:
+    for name, value in os.environ.items():
+        if name.endswith(("_API_KEY", "_TOKEN", "_SECRET")) or name == "HARNESS_API_KEY":
+            add_secret(value)
 
 
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    secrets = _secret_values()
+    secrets = _secrets
     for key, value in list(event.items()):
         if any(s in key.lower() for s in SECRET_KEYS):
             event[key] = "[redacted]"
@@ -56,6 +63,7 @@ class _Writer:
 
 def configure(*, json: bool | None = None, level: str = "info", stream: Any = None) -> None:
     """Configure structlog once per process. ``json=None``: JSON unless stderr is a terminal."""
+    _scan_environment()
     if json is None:
         json = not (stream or sys.stderr).isatty()
     renderer: Any = (

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import logs
 from .errors import ConfigError, Problem
 
 CONFIG_FILE = "config/harness.toml"
@@ -63,7 +64,9 @@ class ProviderConfig(_Frozen):
         return value.rstrip("/")
 
     def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        logs.add_secret(key)  # whatever happens next, it is never logged
+        return key
 
 
 class ModelConfig(_Frozen):

@@ -648,3 +648,25 @@ async def test_before_attempt_covers_every_retry_and_can_stop_the_call(
     with pytest.raises(BudgetExceeded) as info:
         await provider_for(router, clock).complete(ask(), before_attempt=refuse)
     assert [r.status for r in info.value.records] == [500]  # type: ignore[attr-defined]
+
+
+def test_a_key_read_from_any_variable_never_reaches_a_log_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    import structlog
+
+    from harness import logs
+    from harness.settings import ProviderConfig
+
+    monkeypatch.setenv("MY_LLM_CREDENTIAL", "sk-live-0123456789")  # no telltale suffix
+    cfg = ProviderConfig(base_url="http://127.0.0.1:1/v1", api_key_env="MY_LLM_CREDENTIAL")
+    assert cfg.api_key() == "sk-live-0123456789"
+    out = io.StringIO()
+    logs.configure(json=True, stream=out)
+    try:
+        structlog.get_logger().warning("upstream_said", body="bad key sk-live-0123456789 given")
+    finally:
+        structlog.reset_defaults()
+    assert "sk-live-0123456789" not in out.getvalue() and "[redacted]" in out.getvalue()
