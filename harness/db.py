@@ -9,11 +9,12 @@ PostgreSQL uses psycopg 3 (``postgresql+psycopg://``).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
 from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Executable, Insert, Table, create_engine, event, text
@@ -107,7 +108,7 @@ _PREPARED: dict[tuple[str, int, tuple[str, ...]], _Prepared] = {}
 def run(
     conn: Connection,
     stmt: Executable,
-    params: Mapping[str, Any] | Sequence[Mapping[str, Any]] = {},  # never mutated
+    params: Mapping[str, Any] | list[dict[str, Any]] = MappingProxyType({}),
 ) -> Any:
     """Execute a prebuilt Core statement on the driver's cursor; returns the DB-API cursor.
 
@@ -116,26 +117,26 @@ def run(
     result objects or type processing. For the queue's and the ledger's hot paths, whose
     parameters are plain values (str, int, float, bool, None) and whose INSERTs name their
     columns (omitted columns get their scalar Python default). Rows come back as tuples in
-    the statement's column order. A list of parameter dicts runs ``executemany``.
+    the statement's column order. A list of parameter dicts (all with the same keys) runs
+    ``executemany``.
     """
-    rows: Sequence[Mapping[str, Any]] = [params] if isinstance(params, Mapping) else params
-    first: Mapping[str, Any] = rows[0] if rows else {}
-    keys = tuple(first) if isinstance(stmt, Insert) else ()
-    key = (conn.dialect.name, id(stmt), keys)
+    rows: list[dict[str, Any]] | None = params if isinstance(params, list) else None
+    first: Mapping[str, Any] = params if rows is None else (rows[0] if rows else {})  # type: ignore[assignment]
+    is_insert: bool = stmt.is_insert
+    key = (conn.dialect.name, id(stmt), tuple(first) if is_insert else ())
     prepared = _PREPARED.get(key)
     if prepared is None or prepared[0] is not stmt:
-        prepared = _PREPARED[key] = (stmt, *_prepare(conn, stmt, keys))
+        prepared = _PREPARED[key] = (stmt, *_prepare(conn, stmt, key[2]))
     _, sql, order, fixed = prepared
-
-    def args(p: Mapping[str, Any]) -> Any:
+    raw: Any = conn.connection.driver_connection
+    if rows is None:
         if fixed:
-            p = {**fixed, **p}
-        return p if order is None else [p[k] for k in order]
-
-    if isinstance(params, Mapping):
-        return driver(conn).execute(sql, args(params))
-    cur = driver(conn).cursor()
-    cur.executemany(sql, [args(p) for p in rows])
+            first = {**fixed, **first}
+        return raw.execute(sql, first if order is None else [first[k] for k in order])
+    if fixed:
+        rows = [{**fixed, **p} for p in rows]
+    cur = raw.cursor()
+    cur.executemany(sql, rows if order is None else [[p[k] for k in order] for p in rows])
     return cur
 
 
