@@ -37,7 +37,8 @@ def make_engine(url: str) -> Engine:
             engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
             _tune_sqlite(engine)
         else:
-            engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            engine = create_engine(url, pool_size=10, max_overflow=20)
+            _ping_when_idle(engine)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise ConfigError(Problem("database_url", f"cannot use {redact(url)!r}: {exc}")) from exc
     return engine
@@ -51,6 +52,34 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparseable database URL>"
+
+
+PING_AFTER_IDLE_S = 2.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Test a pooled connection before use when it has been idle a while (a server restart
+    or an idle timeout may have closed it): a dead one is replaced before any work is lost.
+    A busy worker's connections skip the round trip that ``pool_pre_ping`` would add to
+    every transaction."""
+    import time
+
+    from sqlalchemy.exc import DisconnectionError
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            dbapi_conn.execute("SELECT 1")
+            dbapi_conn.rollback()
+        except Exception as exc:  # the pool retries with a new connection
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 def _tune_sqlite(engine: Engine) -> None:

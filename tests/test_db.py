@@ -154,3 +154,21 @@ def test_run_executes_prebuilt_statements_on_the_driver(db_url: str) -> None:
     with pytest.raises(ValueError, match="expanding"):
         store.write_sync(expanding)
     store.close()
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_closed_by_the_server_is_replaced_before_use(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a PostgreSQL restart (or an idle timeout) the pool's idle connections are dead;
+    one idle for PING_AFTER_IDLE_S is tested at checkout and replaced, so no work fails."""
+    store = Store.open(pg_url)
+    pid = store.write_sync(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar())
+    admin = db.make_engine(pg_url)
+    with admin.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    admin.dispose()
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
+    new_pid = store.write_sync(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar())
+    assert new_pid != pid
+    store.close()
