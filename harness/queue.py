@@ -14,12 +14,9 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     ColumnElement,
     Connection,
-    Integer,
     and_,
-    any_,
     bindparam,
     exists,
     func,
@@ -126,9 +123,9 @@ def create_run(
 
 
 @cache
-def _claim_statements(postgres: bool, one_run: bool) -> tuple[Any, Any]:
-    """The claim's statements, built once per shape (construction costs more than running
-    them): ``(pick, update)``. Parameters: t, exp, w, limit, p_run, ids (PostgreSQL)."""
+def _claim_statements(postgres: bool, one_run: bool) -> Any:
+    """The claim statement, built once per shape (construction costs more than running it).
+    Parameters: t, exp, w, limit, p_run."""
     t: Any = bindparam("t")
     runnable = and_(tasks.c.status == TaskStatus.QUEUED, tasks.c.not_before <= t)
     if one_run:
@@ -139,9 +136,9 @@ def _claim_statements(postgres: bool, one_run: bool) -> tuple[Any, Any]:
         .order_by(tasks.c.priority.desc(), tasks.c.id)
         .limit(bindparam("limit"))
     )
-    if postgres:
-        pick = pick.with_for_update(skip_locked=True)
-        chosen = tasks.c.id == any_(bindparam("ids", type_=ARRAY(Integer)))
+    if postgres:  # one statement: lock the picked rows (skipping locked ones), update them
+        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        chosen = tasks.c.id == picked.c.id
     else:
         chosen = tasks.c.id.in_(pick.scalar_subquery())
     stmt = (
@@ -158,7 +155,7 @@ def _claim_statements(postgres: bool, one_run: bool) -> tuple[Any, Any]:
         )
         .returning(*tasks.c)
     )
-    return pick, stmt
+    return stmt
 
 
 def claim(
@@ -170,12 +167,7 @@ def claim(
     params: dict[str, Any] = {"t": t, "exp": t + lease_s, "w": worker_id, "limit": limit}
     if run_id is not None:
         params["p_run"] = run_id
-    postgres = is_postgres(conn)
-    pick, stmt = _claim_statements(postgres, run_id is not None)
-    if postgres:
-        params["ids"] = [r[0] for r in run(conn, pick, params)]
-        if not params["ids"]:
-            return []
+    stmt = _claim_statements(is_postgres(conn), run_id is not None)
     claimed = [Task.from_row(r) for r in _mappings(run(conn, stmt, params))]
     return sorted(claimed, key=lambda task: (-task.priority, task.id))
 
@@ -215,17 +207,19 @@ def _owned(task_id: Any, worker_id: Any) -> Any:
 
 @cache
 def _move_statement(keys: tuple[str, ...], uncharge: bool) -> Any:
-    """``UPDATE tasks SET <keys> WHERE <owned>``, built once per shape."""
+    """``UPDATE tasks SET <keys> WHERE <owned> RETURNING parent_id``, built once per shape."""
     values: dict[str, Any] = {k: bindparam(f"v_{k}") for k in keys}
     if uncharge:  # a release, pause or wait is not a failed attempt
         values["attempts"] = tasks.c.attempts - 1
-    return update(tasks).where(_owned(bindparam("task_id"), bindparam("worker_id"))).values(values)
+    owned = _owned(bindparam("task_id"), bindparam("worker_id"))
+    return update(tasks).where(owned).values(values).returning(tasks.c.parent_id)
 
 
 def _move(
     conn: Connection, task_id: int, worker_id: int, *, uncharge: bool = False, **values: Any
-) -> None:
-    """Guarded transition out of ``running`` by the lease owner; LeaseLost when not owned."""
+) -> int | None:
+    """Guarded transition out of ``running`` by the lease owner; LeaseLost when not owned.
+    Returns the task's parent id."""
     t = now()
     values.setdefault("updated_at", t)
     if values.get("status") in TERMINAL:
@@ -234,9 +228,11 @@ def _move(
         values.update(lease_owner=None, lease_expires_at=None)
     stmt = _move_statement(tuple(sorted(values)), uncharge)
     params = {f"v_{k}": v for k, v in values.items()}
-    result = run(conn, stmt, {"task_id": task_id, "worker_id": worker_id, **params})
-    if result.rowcount != 1:
+    moved = run(conn, stmt, {"task_id": task_id, "worker_id": worker_id, **params}).fetchall()
+    if len(moved) != 1:
         raise LeaseLost(task_id)
+    parent_id: int | None = moved[0][0]
+    return parent_id
 
 
 _TOUCH = (
@@ -253,8 +249,9 @@ def touch(conn: Connection, task_id: int, worker_id: int, steps_delta: int = 0) 
 
 
 def complete(conn: Connection, task_id: int, worker_id: int, result: str) -> None:
-    _move(conn, task_id, worker_id, status=TaskStatus.DONE, result=result, error=None)
-    wake_parent_of(conn, task_id)
+    parent_id = _move(conn, task_id, worker_id, status=TaskStatus.DONE, result=result, error=None)
+    if parent_id is not None:
+        wake_parent(conn, parent_id)
 
 
 def fail(
@@ -279,8 +276,9 @@ def fail(
             status_reason=f"retrying after attempt {task.attempts}: {error}",
         )
         return TaskStatus.QUEUED
-    _move(conn, task.id, worker_id, status=TaskStatus.FAILED, error=error)
-    wake_parent_of(conn, task.id)
+    parent_id = _move(conn, task.id, worker_id, status=TaskStatus.FAILED, error=error)
+    if parent_id is not None:
+        wake_parent(conn, parent_id)
     return TaskStatus.FAILED
 
 
