@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
+from functools import cache
 from typing import Any
 
 import structlog
@@ -33,10 +34,16 @@ def _scan_environment() -> None:
             add_secret(value)
 
 
+@cache
+def _secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(s in lowered for s in SECRET_KEYS)
+
+
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     secrets = _secrets
     for key, value in list(event.items()):
-        if any(s in key.lower() for s in SECRET_KEYS):
+        if _secret_key(key):
             event[key] = "[redacted]"
         elif isinstance(value, str) and secrets:
             for s in secrets:

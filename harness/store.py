@@ -136,12 +136,19 @@ class Store:
         # the lock is ours: from here on waiting is not expected, but is not an error either
         driver.execute(f"PRAGMA busy_timeout={db.BUSY_TIMEOUT_MS}")
         try:
-            with conn.begin():  # commits on success, rolls back on an exception
-                return fn(conn, *args, **kwargs)
-        except (OperationalError, sqlite3.OperationalError) as exc:
-            if not write and "locked" in str(exc):
+            out = fn(conn, *args, **kwargs)
+        except BaseException as exc:
+            # SQLAlchemy took part only if fn ran a Core statement (it then joined ours)
+            conn.rollback() if conn.in_transaction() else driver.rollback()
+            busy = isinstance(exc, OperationalError | sqlite3.OperationalError) and (
+                "locked" in str(exc)
+            )
+            if busy and not write:
                 raise _Busy from None  # a read may simply go to a thread and wait
             raise
+        else:
+            conn.commit() if conn.in_transaction() else driver.commit()
+            return out
         finally:
             driver.execute("PRAGMA busy_timeout=0")
 

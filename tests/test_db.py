@@ -172,3 +172,36 @@ def test_a_pooled_connection_closed_by_the_server_is_replaced_before_use(
     new_pid = store.write_sync(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar())
     assert new_pid != pid
     store.close()
+
+
+def test_an_inline_transaction_commits_or_rolls_back_whole(sqlite_url: str) -> None:
+    """Inline SQLite transactions commit on the driver (hot-path statements) or through
+    SQLAlchemy (Core statements joined them); an exception rolls everything back."""
+    import anyio
+    from sqlalchemy import insert, select
+
+    from harness.schema import notes
+
+    store = Store.open(sqlite_url)
+    add = insert(notes)
+
+    def raw_then(conn: Any, fail: bool) -> None:
+        db.run(conn, add, {"agent": "veblen", "text": "driver", "created_at": 1.0})
+        if fail:
+            raise RuntimeError("boom")
+
+    def core_then(conn: Any, fail: bool) -> None:
+        db.run(conn, add, {"agent": "veblen", "text": "both-driver", "created_at": 1.0})
+        conn.execute(insert(notes).values(agent="veblen", text="both-core", created_at=1.0))
+        if fail:
+            raise RuntimeError("boom")
+
+    async def main() -> list[str]:
+        for fn in (raw_then, core_then):
+            with pytest.raises(RuntimeError):
+                await store.write(fn, True)
+            await store.write(fn, False)
+        return list(await store.read(lambda c: c.execute(select(notes.c.text)).scalars().all()))
+
+    assert sorted(anyio.run(main)) == ["both-core", "both-driver", "driver"]
+    store.close()
