@@ -51,6 +51,22 @@ class _Busy(Exception):
     """The inline connection could not start at once; the caller goes to a thread."""
 
 
+def _transact(
+    conn: Connection, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    """``fn(conn, ...)`` in the transaction open on ``conn``'s driver, then commit; roll
+    back on any exception. Hot-path statements (``db.run``) run on the driver; SQLAlchemy
+    joins the transaction only if a Core statement ran, and then ends it itself."""
+    driver = db.driver(conn)
+    try:
+        out = fn(conn, *args, **kwargs)
+    except BaseException:
+        conn.rollback() if conn.in_transaction() else driver.rollback()
+        raise
+    conn.commit() if conn.in_transaction() else driver.commit()
+    return out
+
+
 class Store:
     """Async facade over a SQLAlchemy engine (SQLite file or PostgreSQL)."""
 
@@ -58,7 +74,8 @@ class Store:
         self.engine = engine
         self._limiter = anyio.CapacityLimiter(32)
         url = engine.url
-        self._inline = url.get_backend_name() == "sqlite" and url.database not in (
+        self._sqlite = url.get_backend_name() == "sqlite"
+        self._inline = self._sqlite and url.database not in (
             None,
             "",
             ":memory:",
@@ -86,8 +103,12 @@ class Store:
     # -- running work off the event loop --------------------------------------------------
 
     def write_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        with self.engine.begin() as conn:
-            return fn(conn, *args, **kwargs)
+        """Run ``fn(conn, *args)`` in one write transaction in this thread (waiting for
+        SQLite's write lock up to its busy timeout)."""
+        with self.engine.connect() as conn:
+            if self._sqlite:
+                db.driver(conn).execute("BEGIN IMMEDIATE")
+            return _transact(conn, fn, args, kwargs)
 
     def read_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         with db.read(self.engine) as conn:
@@ -136,19 +157,11 @@ class Store:
         # the lock is ours: from here on waiting is not expected, but is not an error either
         driver.execute(f"PRAGMA busy_timeout={db.BUSY_TIMEOUT_MS}")
         try:
-            out = fn(conn, *args, **kwargs)
-        except BaseException as exc:
-            # SQLAlchemy took part only if fn ran a Core statement (it then joined ours)
-            conn.rollback() if conn.in_transaction() else driver.rollback()
-            busy = isinstance(exc, OperationalError | sqlite3.OperationalError) and (
-                "locked" in str(exc)
-            )
-            if busy and not write:
+            return _transact(conn, fn, args, kwargs)
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            if not write and "locked" in str(exc):
                 raise _Busy from None  # a read may simply go to a thread and wait
             raise
-        else:
-            conn.commit() if conn.in_transaction() else driver.commit()
-            return out
         finally:
             driver.execute("PRAGMA busy_timeout=0")
 
