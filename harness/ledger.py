@@ -54,7 +54,12 @@ def day_of(ts: float, tz: ZoneInfo) -> str:
 
 def next_day_start(ts: float, tz: ZoneInfo) -> float:
     """The first instant of the day after ``ts``'s day, in ``tz`` (DST-safe)."""
-    d = datetime.fromtimestamp(ts, tz).date() + timedelta(days=1)
+    return day_after_start(datetime.fromtimestamp(ts, tz).date().isoformat(), tz)
+
+
+def day_after_start(day: str, tz: ZoneInfo) -> float:
+    """The first instant of the day after ledger day ``day`` (ISO date), in ``tz``."""
+    d = date.fromisoformat(day) + timedelta(days=1)
     return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
 
 

@@ -236,7 +236,6 @@ class TaskRunner:
         prompt_est = estimate_prompt_tokens(request)
         budget, workspace_budget = budgets(self.rt, agent)
         ctx = ledger.CallContext(agent.name, self.task.run_id, self.task.id, self.worker_id)
-        day = ledger.day_of(queue.now(), settings.tz)
 
         held: list[int] = []  # reservations taken for this completion and not yet settled
         settled = 0  # how many of its attempts are in the ledger already
@@ -263,7 +262,7 @@ class TaskRunner:
                 cost=model.cost(prompt_est, 0, max_tokens),
                 budget=budget,
                 workspace_budget=workspace_budget,
-                day=day,
+                day=ledger.day_of(queue.now(), settings.tz),  # the day it is sent on
             )
             held[:] = [rid]
             settled = len(attempts)
@@ -447,7 +446,9 @@ class TaskRunner:
         return status
 
     async def _pause(self, exc: BudgetExceeded) -> TaskStatus:
-        until = ledger.next_day_start(queue.now(), self.rt.settings.tz)
+        # the budget refused is the one of the day the call was reserved on: its end, not
+        # the end of today (a refusal just after midnight must not wait an extra day)
+        until = ledger.day_after_start(exc.day, self.rt.settings.tz)
         try:
             key = budget_key(self.rt, self.agent)
             await self.rt.store.write(

@@ -466,11 +466,18 @@ def requeue_paused(conn: Connection, budget_keys: Mapping[str, str] | None = Non
 
 
 def cancel_run(conn: Connection, run_id: int, reason: str = "cancelled by user") -> int:
-    """Cancel every unfinished task of a run (the whole tree). Returns how many."""
+    """Cancel every unfinished task of a run (the whole tree). Returns how many.
+
+    On PostgreSQL the tasks are locked children first (descending id), the order in which a
+    finishing child and its parent's wake-up lock them, so the two cannot deadlock.
+    """
     t = now()
+    active = and_(tasks.c.run_id == run_id, tasks.c.status.in_([s.value for s in ACTIVE]))
+    if is_postgres(conn):
+        conn.execute(select(tasks.c.id).where(active).order_by(tasks.c.id.desc()).with_for_update())
     return conn.execute(
         update(tasks)
-        .where(tasks.c.run_id == run_id, tasks.c.status.in_([s.value for s in ACTIVE]))
+        .where(active)
         .values(
             status=TaskStatus.CANCELLED,
             status_reason=reason,

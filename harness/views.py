@@ -80,15 +80,10 @@ def _paused_reason(conn: Connection, run_id: int) -> str | None:
     return f"task {row.id} ({row.agent}) is paused: {row.status_reason}"
 
 
-def list_runs(
-    conn: Connection, *, limit: int = 50, status: str | None = None, since: float | None = None
-) -> list[dict[str, Any]]:
-    q = _run_query().order_by(runs.c.id.desc()).limit(limit)
-    if since is not None:
-        q = q.where(runs.c.created_at >= since)
-    rows = conn.execute(q).mappings().all()
-    out = [_run_dict(conn, r) for r in rows]
-    return [r for r in out if status is None or r["status"] == status]
+def list_runs(conn: Connection, *, limit: int = 50) -> list[dict[str, Any]]:
+    """The ``limit`` most recent runs, newest first."""
+    rows = conn.execute(_run_query().order_by(runs.c.id.desc()).limit(limit)).mappings().all()
+    return [_run_dict(conn, r) for r in rows]
 
 
 def get_run(conn: Connection, run_id: int) -> dict[str, Any] | None:

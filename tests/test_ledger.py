@@ -20,7 +20,7 @@ from harness import store as st
 from harness.cli import app
 from harness.errors import BudgetExceeded
 from harness.ledger import Budget, CallContext
-from harness.schema import WORKSPACE, calls, reservations, usage_daily
+from harness.schema import WORKSPACE, calls, reservations, tasks, usage_daily
 from harness.settings import Settings
 from harness.store import Store
 from harness.testing import ScriptedProvider
@@ -246,6 +246,67 @@ async def test_paused_task_resumes_by_itself_when_the_next_day_starts(workspace_
         assert (await rt.store.read(views.get_run, second))["status"] == "done"  # type: ignore[index]
         days = [(r["day"], r["total_tokens"]) for r in await rt.store.read(ledger_report.rows, {})]
         assert days == [("2026-11-29", 2500), ("2026-11-30", 2500)]
+    finally:
+        clock.use(None)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_retry_after_midnight_is_reserved_on_the_new_day(workspace_dir: Path) -> None:
+    """A step began (and reserved) on the 29th; its first attempt failed after local
+    midnight, having spent tokens. The failed attempt is charged to the 30th, and so is the
+    retry's reservation, which the 30th's budget refuses: the task pauses until the 30th
+    ends (in the workspace's time zone), and nothing stays reserved on the 29th."""
+    from harness.runtime import build_runtime
+    from harness.settings import load_workspace
+
+    toml = workspace_dir / "config/harness.toml"
+    toml.write_text(toml.read_text().replace('timezone = "UTC"', 'timezone = "Asia/Tokyo"'))
+    set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "3000")
+    tokyo = ZoneInfo("Asia/Tokyo")
+    t = [datetime(2026, 11, 29, 23, 59, 59, tzinfo=tokyo).timestamp()]
+    spent = Usage(prompt_tokens=2000, completion_tokens=500)  # a long reply, then a 500
+
+    class RetriesPastMidnight:
+        async def complete(self, request: object, *, before_attempt: object = None) -> object:
+            t[0] += 2.0  # the failed attempt took two seconds: it is the 30th now
+            failed = CallRecord("local", "local", CallOutcome.ERROR, spent, status=500)
+            try:  # as OpenAIProvider does: a refusal carries the attempts made
+                await before_attempt("local", [failed])  # type: ignore[operator]
+            except BudgetExceeded as exc:
+                exc.records = [failed]  # type: ignore[attr-defined]
+                raise
+            raise AssertionError("the retry should have been refused")
+
+        async def aclose(self) -> None:
+            pass
+
+    clock.use(lambda: t[0])
+    try:
+        ws = load_workspace(workspace_dir)
+        rt = build_runtime(ws, provider=RetriesPastMidnight(), store=Store.open(ws.database_url()))  # type: ignore[arg-type]
+        _, task_id = await submit(rt, "one", "veblen")
+        wid = await rt.store.write(st.register_worker, 1)
+        [task] = await rt.store.write(queue.claim, wid, 60)
+        from harness.loop import TaskRunner
+
+        assert await TaskRunner(rt, task, wid).run() == queue.TaskStatus.PAUSED
+        paused = await rt.store.read(queue.get_task, task_id)
+        assert paused is not None and "2026-11-30" in (paused.status_reason or "")
+        not_before = await rt.store.read(
+            lambda c: c.execute(select(tasks.c.not_before).where(tasks.c.id == task_id)).scalar()
+        )
+        assert not_before == datetime(2026, 12, 1, tzinfo=tokyo).timestamp()
+        u = usage_daily.c
+        by_day = await rt.store.read(
+            lambda c: c.execute(
+                select(u.day, u.completion_tokens, u.reserved_tokens)
+                .where(u.agent == "veblen")
+                .order_by(u.day)
+            ).all()
+        )
+        assert [tuple(r) for r in by_day] == [("2026-11-29", 0, 0), ("2026-11-30", 500, 0)]
+        await rt.aclose()
     finally:
         clock.use(None)
 
