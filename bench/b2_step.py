@@ -317,11 +317,11 @@ async def run(sizes: Sizes, server: FakeServerProcess) -> Section:
         f"{sizes.b2_steps} one-step tasks per arm per round (enqueued beforehand, untimed), "
         f"{sizes.rounds} rounds; within a round the arms take turns {SLICES} times; each arm "
         "on its own SQLite file (WAL). harness: "
-        "`queue.claim` through the Store, then `TaskRunner.run` (transcript, budget "
-        "reservation, model call, message + ledger row + roll-ups in one transaction, "
-        "complete). Raw: the same five write transactions and statements by hand with "
-        "sqlite3 (on the event loop's thread) and aiohttp. The fake server answers 16 tokens "
-        "at once.",
+        "`queue.claim` through the Store, then `TaskRunner.run` (transcript read; budget "
+        "reservation with the opening messages; model call; message + ledger row + roll-ups "
+        "+ completion in one transaction). Raw: the same statements by hand in five write "
+        "transactions (claim, opening, reserve, persist, complete) with sqlite3 (on the event "
+        "loop's thread) and aiohttp. The fake server answers 16 tokens at once.",
     )
     r = ratios(res, "harness", "raw", "mean_ms")
     added = diffs(res, "harness", "raw", "p50_ms")

@@ -118,8 +118,8 @@ class RawQueue:
 
 
 class HarnessQueue:
-    """``harness.queue`` through a ``Store``: ``write`` (a worker thread, as the worker runs
-    it) or ``write_sync`` (the caller's thread, like the raw arm)."""
+    """``harness.queue`` through a ``Store``: ``write`` (as the worker runs it) or
+    ``write_sync`` (the caller's thread, like the raw arm)."""
 
     def __init__(self, store: Any) -> None:
         from harness import store as store_mod
@@ -266,7 +266,7 @@ def _rows(s: Section, res: dict[str, Any], backend: str, mode: str, one_at_a_tim
             rate.fmt(0),
             ">= 2,000",
             verdict(rate.median >= 2000),
-            "through `Store.write` (a worker thread per transaction)",
+            "through `Store.write` (inline on an idle SQLite file, as the worker runs it)",
         )
 
 
@@ -278,9 +278,10 @@ async def run(sizes: Sizes) -> Section:
         f"claim, complete), or {sizes.b5_batches} batches of {sizes.b5_batch} (one transaction "
         f"per step for the whole batch); {sizes.rounds} rounds, arms interleaved, each arm on "
         "its own database (same migrated schema). harness = `harness.queue` functions through "
-        "`Store.write` (off the event loop, as the worker calls them); `write_sync` runs them "
-        "in the caller's thread like the raw arm. Raw = the same statements with sqlite3 / "
-        "psycopg 3. PostgreSQL: the local server, a fresh database per arm.",
+        "`Store.write` (as the worker calls them: inline on an idle SQLite file, in a worker "
+        "thread on PostgreSQL); `write_sync` runs them in the caller's thread like the raw "
+        "arm. Raw = the same statements with sqlite3 / psycopg 3. PostgreSQL: the local "
+        "server, a fresh database per arm.",
     )
     with tempfile.TemporaryDirectory(prefix="harness-b5-") as tmp:
         await _backend(sizes, "sqlite", Path(tmp), s)

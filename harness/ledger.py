@@ -263,9 +263,11 @@ def _record_one(
     ts: float,
     day: str,
     reservation_id: int | None = None,
+    cost: float | None = None,
 ) -> int:
     u = rec.usage
-    cost = _cost(settings, rec.model, u)
+    if cost is None:
+        cost = _cost(settings, rec.model, u)
     row = {
         "ts": ts,
         "day": day,
@@ -394,7 +396,10 @@ def settle_unsettled(conn: Connection, settings: Settings, reservation_id: int, 
     )
     day = day_of(r["created_at"], settings.tz)
     _ensure_rows(conn, day, [ctx.agent, WORKSPACE])
-    _record_one(conn, ctx, rec, settings, r["created_at"], day, reservation_id=r["id"])
+    # the reserved worst case, priced as reserved (its output share at the output price)
+    _record_one(
+        conn, ctx, rec, settings, r["created_at"], day, reservation_id=r["id"], cost=r["cost"]
+    )
     return True
 
 

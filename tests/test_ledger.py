@@ -195,8 +195,9 @@ def test_orphaned_reservation_is_recorded_as_unsettled(store: Store) -> None:
     assert store.write_sync(ledger.settle_orphans, SETTINGS, [wid]) == 1
     row = store.read_sync(lambda c: c.execute(select(calls)).mappings().one())
     assert row["outcome"] == "unsettled" and row["prompt_tokens"] == 900 and row["estimated"]
+    assert row["cost_usd"] == 0.01  # the reserved cost (output priced as output), not a reprice
     [r] = store.read_sync(ledger_report.rows, {})
-    assert r["unsettled_calls"] == 1
+    assert r["unsettled_calls"] == 1 and r["cost_usd"] == 0.01
     assert (
         store.read_sync(
             lambda c: c.execute(select(func.count()).select_from(reservations)).scalar()
