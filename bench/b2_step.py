@@ -65,7 +65,8 @@ def _first_payload(rt: Any) -> dict[str, Any]:
 
 
 class HarnessStep:
-    """The real thing: ``queue.claim`` through the Store, then ``TaskRunner.run``."""
+    """The real thing, as the worker does it: ``loop.claim`` through the Store (the task
+    and its state in one transaction), then ``TaskRunner.run``."""
 
     def __init__(self, rt: Any) -> None:
         from harness import store
@@ -74,12 +75,11 @@ class HarnessStep:
         self.worker_id = rt.store.write_sync(store.register_worker, 1)
 
     async def step(self) -> None:
-        from harness import queue
-        from harness.loop import TaskRunner
+        from harness.loop import TaskRunner, claim
         from harness.schema import TaskStatus
 
-        [task] = await self.rt.store.write(queue.claim, self.worker_id, LEASE_S, 1)
-        status = await TaskRunner(self.rt, task, self.worker_id).run()
+        [(task, state)] = await self.rt.store.write(claim, self.worker_id, LEASE_S, 1)
+        status = await TaskRunner(self.rt, task, self.worker_id, state).run()
         assert status == TaskStatus.DONE, status
 
 
@@ -317,9 +317,10 @@ async def run(sizes: Sizes, server: FakeServerProcess) -> Section:
         f"{sizes.b2_steps} one-step tasks per arm per round (enqueued beforehand, untimed), "
         f"{sizes.rounds} rounds; within a round the arms take turns {SLICES} times; each arm "
         "on its own SQLite file (WAL). harness: "
-        "`queue.claim` through the Store, then `TaskRunner.run` (transcript read; budget "
-        "reservation with the opening messages; model call; message + ledger row + roll-ups "
-        "+ completion in one transaction). Raw: the same statements by hand in five write "
+        "`loop.claim` through the Store (the worker's claim: the task and its transcript in "
+        "one transaction), then `TaskRunner.run` (budget reservation with the opening "
+        "messages; model call; message + ledger row + roll-ups + completion in one "
+        "transaction). Raw: the same statements by hand in five write "
         "transactions (claim, opening, reserve, persist, complete) with sqlite3 (on the event "
         "loop's thread) and aiohttp. The fake server answers 16 tokens at once.",
     )

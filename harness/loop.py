@@ -98,10 +98,11 @@ def pending_calls(transcript: Sequence[StoredMessage]) -> list[ToolCall]:
 class TaskRunner:
     """Runs one claimed task until it finishes, waits, pauses or fails."""
 
-    def __init__(self, rt: Runtime, task: Task, worker_id: int) -> None:
+    def __init__(self, rt: Runtime, task: Task, worker_id: int, state: State | None = None) -> None:
         self.rt = rt
         self.task = task
         self.worker_id = worker_id
+        self.state = state  # read with the claim (see ``claim``), or here at the start
         self.log = log.bind(run_id=task.run_id, task_id=task.id, agent=task.agent)
         self.transcript: list[StoredMessage] = []
         self.unsaved: list[ChatMessage] = []  # the opening, stored with the first reservation
@@ -134,7 +135,9 @@ class TaskRunner:
             return await self._fail(str(exc), retry=exc.retryable)
 
     async def _run(self) -> TaskStatus:
-        self.transcript, self.n_children = await self.rt.store.read(_load_state, self.task.id)
+        if self.state is None:
+            self.state = await self.rt.store.read(load_state, self.task.id)
+        self.transcript, self.n_children = self.state
         if not self.transcript:  # a new task: its opening is stored with its first call's
             self.unsaved = self._opening()  # reservation (one transaction fewer)
             t = queue.now()
@@ -526,9 +529,21 @@ def _unsettle_tx(conn: Any, settings: Settings, reservations: Sequence[int], why
         ledger.settle_unsettled(conn, settings, rid, f"{why}; charged with the reserved estimate")
 
 
-def _load_state(conn: Any, task_id: int) -> tuple[list[StoredMessage], int]:
+State = tuple[list[StoredMessage], int]  # a task's transcript and how many children it made
+
+
+def load_state(conn: Any, task_id: int) -> State:
     """The task's transcript and how many sub-tasks it has created (one read)."""
     return load_transcript(conn, task_id), queue.count_children(conn, task_id)
+
+
+def claim(
+    conn: Any, worker_id: int, lease_s: float, limit: int = 1, *, run_id: int | None = None
+) -> list[tuple[Task, State]]:
+    """Lease runnable tasks (``queue.claim``) and read each one's state in the same
+    transaction, so a runner starts without a read of its own."""
+    claimed = queue.claim(conn, worker_id, lease_s, limit, run_id=run_id)
+    return [(task, load_state(conn, task.id)) for task in claimed]
 
 
 def _append_tx(

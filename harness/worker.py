@@ -25,7 +25,7 @@ from sqlalchemy import Connection, select
 
 from . import ledger, queue, store
 from .errors import LeaseLost
-from .loop import Runtime, TaskRunner, budget_key
+from .loop import Runtime, State, TaskRunner, budget_key, claim
 from .loop import budgets as loop_budgets
 from .queue import Task
 
@@ -82,7 +82,7 @@ class Worker:
             if self.stop_when is not None and await self.stop_when():
                 break
             free = self.concurrency - len(self._running)
-            claimed: list[Task] | None = []
+            claimed: list[tuple[Task, State]] | None = []
             claim_id = self.id
             if free > 0:
                 try:
@@ -94,12 +94,12 @@ class Worker:
             if claimed is None:
                 await self._new_epoch(seen_dead=claim_id)
                 continue
-            for task in claimed:
+            for task, state in claimed:
                 if task.id in self._running:  # never two runners of one task
                     self._running[task.id].cancel()
                 scope = anyio.CancelScope()
                 self._running[task.id] = scope
-                tg.start_soon(self._work, task, scope)
+                tg.start_soon(self._work, task, state, scope)
             if claimed:
                 delay = 0.01
                 continue
@@ -113,13 +113,13 @@ class Worker:
     async def _has_work(self) -> bool:
         return await self.rt.store.read(queue.has_runnable, self.run_id)
 
-    async def _work(self, task: Task, scope: anyio.CancelScope) -> None:
+    async def _work(self, task: Task, state: State, scope: anyio.CancelScope) -> None:
         bound = log.bind(run_id=task.run_id, task_id=task.id, agent=task.agent, worker_id=self.id)
         bound.info("task_claimed", attempt=task.attempts)
         status = None
         try:
             with scope:
-                status = await TaskRunner(self.rt, task, self.id).run()
+                status = await TaskRunner(self.rt, task, self.id, state).run()
         except Exception:  # the loop never dies on a task's exception
             bound.exception("task_crashed")
             with anyio.CancelScope(shield=True), suppress(LeaseLost):
@@ -231,8 +231,9 @@ def _beat(conn: Connection, worker_id: int, ids: list[int], lease_s: float) -> s
 
 def _claim(
     conn: Connection, worker_id: int, lease_s: float, limit: int, run_id: int | None
-) -> list[Task] | None:
-    """Claim under this worker's id, unless it was declared dead (None)."""
+) -> list[tuple[Task, State]] | None:
+    """Claim (with each task's state) under this worker's id, unless it was declared dead
+    (None)."""
     alive = conn.execute(
         select(store.workers.c.id).where(
             store.workers.c.id == worker_id, store.workers.c.stopped_at.is_(None)
@@ -240,7 +241,7 @@ def _claim(
     ).first()
     if alive is None:
         return None
-    return queue.claim(conn, worker_id, lease_s, limit, run_id=run_id)
+    return claim(conn, worker_id, lease_s, limit, run_id=run_id)
 
 
 def _maintain(conn: Connection, rt: Runtime, stale_after_s: float, me: int) -> int:
