@@ -128,6 +128,11 @@ class Store:
                     self._commits = 0
                     await anyio.to_thread.run_sync(self._checkpoint, limiter=self._limiter)
                 return out
+        return await self.write_in_thread(fn, *args, **kwargs)
+
+    async def write_in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like ``write``, but always in a worker thread: for transactions that may run long
+        (the worker's maintenance, which can write a morning report), never on the loop."""
         call = partial(self.write_sync, fn, *args, **kwargs)
         return await anyio.to_thread.run_sync(call, limiter=self._limiter)
 

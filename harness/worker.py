@@ -191,7 +191,7 @@ class Worker:
         self.rt.reload_team()
         stale_after = self.rt.settings.worker.lease_s * 2
         try:
-            n = await self.rt.store.write(_maintain, self.rt, stale_after, self.id)
+            n = await self.rt.store.write_in_thread(_maintain, self.rt, stale_after, self.id)
         except Exception:  # a database hiccup must not stop the worker; try again later
             log.exception("worker_maintenance_failed")
             return
