@@ -75,9 +75,10 @@ _USED = select(
 ).where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
 
 
-def _used(conn: Connection, day: str, agent: str) -> tuple[int, float, int, float]:
+def _used(conn: Connection, day: str, agent: str) -> tuple[int, float, int, float] | None:
+    """Tokens used, cost, tokens and cost reserved; None when the row does not exist yet."""
     row = run(conn, _USED, {"p_day": day, "p_agent": agent}).fetchone()
-    return (int(row[0]), float(row[1]), int(row[2]), float(row[3])) if row else (0, 0.0, 0, 0.0)
+    return (int(row[0]), float(row[1]), int(row[2]), float(row[3])) if row else None
 
 
 @cache
@@ -114,7 +115,13 @@ def _take(
     }
     if run(conn, stmt, params).rowcount == 1:
         return None
-    used, used_cost, reserved, reserved_cost = _used(conn, day, agent)
+    found = _used(conn, day, agent)
+    if found is None:  # the day's first call for this agent: make its row, then try again
+        _ensure_rows(conn, day, [agent])
+        if run(conn, stmt, params).rowcount == 1:
+            return None
+        found = (0, 0.0, 0, 0.0)
+    used, used_cost, reserved, reserved_cost = found
     who = "workspace" if agent == WORKSPACE else agent
     if budget.tokens is not None and used + reserved + tokens > budget.tokens:
         return BudgetExceeded(
@@ -143,7 +150,6 @@ def reserve(
     Raises BudgetExceeded when the agent's or the workspace's daily budget cannot cover it;
     the caller must then roll back its transaction (``Store.write`` does), reserving nothing.
     """
-    _ensure_rows(conn, day, [ctx.agent, WORKSPACE])
     for who, limit in ((ctx.agent, budget), (WORKSPACE, workspace_budget)):
         refused = _take(conn, day, who, limit, tokens, cost)
         if refused is not None:
@@ -218,8 +224,6 @@ def record(
     ts = clock.now() if ts is None else ts
     day = day_of(ts, settings.tz)
     ids: list[int] = []
-    if records:
-        _ensure_rows(conn, day, [ctx.agent, WORKSPACE])
     for rec in records:
         ids.append(_record_one(conn, ctx, rec, settings, ts, day))
     return ids
@@ -354,7 +358,10 @@ def _roll_up(
     # one row at a time, the agent's before the workspace's: the order reserve() locks them
     # in, so two transactions never wait on each other's rows (no deadlock on PostgreSQL)
     for agent in agents:
-        run(conn, _ROLL_UP_DAY, {**params, "p_agent": agent})
+        one = {**params, "p_agent": agent}
+        if run(conn, _ROLL_UP_DAY, one).rowcount == 0:  # the day's first row for this agent
+            _ensure_rows(conn, day, [agent])
+            run(conn, _ROLL_UP_DAY, one)
 
 
 def settle_orphans(conn: Connection, settings: Settings, worker_ids: Sequence[int]) -> int:
@@ -395,7 +402,6 @@ def settle_unsettled(conn: Connection, settings: Settings, reservation_id: int, 
         error=why,
     )
     day = day_of(r["created_at"], settings.tz)
-    _ensure_rows(conn, day, [ctx.agent, WORKSPACE])
     # the reserved worst case, priced as reserved (its output share at the output price)
     _record_one(
         conn, ctx, rec, settings, r["created_at"], day, reservation_id=r["id"], cost=r["cost"]
@@ -405,7 +411,7 @@ def settle_unsettled(conn: Connection, settings: Settings, reservation_id: int, 
 
 def today_use(conn: Connection, agent: str, day: str) -> tuple[int, float]:
     """Tokens and cost an agent has used on ``day`` (one indexed lookup)."""
-    used, cost, _, _ = _used(conn, day, agent)
+    used, cost, _, _ = _used(conn, day, agent) or (0, 0.0, 0, 0.0)
     return used, cost
 
 
