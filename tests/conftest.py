@@ -22,7 +22,9 @@ PG_ADMIN_URL = os.environ.get(
     "HARNESS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 
-pytest_plugins = ["tests.llm_fixtures"] if (REPO / "tests" / "llm_fixtures.py").exists() else []
+pytest_plugins = ["tests.processes"]  # the ``procs`` fixture
+if (REPO / "tests" / "llm_fixtures.py").exists():
+    pytest_plugins.append("tests.llm_fixtures")
 
 
 @pytest.fixture(autouse=True)

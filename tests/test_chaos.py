@@ -43,7 +43,6 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,7 +50,7 @@ from sqlalchemy import Connection, func, select
 
 from harness.schema import TaskStatus, calls, messages, reservations, runs, tasks, usage_daily
 from harness.usage import CallOutcome
-from tests.test_worker import Procs, enqueue, open_store, wait_for
+from tests.processes import Procs, enqueue, open_store, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -89,15 +88,6 @@ SETTINGS = {
     "models__local__max_tokens": 16,
     "models__local__tools": "json",
 }
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop_all()
 
 
 def test_random_kills_lose_no_work_and_charge_nothing_twice(
