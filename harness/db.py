@@ -151,13 +151,12 @@ def run(
     """
     rows: list[dict[str, Any]] | None = params if isinstance(params, list) else None
     first: Mapping[str, Any] = params if rows is None else (rows[0] if rows else {})  # type: ignore[assignment]
-    is_insert: bool = stmt.is_insert
-    key = (conn.dialect.name, id(stmt), tuple(first) if is_insert else ())
+    key = (conn.dialect.name, id(stmt), tuple(first) if isinstance(stmt, Insert) else ())
     prepared = _PREPARED.get(key)
     if prepared is None or prepared[0] is not stmt:
         prepared = _PREPARED[key] = (stmt, *_prepare(conn, stmt, key[2]))
     _, sql, order, fixed = prepared
-    raw: Any = conn.connection.driver_connection
+    raw = driver(conn)
     if rows is None:
         if fixed:
             first = {**fixed, **first}
