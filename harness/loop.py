@@ -152,9 +152,8 @@ class TaskRunner:
             last = self.transcript[-1].message
             if last.role == "assistant":
                 return await self._complete(last.content or "")
-            if await self._step() == StepOutcome.FINAL:
-                self.log.info("task_done", chars=len(self.transcript[-1].message.content or ""))
-                return TaskStatus.DONE  # completed with the answer, in one transaction
+            if await self._step() == StepOutcome.FINAL:  # completed with the answer
+                return self._done(self.transcript[-1].message.content or "")
 
     def _opening(self) -> list[ChatMessage]:
         return [
@@ -434,6 +433,9 @@ class TaskRunner:
 
     async def _complete(self, answer: str) -> TaskStatus:
         await self.rt.store.write(queue.complete, self.task.id, self.worker_id, answer)
+        return self._done(answer)
+
+    def _done(self, answer: str) -> TaskStatus:
         self.log.info("task_done", chars=len(answer))
         return TaskStatus.DONE
 

@@ -133,8 +133,7 @@ class Store:
     async def write_in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Like ``write``, but always in a worker thread: for transactions that may run long
         (the worker's maintenance, which can write a morning report), never on the loop."""
-        call = partial(self.write_sync, fn, *args, **kwargs)
-        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        return await self._in_thread(self.write_sync, fn, args, kwargs)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._inline:
@@ -142,8 +141,19 @@ class Store:
                 return self._inline_tx(False, fn, args, kwargs)
             except _Busy:
                 pass
-        call = partial(self.read_sync, fn, *args, **kwargs)
-        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        return await self._in_thread(self.read_sync, fn, args, kwargs)
+
+    async def _in_thread(
+        self,
+        sync: Callable[..., T],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        """``sync(fn, *args, **kwargs)`` (``write_sync`` or ``read_sync``) in a worker thread."""
+        return await anyio.to_thread.run_sync(
+            partial(sync, fn, *args, **kwargs), limiter=self._limiter
+        )
 
     def _inline_tx(
         self, write: bool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
