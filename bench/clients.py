@@ -42,10 +42,11 @@ def _tokens(usage: dict[str, Any] | None) -> int:
     return int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
 
 
-class RawAiohttp:
-    """The floor: one aiohttp session, ``json.loads`` of the body, the usage read by hand."""
+class _Arm:
+    """What every arm is given: the server, the messages, ``max_tokens`` and how many calls
+    may be in flight; ``payload`` is the request body the raw arms send."""
 
-    name = "raw aiohttp"
+    name: str
 
     def __init__(
         self,
@@ -55,10 +56,20 @@ class RawAiohttp:
         max_tokens: int = 1024,
         concurrency: int = 256,
     ) -> None:
+        self.base_url = base_url
         self.url = base_url + "/chat/completions"
-        self.payload = {"model": MODEL, "messages": msgs, "max_tokens": max_tokens}
+        self.msgs = msgs
+        self.max_tokens = max_tokens
         self.concurrency = concurrency
-        self.session: aiohttp.ClientSession | None = None
+        self.payload = {"model": MODEL, "messages": msgs, "max_tokens": max_tokens}
+
+
+class RawAiohttp(_Arm):
+    """The floor: one aiohttp session, ``json.loads`` of the body, the usage read by hand."""
+
+    name = "raw aiohttp"
+
+    session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.concurrency)
@@ -79,23 +90,12 @@ class RawAiohttp:
             await self.session.close()
 
 
-class RawHttpx:
+class RawHttpx(_Arm):
     """httpx's own transport (h11), no wrapper."""
 
     name = "raw httpx"
 
-    def __init__(
-        self,
-        base_url: str,
-        msgs: list[dict[str, str]],
-        *,
-        max_tokens: int = 1024,
-        concurrency: int = 256,
-    ) -> None:
-        self.url = base_url + "/chat/completions"
-        self.payload = {"model": MODEL, "messages": msgs, "max_tokens": max_tokens}
-        self.concurrency = concurrency
-        self.client: httpx.AsyncClient | None = None
+    client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
         limits = httpx.Limits(
@@ -116,24 +116,12 @@ class RawHttpx:
             await self.client.aclose()
 
 
-class OpenAISDK:
+class OpenAISDK(_Arm):
     """The official ``openai`` SDK's ``AsyncOpenAI`` with its default (httpx) client."""
 
     name = "openai SDK"
 
-    def __init__(
-        self,
-        base_url: str,
-        msgs: list[dict[str, str]],
-        *,
-        max_tokens: int = 1024,
-        concurrency: int = 256,
-    ) -> None:
-        self.base_url = base_url
-        self.msgs = msgs
-        self.max_tokens = max_tokens
-        self.concurrency = concurrency
-        self.client: Any = None
+    client: Any = None
 
     async def start(self) -> None:
         from openai import AsyncOpenAI
@@ -162,23 +150,12 @@ def litellm_available() -> bool:
     return True
 
 
-class LiteLLM:
+class LiteLLM(_Arm):
     """LiteLLM's ``acompletion`` with an ``openai/`` model at the same base URL."""
 
     name = "LiteLLM acompletion"
 
-    def __init__(
-        self,
-        base_url: str,
-        msgs: list[dict[str, str]],
-        *,
-        max_tokens: int = 1024,
-        concurrency: int = 256,
-    ) -> None:
-        self.base_url = base_url
-        self.msgs = msgs
-        self.max_tokens = max_tokens
-        self._acompletion: Any = None
+    _acompletion: Any = None
 
     async def start(self) -> None:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
