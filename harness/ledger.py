@@ -75,10 +75,19 @@ _USED = select(
 ).where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
 
 
-def _used(conn: Connection, day: str, agent: str) -> tuple[int, float, int, float] | None:
-    """Tokens used, cost, tokens and cost reserved; None when the row does not exist yet."""
+def _used(conn: Connection, day: str, agent: str) -> tuple[int, float, int, float]:
+    """Tokens used, cost, tokens and cost reserved."""
     row = run(conn, _USED, {"p_day": day, "p_agent": agent}).fetchone()
-    return (int(row[0]), float(row[1]), int(row[2]), float(row[3])) if row else None
+    return (int(row[0]), float(row[1]), int(row[2]), float(row[3])) if row else (0, 0.0, 0, 0.0)
+
+
+def _update_day_row(conn: Connection, stmt: Any, params: dict[str, Any]) -> bool:
+    """Run an UPDATE of one (``p_day``, ``p_agent``) roll-up row; when it matched none, make
+    sure the row exists (the day's first call) and run it again. True when a row changed."""
+    if run(conn, stmt, params).rowcount == 1:
+        return True
+    _ensure_rows(conn, params["p_day"], [params["p_agent"]])
+    return bool(run(conn, stmt, params).rowcount == 1)
 
 
 @cache
@@ -113,15 +122,9 @@ def _take(
         "max_tokens": budget.tokens,
         "max_cost": budget.cost_usd,
     }
-    if run(conn, stmt, params).rowcount == 1:
+    if _update_day_row(conn, stmt, params):
         return None
-    found = _used(conn, day, agent)
-    if found is None:  # the day's first call for this agent: make its row, then try again
-        _ensure_rows(conn, day, [agent])
-        if run(conn, stmt, params).rowcount == 1:
-            return None
-        found = (0, 0.0, 0, 0.0)
-    used, used_cost, reserved, reserved_cost = found
+    used, used_cost, reserved, reserved_cost = _used(conn, day, agent)
     who = "workspace" if agent == WORKSPACE else agent
     if budget.tokens is not None and used + reserved + tokens > budget.tokens:
         return BudgetExceeded(
@@ -358,10 +361,7 @@ def _roll_up(
     # one row at a time, the agent's before the workspace's: the order reserve() locks them
     # in, so two transactions never wait on each other's rows (no deadlock on PostgreSQL)
     for agent in agents:
-        one = {**params, "p_agent": agent}
-        if run(conn, _ROLL_UP_DAY, one).rowcount == 0:  # the day's first row for this agent
-            _ensure_rows(conn, day, [agent])
-            run(conn, _ROLL_UP_DAY, one)
+        _update_day_row(conn, _ROLL_UP_DAY, {**params, "p_agent": agent})
 
 
 def settle_orphans(conn: Connection, settings: Settings, worker_ids: Sequence[int]) -> int:
@@ -411,7 +411,7 @@ def settle_unsettled(conn: Connection, settings: Settings, reservation_id: int, 
 
 def today_use(conn: Connection, agent: str, day: str) -> tuple[int, float]:
     """Tokens and cost an agent has used on ``day`` (one indexed lookup)."""
-    used, cost, _, _ = _used(conn, day, agent) or (0, 0.0, 0, 0.0)
+    used, cost, _, _ = _used(conn, day, agent)
     return used, cost
 
 
