@@ -125,9 +125,8 @@ class RawStep:
             "UPDATE tasks SET status='running', lease_owner=?, lease_expires_at=?, "
             "attempts=attempts+1, started_at=coalesce(started_at, ?), updated_at=?, "
             "status_reason=NULL WHERE id IN (SELECT id FROM tasks WHERE status='queued' "
-            "AND not_before<=? ORDER BY priority DESC, id LIMIT 1) AND status='queued' "
-            "AND not_before<=? RETURNING id, run_id",
-            (self.worker_id, now + LEASE_S, now, now, now, now),
+            "AND not_before<=? ORDER BY priority DESC, id LIMIT 1) RETURNING id, run_id",
+            (self.worker_id, now + LEASE_S, now, now, now),
         ).fetchone()
         return int(row[0]), int(row[1])
 

@@ -93,11 +93,8 @@ class RawQueue:
                 "AND not_before<=? RETURNING *"
             )
             return list(self._x(sql, (*args, ids, t)).fetchall())
-        sql = (
-            f"UPDATE tasks {CLAIM_SET} WHERE id IN ({PICK}) AND status='queued' "
-            "AND not_before<=? RETURNING *"
-        )
-        return list(self._x(sql, (*args, t, limit, t)).fetchall())
+        sql = f"UPDATE tasks {CLAIM_SET} WHERE id IN ({PICK}) RETURNING *"
+        return list(self._x(sql, (*args, t, limit)).fetchall())
 
     def _complete(self, task_id: int) -> None:
         t = time.time()

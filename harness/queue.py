@@ -138,12 +138,15 @@ def _claim_statements(postgres: bool, one_run: bool) -> Any:
     )
     if postgres:  # one statement: lock the picked rows (skipping locked ones), update them
         picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-        chosen = tasks.c.id == picked.c.id
+        chosen = and_(tasks.c.id == picked.c.id, runnable)  # checked again once locked
     else:
+        # the picked rows cannot change before the update (SQLite has one writer), and a
+        # second ``status = 'queued'`` here would make SQLite walk the whole queue through
+        # ix_tasks_claim instead of fetching the picked ids by primary key
         chosen = tasks.c.id.in_(pick.scalar_subquery())
     stmt = (
         update(tasks)
-        .where(chosen, runnable)
+        .where(chosen)
         .values(
             status=TaskStatus.RUNNING,
             lease_owner=bindparam("w"),
@@ -206,17 +209,25 @@ def _owned(task_id: Any, worker_id: Any) -> Any:
 
 
 @cache
-def _move_statement(keys: tuple[str, ...], uncharge: bool) -> Any:
+def _move_statement(keys: tuple[str, ...], uncharge: bool, step: bool) -> Any:
     """``UPDATE tasks SET <keys> WHERE <owned> RETURNING parent_id``, built once per shape."""
     values: dict[str, Any] = {k: bindparam(f"v_{k}") for k in keys}
     if uncharge:  # a release, pause or wait is not a failed attempt
         values["attempts"] = tasks.c.attempts - 1
+    if step:  # the move comes with the step that led to it (see ``touch``)
+        values["steps"] = tasks.c.steps + 1
     owned = _owned(bindparam("task_id"), bindparam("worker_id"))
     return update(tasks).where(owned).values(values).returning(tasks.c.parent_id)
 
 
 def _move(
-    conn: Connection, task_id: int, worker_id: int, *, uncharge: bool = False, **values: Any
+    conn: Connection,
+    task_id: int,
+    worker_id: int,
+    *,
+    uncharge: bool = False,
+    step: bool = False,
+    **values: Any,
 ) -> int | None:
     """Guarded transition out of ``running`` by the lease owner; LeaseLost when not owned.
     Returns the task's parent id."""
@@ -226,7 +237,7 @@ def _move(
         values.setdefault("finished_at", t)
     if values.get("status") != TaskStatus.RUNNING:
         values.update(lease_owner=None, lease_expires_at=None)
-    stmt = _move_statement(tuple(sorted(values)), uncharge)
+    stmt = _move_statement(tuple(sorted(values)), uncharge, step)
     params = {f"v_{k}": v for k, v in values.items()}
     moved = run(conn, stmt, {"task_id": task_id, "worker_id": worker_id, **params}).fetchall()
     if len(moved) != 1:
@@ -248,8 +259,13 @@ def touch(conn: Connection, task_id: int, worker_id: int, steps_delta: int = 0) 
     return bool(run(conn, _TOUCH, params).rowcount == 1)
 
 
-def complete(conn: Connection, task_id: int, worker_id: int, result: str) -> None:
-    parent_id = _move(conn, task_id, worker_id, status=TaskStatus.DONE, result=result, error=None)
+def complete(
+    conn: Connection, task_id: int, worker_id: int, result: str, *, step: bool = False
+) -> None:
+    """The task is done with ``result`` (``step``: counting the model step that gave it)."""
+    parent_id = _move(
+        conn, task_id, worker_id, step=step, status=TaskStatus.DONE, result=result, error=None
+    )
     if parent_id is not None:
         wake_parent(conn, parent_id)
 

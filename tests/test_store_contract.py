@@ -55,6 +55,26 @@ def test_claim_can_be_limited_to_a_run(store: Store) -> None:
     assert task.id == mine
 
 
+@pytest.mark.parametrize("one_run", [False, True])
+def test_a_sqlite_claim_fetches_the_picked_tasks_by_primary_key(
+    sqlite_url: str, one_run: bool
+) -> None:
+    """The claim walks the queue index once, to pick; the update then fetches the picked
+    ids by primary key, so its cost does not grow with the number of queued tasks."""
+    store = Store.open(sqlite_url)
+    stmt = queue._claim_statements(postgres=False, one_run=one_run)
+    with store.engine.connect() as conn:
+        compiled = stmt.compile(dialect=conn.dialect)
+        params = {"t": 0.0, "exp": 60.0, "w": 1, "limit": 1, "p_run": 1}
+        values = {k: b.effective_value for k, b in compiled.binds.items()} | params
+        args = [values[k] for k in compiled.positiontup]
+        plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled.string}", tuple(args)).all()
+    steps = [row[3] for row in plan]
+    assert steps[0].startswith("SEARCH tasks USING INTEGER PRIMARY KEY"), steps
+    assert sum("ix_tasks_claim" in s for s in steps) == 1, steps  # only the pick
+    store.close()
+
+
 def test_transitions_are_guarded_by_the_lease(store: Store) -> None:
     tid = _run(store)
     store.write_sync(queue.claim, 1, 60)
