@@ -10,9 +10,11 @@ Where the work runs. A transaction on PostgreSQL waits on the network, so it run
 thread. A transaction on a SQLite file is CPU work in this process, except when it must wait
 for another writer's lock, or flush the WAL to the database file (a checkpoint). So on SQLite
 the store first tries the transaction on the calling (event loop) thread, on a connection of
-its own that never waits: ``busy_timeout=0`` until ``BEGIN IMMEDIATE`` has the write lock, and
-no automatic checkpoints. When the lock is taken it goes to a worker thread and waits there as
-usual; checkpoints run in a worker thread every ``CHECKPOINT_EVERY`` inline commits. A thread
+its own that never waits (``busy_timeout=0``) and makes no automatic checkpoints. When a lock
+is taken (at ``BEGIN IMMEDIATE``, or, rarely, later: the transaction is then rolled back) it
+runs the transaction in a worker thread, which waits as usual; so a transaction function may
+run twice and must act only through its connection. Checkpoints run in a worker thread every
+``CHECKPOINT_EVERY`` inline commits. A thread
 hop costs more than a typical transaction (about 150 us against 50-150 us on this machine,
 ``docs/benchmarks.md``), so this halves the store's share of an agent step.
 """
@@ -48,7 +50,13 @@ CHECKPOINT_EVERY = 500  # inline SQLite commits between two checkpoints (in a th
 
 
 class _Busy(Exception):
-    """The inline connection could not start at once; the caller goes to a thread."""
+    """The inline connection met a lock; the caller goes to a thread."""
+
+
+def _locked(exc: Exception) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (another connection holds what is needed)."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
 
 
 def _transact(
@@ -158,36 +166,31 @@ class Store:
     def _inline_tx(
         self, write: bool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> T:
-        """``fn`` in a transaction on this thread's own connection, or _Busy at once."""
-        conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect_inline()
-        driver = db.driver(conn)
+        """``fn`` in a transaction on this thread's own connection, or _Busy at once (before
+        ``fn`` ran, or after it was rolled back: it runs again in a thread, where it waits)."""
+        inline: tuple[Connection, Any] | None = getattr(self._local, "inline", None)
+        if inline is None:
+            inline = self._local.inline = self._connect_inline()
+        conn, driver = inline
         try:
             driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise _Busy from None
-            raise
-        # the lock is ours: from here on waiting is not expected, but is not an error either
-        driver.execute(f"PRAGMA busy_timeout={db.BUSY_TIMEOUT_MS}")
-        try:
             return _transact(conn, fn, args, kwargs)
         except (OperationalError, sqlite3.OperationalError) as exc:
-            if not write and "locked" in str(exc):
-                raise _Busy from None  # a read may simply go to a thread and wait
+            # once BEGIN IMMEDIATE holds the write lock of a WAL file nothing waits, so this
+            # is rare (a journal-mode file's COMMIT waiting for readers, say); _transact has
+            # rolled back, so running the whole transaction again elsewhere is safe
+            if _locked(exc):
+                raise _Busy from None
             raise
-        finally:
-            driver.execute("PRAGMA busy_timeout=0")
 
-    def _connect_inline(self) -> Connection:
+    def _connect_inline(self) -> tuple[Connection, Any]:
         conn = self.engine.connect()
         driver = db.driver(conn)
-        driver.execute("PRAGMA busy_timeout=0")
+        driver.execute("PRAGMA busy_timeout=0")  # never wait on the event loop's thread
         driver.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint
         with self._lock:
             self._inline_conns.append(conn)
-        return conn
+        return conn, driver
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file without blocking writers (PASSIVE)."""
@@ -277,12 +280,21 @@ _INSERT_MESSAGE = insert(messages)
 
 
 def append_messages(
-    conn: Connection, task_id: int, msgs: Sequence[ChatMessage], *, call_id: int | None = None
+    conn: Connection,
+    task_id: int,
+    msgs: Sequence[ChatMessage],
+    *,
+    call_id: int | None = None,
+    first_seq: int | None = None,
 ) -> list[StoredMessage]:
-    """Append messages to a task's transcript (sequence numbers continue from the last);
-    returns them as stored, so callers need not read the transcript again."""
-    last = db.run(conn, _LAST_SEQ, {"p_task": task_id}).fetchone()[0]
-    seq = -1 if last is None else int(last)
+    """Append messages to a task's transcript; returns them as stored, so callers need not
+    read the transcript again. Sequence numbers continue from the last stored one, or start
+    at ``first_seq`` when the caller knows the transcript (the task's lease owner, checked
+    in this transaction; the unique (task, seq) key refuses a wrong guess)."""
+    if first_seq is None:
+        last = db.run(conn, _LAST_SEQ, {"p_task": task_id}).fetchone()[0]
+        first_seq = 0 if last is None else int(last) + 1
+    seq = first_seq - 1
     t = time.time()
     rows = []
     stored = []

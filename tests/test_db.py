@@ -205,3 +205,36 @@ def test_an_inline_transaction_commits_or_rolls_back_whole(sqlite_url: str) -> N
 
     assert sorted(anyio.run(main)) == ["both-core", "both-driver", "driver"]
     store.close()
+
+
+def test_a_lock_met_inside_an_inline_transaction_runs_it_again_in_a_thread(
+    sqlite_url: str,
+) -> None:
+    """The inline connection never waits (busy_timeout=0), so a lock met after BEGIN (a
+    journal-mode COMMIT waiting for readers, say) aborts the attempt: it is rolled back
+    whole and the transaction runs again in a worker thread, where it may wait."""
+    import sqlite3
+    import threading
+
+    import anyio
+    from sqlalchemy import insert, select
+
+    from harness.schema import notes
+
+    store = Store.open(sqlite_url)
+    threads: list[str] = []
+
+    def add_then_meet_a_lock(conn: Any) -> int:
+        threads.append(threading.current_thread().name)
+        db.run(conn, insert(notes), {"agent": "veblen", "text": "once", "created_at": 1.0})
+        if len(threads) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return len(threads)
+
+    async def main() -> list[str]:
+        assert await store.write(add_then_meet_a_lock) == 2
+        return list(await store.read(lambda c: c.execute(select(notes.c.text)).scalars().all()))
+
+    assert anyio.run(main) == ["once"]  # the first attempt left nothing behind
+    assert threads[0] == threading.main_thread().name and threads[1] != threads[0]
+    store.close()
