@@ -177,14 +177,6 @@ def reserve(
 
 
 _INSERT_RESERVATION = insert(reservations).returning(reservations.c.id)
-_GIVE_BACK = (
-    update(usage_daily)
-    .where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
-    .values(
-        reserved_tokens=usage_daily.c.reserved_tokens - bindparam("n"),
-        reserved_cost=usage_daily.c.reserved_cost - bindparam("c"),
-    )
-)
 _RELEASE = (
     delete(reservations)
     .where(reservations.c.id == bindparam("p_id"))
@@ -192,20 +184,63 @@ _RELEASE = (
 )
 
 
-def _give_back(conn: Connection, day: str, agent: str, tokens: int, cost: float) -> None:
-    run(conn, _GIVE_BACK, {"p_day": day, "p_agent": agent, "n": tokens, "c": cost})
+def _add_to(table: Table, names: Sequence[str]) -> dict[str, Any]:
+    """``SET name = name + :d_name`` for each of ``names``."""
+    return {name: table.c[name] + bindparam(f"d_{name}") for name in names}
+
+
+# every change to a day's roll-up row: reservations given back, calls added (or taken back)
+_DAY_COUNTERS = (*USAGE_COUNTERS, "cost_usd", "unsettled_calls", "error_calls")
+_ADJUST_DAY = (
+    update(usage_daily)
+    .where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
+    .values(_add_to(usage_daily, (*_DAY_COUNTERS, "reserved_tokens", "reserved_cost")))
+)
+_NO_CHANGE = {f"d_{name}": 0 for name in (*_DAY_COUNTERS, "reserved_tokens", "reserved_cost")}
+
+
+class _DayChanges:
+    """Changes to days' roll-up rows, summed per (day, agent) and written with one UPDATE per
+    row (a settled call gives back its reservation and adds its usage in one statement)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add(self, day: str, agents: Sequence[str], deltas: dict[str, Any]) -> None:
+        for agent in agents:
+            row = self._rows.setdefault((day, agent), dict(_NO_CHANGE))
+            for key, value in deltas.items():
+                row[key] += value
+
+    def write(self, conn: Connection) -> None:
+        # the agents' rows before the workspace's: the order reserve() locks them in, so two
+        # transactions never wait on each other's rows (no deadlock on PostgreSQL)
+        for day, agent in sorted(self._rows, key=lambda k: (k[1] == WORKSPACE, k)):
+            params = {**self._rows[(day, agent)], "p_day": day, "p_agent": agent}
+            _update_day_row(conn, _ADJUST_DAY, params)
+
+
+def _give_back(changes: _DayChanges, day: str, agent: str, tokens: int, cost: float) -> None:
+    deltas = {"d_reserved_tokens": -tokens, "d_reserved_cost": -cost}
+    changes.add(day, (agent, WORKSPACE), deltas)
+
+
+def _release(conn: Connection, reservation_id: int, changes: _DayChanges) -> bool:
+    row = run(conn, _RELEASE, {"p_id": reservation_id}).fetchone()
+    if row is None:
+        return False
+    day, agent, tokens, cost = row
+    _give_back(changes, day, agent, tokens, cost)
+    return True
 
 
 def release(conn: Connection, reservation_id: int) -> bool:
     """Drop a reservation (the call was never sent, or has been settled). False when it was
     gone already (settled as unsettled after its worker was declared dead)."""
-    row = run(conn, _RELEASE, {"p_id": reservation_id}).fetchone()
-    if row is None:
-        return False
-    day, agent, tokens, cost = row
-    for who in (agent, WORKSPACE):
-        _give_back(conn, day, who, tokens, cost)
-    return True
+    changes = _DayChanges()
+    released = _release(conn, reservation_id, changes)
+    changes.write(conn)
+    return released
 
 
 def record(
@@ -220,19 +255,19 @@ def record(
 ) -> list[int]:
     """Write one ledger row per call record, update the roll-ups (agent/day, workspace/day,
     run) and settle the reservation, all in the caller's transaction. Returns the row ids."""
+    changes = _DayChanges()
     held = [] if reservation_id is None else [reservation_id]
     for rid in [*held, *extra_reservations]:
-        if not release(conn, rid):
-            _unrecord_unsettled(conn, rid)
+        if not _release(conn, rid, changes):
+            _unrecord_unsettled(conn, rid, changes)
     ts = clock.now() if ts is None else ts
     day = day_of(ts, settings.tz)
-    ids: list[int] = []
-    for rec in records:
-        ids.append(_record_one(conn, ctx, rec, settings, ts, day))
+    ids = [_record_one(conn, ctx, rec, settings, ts, day, changes) for rec in records]
+    changes.write(conn)
     return ids
 
 
-def _unrecord_unsettled(conn: Connection, reservation_id: int) -> None:
+def _unrecord_unsettled(conn: Connection, reservation_id: int, changes: _DayChanges) -> None:
     """Remove the unsettled row that stood in for a call whose real answer has now arrived
     (its worker was only paused, not dead), so the call is charged once, with actual usage."""
     row = (
@@ -250,7 +285,7 @@ def _unrecord_unsettled(conn: Connection, reservation_id: int) -> None:
         return
     usage = Usage(-row["prompt_tokens"], 0, 0, 0, row["estimated"])
     rec = CallRecord(row["provider"], row["model"], CallOutcome.UNSETTLED, usage)
-    _roll_up(conn, row["day"], [row["agent"], WORKSPACE], rec, -row["cost_usd"], sign=-1)
+    changes.add(row["day"], (row["agent"], WORKSPACE), _deltas(rec, -row["cost_usd"], sign=-1))
     if row["run_id"] is not None:
         _roll_up_run(conn, row["run_id"], usage, -row["cost_usd"], sign=-1)
 
@@ -269,9 +304,11 @@ def _record_one(
     settings: Settings,
     ts: float,
     day: str,
+    changes: _DayChanges,
     reservation_id: int | None = None,
     cost: float | None = None,
 ) -> int:
+    """Insert one call row; its day's roll-ups go into ``changes``, the run's is written."""
     u = rec.usage
     if cost is None:
         cost = _cost(settings, rec.model, u)
@@ -298,36 +335,21 @@ def _record_one(
         "reservation_id": reservation_id,
     }
     row_id = run(conn, _INSERT_CALL, row).fetchone()[0]
-    _roll_up(conn, day, [ctx.agent, WORKSPACE], rec, cost)
+    changes.add(day, (ctx.agent, WORKSPACE), _deltas(rec, cost))
     if ctx.run_id is not None:
         _roll_up_run(conn, ctx.run_id, u, cost)
     return int(row_id)
 
 
-def _increments(table: Table) -> dict[str, Any]:
-    """``SET counter = counter + :d_counter`` for the usage counters a roll-up table shares."""
-    return {name: table.c[name] + bindparam(f"d_{name}") for name in (*USAGE_COUNTERS, "cost_usd")}
-
-
 _INSERT_CALL = insert(calls).returning(calls.c.id)
-_ROLL_UP_RUN = update(runs).where(runs.c.id == bindparam("p_run")).values(_increments(runs))
-_ROLL_UP_DAY = (
-    update(usage_daily)
-    .where(
-        usage_daily.c.day == bindparam("p_day"),
-        usage_daily.c.agent == bindparam("p_agent"),
-    )
-    .values(
-        {
-            **_increments(usage_daily),
-            "unsettled_calls": usage_daily.c.unsettled_calls + bindparam("d_unsettled"),
-            "error_calls": usage_daily.c.error_calls + bindparam("d_errors"),
-        }
-    )
+_ROLL_UP_RUN = (
+    update(runs)
+    .where(runs.c.id == bindparam("p_run"))
+    .values(_add_to(runs, (*USAGE_COUNTERS, "cost_usd")))
 )
 
 
-def _deltas(u: Usage, cost: float, sign: int) -> dict[str, Any]:
+def _usage_deltas(u: Usage, cost: float, sign: int) -> dict[str, Any]:
     return {
         "d_calls": sign,
         "d_prompt_tokens": u.prompt_tokens,
@@ -339,29 +361,18 @@ def _deltas(u: Usage, cost: float, sign: int) -> dict[str, Any]:
     }
 
 
-def _roll_up_run(conn: Connection, run_id: int, u: Usage, cost: float, sign: int = 1) -> None:
-    run(conn, _ROLL_UP_RUN, {"p_run": run_id, **_deltas(u, cost, sign)})
-
-
-def _roll_up(
-    conn: Connection,
-    day: str,
-    agents: Sequence[str],
-    rec: CallRecord,
-    cost: float,
-    sign: int = 1,
-) -> None:
-    """Add one call (``sign=-1``: take one back; its usage then carries negative tokens)."""
-    params = {
-        "p_day": day,
-        "d_unsettled": sign * int(rec.outcome == CallOutcome.UNSETTLED),
-        "d_errors": sign * int(rec.outcome == CallOutcome.ERROR),
-        **_deltas(rec.usage, cost, sign),
+def _deltas(rec: CallRecord, cost: float, sign: int = 1) -> dict[str, Any]:
+    """A call's changes to a day's roll-up (``sign=-1``: taking one back; its usage then
+    carries negative tokens)."""
+    return {
+        **_usage_deltas(rec.usage, cost, sign),
+        "d_unsettled_calls": sign * int(rec.outcome == CallOutcome.UNSETTLED),
+        "d_error_calls": sign * int(rec.outcome == CallOutcome.ERROR),
     }
-    # one row at a time, the agent's before the workspace's: the order reserve() locks them
-    # in, so two transactions never wait on each other's rows (no deadlock on PostgreSQL)
-    for agent in agents:
-        _update_day_row(conn, _ROLL_UP_DAY, {**params, "p_agent": agent})
+
+
+def _roll_up_run(conn: Connection, run_id: int, u: Usage, cost: float, sign: int = 1) -> None:
+    run(conn, _ROLL_UP_RUN, {"p_run": run_id, **_usage_deltas(u, cost, sign)})
 
 
 def settle_orphans(conn: Connection, settings: Settings, worker_ids: Sequence[int]) -> int:
@@ -391,8 +402,8 @@ def settle_unsettled(conn: Connection, settings: Settings, reservation_id: int, 
     )
     if r is None:
         return False
-    for who in (r["agent"], WORKSPACE):
-        _give_back(conn, r["day"], who, r["tokens"], r["cost"])
+    changes = _DayChanges()
+    _give_back(changes, r["day"], r["agent"], r["tokens"], r["cost"])
     ctx = CallContext(agent=r["agent"], run_id=r["run_id"], task_id=r["task_id"])
     rec = CallRecord(
         provider=r["provider"],
@@ -403,9 +414,8 @@ def settle_unsettled(conn: Connection, settings: Settings, reservation_id: int, 
     )
     day = day_of(r["created_at"], settings.tz)
     # the reserved worst case, priced as reserved (its output share at the output price)
-    _record_one(
-        conn, ctx, rec, settings, r["created_at"], day, reservation_id=r["id"], cost=r["cost"]
-    )
+    _record_one(conn, ctx, rec, settings, r["created_at"], day, changes, r["id"], cost=r["cost"])
+    changes.write(conn)
     return True
 
 
