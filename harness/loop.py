@@ -136,7 +136,7 @@ class TaskRunner:
 
     async def _run(self) -> TaskStatus:
         if self.state is None:
-            self.state = await self.rt.store.read(load_state, self.task.id)
+            self.state = await self.rt.store.read(load_state, self.task)
         self.transcript, self.n_children = self.state
         if not self.transcript:  # a new task: its opening is stored with its first call's
             self.unsaved = self._opening()  # reservation (one transaction fewer)
@@ -162,6 +162,9 @@ class TaskRunner:
         ]
 
     # -- model steps -----------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        return self.transcript[-1].seq + 1 if self.transcript else 0
 
     def _steps_taken(self) -> int:
         return sum(1 for sm in self.transcript if sm.message.role == "assistant")
@@ -250,7 +253,7 @@ class TaskRunner:
             nonlocal settled
             model = settings.models[model_name]
             max_tokens = request.max_tokens or model.max_tokens
-            opening = (self.task.id, self.worker_id, self.unsaved)
+            opening = (self.task.id, self.worker_id, self.unsaved)  # seq 0 on: a new task
             rid, stored = await self.rt.store.write(
                 _next_attempt_tx,
                 ctx,
@@ -325,6 +328,7 @@ class TaskRunner:
             reservations,
             self.rt.settings,
             message,
+            self._next_seq(),
         )
         if appended is None:
             raise LeaseLost(self.task.id)
@@ -426,7 +430,9 @@ class TaskRunner:
     # -- persistence helpers -------------------------------------------------------------------
 
     async def _append(self, msgs: list[ChatMessage]) -> None:
-        appended = await self.rt.store.write(_append_tx, self.task.id, self.worker_id, msgs)
+        appended = await self.rt.store.write(
+            _append_tx, self.task.id, self.worker_id, msgs, self._next_seq()
+        )
         if appended is None:
             raise LeaseLost(self.task.id)
         self.transcript.extend(appended)
@@ -519,7 +525,7 @@ def _next_attempt_tx(
     """Record failed attempts, settling what they held, and reserve the next attempt; the
     first one also stores a new task's opening messages (while this worker owns the task)."""
     task_id, worker_id, msgs = opening
-    stored = _append_tx(conn, task_id, worker_id, msgs) if msgs else []
+    stored = _append_tx(conn, task_id, worker_id, msgs, 0) if msgs else []
     if stored is None:
         raise LeaseLost(task_id)
     _record_tx(conn, ctx, failed, settings, held)
@@ -534,9 +540,11 @@ def _unsettle_tx(conn: Any, settings: Settings, reservations: Sequence[int], why
 State = tuple[list[StoredMessage], int]  # a task's transcript and how many children it made
 
 
-def load_state(conn: Any, task_id: int) -> State:
-    """The task's transcript and how many sub-tasks it has created (one read)."""
-    return load_transcript(conn, task_id), queue.count_children(conn, task_id)
+def load_state(conn: Any, task: Task) -> State:
+    """The task's transcript and how many sub-tasks it has created (one read). A task that
+    has taken no model step yet has delegated nothing: its children are not counted."""
+    children = queue.count_children(conn, task.id) if task.steps else 0
+    return load_transcript(conn, task.id), children
 
 
 def claim(
@@ -545,15 +553,17 @@ def claim(
     """Lease runnable tasks (``queue.claim``) and read each one's state in the same
     transaction, so a runner starts without a read of its own."""
     claimed = queue.claim(conn, worker_id, lease_s, limit, run_id=run_id)
-    return [(task, load_state(conn, task.id)) for task in claimed]
+    return [(task, load_state(conn, task)) for task in claimed]
 
 
 def _append_tx(
-    conn: Any, task_id: int, worker_id: int, msgs: list[ChatMessage]
+    conn: Any, task_id: int, worker_id: int, msgs: list[ChatMessage], first_seq: int
 ) -> list[StoredMessage] | None:
+    """Append to the transcript of a task this worker still owns (None when it does not);
+    ``first_seq`` comes from the runner's copy, which the lease keeps true."""
     if not queue.touch(conn, task_id, worker_id):
         return None
-    return append_messages(conn, task_id, msgs)
+    return append_messages(conn, task_id, msgs, first_seq=first_seq)
 
 
 def _persist_step_tx(
@@ -565,13 +575,19 @@ def _persist_step_tx(
     reservations: list[int],
     settings: Settings,
     message: ChatMessage,
+    seq: int,
 ) -> list[StoredMessage] | None:
     """Ledger rows always (the call was paid for); the transcript only while we own the task
-    (None when we no longer do)."""
+    (None when we no longer do). A final answer completes the task in the same statement
+    that counts the step."""
     ids = _record_tx(conn, ctx, records, settings, reservations)
-    if not queue.touch(conn, task.id, worker_id, steps_delta=1):
+    try:
+        if message.tool_calls:
+            if not queue.touch(conn, task.id, worker_id, steps_delta=1):
+                return None
+        else:
+            queue.complete(conn, task.id, worker_id, message.content or "", step=True)
+    except LeaseLost:
         return None
-    stored = append_messages(conn, task.id, [message], call_id=ids[-1] if ids else None)
-    if not message.tool_calls:  # a final answer: the task is done in the same transaction
-        queue.complete(conn, task.id, worker_id, message.content or "")
-    return stored
+    call_id = ids[-1] if ids else None
+    return append_messages(conn, task.id, [message], call_id=call_id, first_seq=seq)
