@@ -7,9 +7,11 @@ anything is written.
 
 from __future__ import annotations
 
+import json as stdjson
 import logging
 import os
 import sys
+import time
 from collections.abc import MutableMapping
 from functools import cache
 from typing import Any
@@ -68,21 +70,55 @@ class _Writer:
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
+class _UtcStamp:
+    """``timestamp``: ISO 8601 in UTC with microseconds (``2026-11-29T12:00:00.000000Z``).
+    The part up to the second is formatted once per second: a worker logs every model step,
+    and structlog's TimeStamper cost about as much as the rest of a JSON line."""
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, _logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        now = time.time()
+        second = int(now)
+        cached, text = self._second  # one tuple: threads see a consistent pair
+        if cached != second:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        event["timestamp"] = f"{text}.{int((now - second) * 1e6):06d}Z"
+        return event
+
+
+def _unencodable(value: Any) -> Any:
+    """What the JSON lines show for a value JSON has no type for (as structlog does)."""
+    structlog_form = getattr(value, "__structlog__", None)
+    return structlog_form() if structlog_form is not None else repr(value)
+
+
+_ENCODER = stdjson.JSONEncoder(default=_unencodable)  # built once, not per line
+
+
+def _json_line(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
+    return _ENCODER.encode(event)
+
+
 def configure(*, json: bool | None = None, level: str = "info", stream: Any = None) -> None:
     """Configure structlog once per process. ``json=None``: JSON unless stderr is a terminal."""
     _scan_environment()
     if json is None:
         json = not (stream or sys.stderr).isatty()
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
-    )
+    stamp: Any
+    renderer: Any
+    if json:
+        stamp, renderer = _UtcStamp(), _json_line
+    else:
+        stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+        renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             structlog.processors.format_exc_info,
             redact,
             renderer,
