@@ -47,9 +47,20 @@ class CallContext:
     worker_id: int | None = None
 
 
+_last_day: tuple[ZoneInfo, float, float, str] | None = None  # tz, start, end, day
+
+
 def day_of(ts: float, tz: ZoneInfo) -> str:
-    """The ledger day (ISO date in the workspace's time zone) of a timestamp."""
-    return datetime.fromtimestamp(ts, tz).date().isoformat()
+    """The ledger day (ISO date in the workspace's time zone) of a timestamp. The last day
+    seen is kept with its bounds: every call and reservation asks, nearly always for today."""
+    global _last_day
+    last = _last_day  # one tuple: threads see a consistent set
+    if last is not None and last[0] is tz and last[1] <= ts < last[2]:
+        return last[3]
+    day = datetime.fromtimestamp(ts, tz).date()
+    start = datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()
+    _last_day = (tz, start, day_after_start(day.isoformat(), tz), day.isoformat())
+    return day.isoformat()
 
 
 def next_day_start(ts: float, tz: ZoneInfo) -> float:

@@ -372,3 +372,15 @@ async def test_many_concurrent_tasks_never_take_an_agent_past_its_budget(
     )
     assert not leftover
     await rt.aclose()
+
+
+@pytest.mark.parametrize("zone", ["America/Santiago", "Asia/Beirut", "Australia/Lord_Howe"])
+def test_day_of_agrees_with_the_calendar_across_dst_changes_at_midnight(zone: str) -> None:
+    """``day_of`` keeps the last day's bounds; stepping through two years (these zones
+    change their clocks at midnight, or by half an hour) it never answers a stale day."""
+    tz = ZoneInfo(zone)
+    ts = datetime(2025, 1, 1, tzinfo=tz).timestamp()
+    end = datetime(2027, 1, 1, tzinfo=tz).timestamp()
+    while ts < end:
+        assert ledger.day_of(ts, tz) == datetime.fromtimestamp(ts, tz).date().isoformat(), ts
+        ts += 1799.0  # not a divisor of an hour: lands on every side of each change
