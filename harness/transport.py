@@ -164,8 +164,8 @@ class ProviderClient:
         self._post_headers: httpx.Headers | None = None
         self._extensions: dict[str, Any] = {}
         self._aiohttp: Any = None  # our own httpx_aiohttp transport, when that is in use
-        self._aiohttp_options: dict[str, Any] | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._aiohttp_call: tuple[Any, str, dict[str, Any]] | None = None  # session, URL, options
+        self._limiter: anyio.Semaphore | None = None
         # shared by all providers: a server may echo any of our keys back
         self._secrets: set[str] = set() if secrets is None else secrets
 
@@ -263,36 +263,43 @@ class ProviderClient:
         (gzip and deflate are all this path asks for) and enforces the ``timeout_s``
         deadline (``total``: a ``TimeoutError``, like ``anyio.fail_after`` on the other
         path, at less cost)."""
+        session, url, options = self._aiohttp_call or self._aiohttp_setup(transport)
+        try:
+            async with session.request("POST", url, data=body, **options) as resp:
+                content = await resp.read()
+        except Exception:  # aiohttp's errors as httpx's (only a failed call pays for it)
+            from httpx_aiohttp.transport import map_aiohttp_exceptions
+
+            with map_aiohttp_exceptions():
+                raise
+        return RawAnswer(resp.status, resp.headers, content)
+
+    def _aiohttp_setup(self, transport: Any) -> tuple[Any, str, dict[str, Any]]:
+        """The session, URL and request options of every direct aiohttp POST (built once)."""
         import aiohttp
-        from httpx_aiohttp.transport import map_aiohttp_exceptions
 
         assert self._url is not None and self._post_headers is not None
         if not isinstance(transport.client, aiohttp.ClientSession):
             transport.client = transport.get_client()
-        if self._aiohttp_options is None:
-            proxy = transport.proxy
-            headers = httpx.Headers(self._post_headers)
-            headers["accept-encoding"] = "gzip, deflate"  # what aiohttp always decodes
-            self._aiohttp_options = {
-                "headers": list(headers.multi_items()),
-                "allow_redirects": False,
-                "compress": False,
-                "timeout": aiohttp.ClientTimeout(
-                    total=self.config.timeout_s, sock_connect=self.config.connect_timeout_s
-                ),
-                "proxy": str(proxy.url) if proxy else None,
-            }
-        with map_aiohttp_exceptions():
-            async with transport.client.request(
-                "POST", str(self._url), data=body, **self._aiohttp_options
-            ) as resp:
-                content = await resp.read()
-        return RawAnswer(resp.status, resp.headers, content)
+        proxy = transport.proxy
+        headers = httpx.Headers(self._post_headers)
+        headers["accept-encoding"] = "gzip, deflate"  # what aiohttp always decodes
+        options = {
+            "headers": list(headers.multi_items()),
+            "allow_redirects": False,
+            "compress": False,
+            "timeout": aiohttp.ClientTimeout(
+                total=self.config.timeout_s, sock_connect=self.config.connect_timeout_s
+            ),
+            "proxy": str(proxy.url) if proxy else None,
+        }
+        self._aiohttp_call = (transport.client, str(self._url), options)
+        return self._aiohttp_call
 
-    def limiter(self) -> anyio.CapacityLimiter:
+    def limiter(self) -> anyio.Semaphore:
         """At most ``max_concurrency`` calls in flight; the rest queue here, not in the pool."""
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.config.max_concurrency)
+            self._limiter = anyio.Semaphore(self.config.max_concurrency)
         return self._limiter
 
     def redact(self, text: str) -> str:
@@ -304,7 +311,7 @@ class ProviderClient:
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            self._url = self._post_headers = self._aiohttp = self._aiohttp_options = None
+            self._url = self._post_headers = self._aiohttp = self._aiohttp_call = None
             await client.aclose()
 
     # -- one attempt -------------------------------------------------------------------
