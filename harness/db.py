@@ -9,10 +9,11 @@ PostgreSQL uses psycopg 3 (``postgresql+psycopg://``).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
 from functools import cache
+from operator import itemgetter
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -102,8 +103,9 @@ def _tune_sqlite(engine: Engine) -> None:
 
 
 def driver(conn: Connection) -> Any:
-    """The DB-API connection under ``conn`` (sqlite3 or psycopg)."""
-    return conn.connection.driver_connection
+    """The DB-API connection under ``conn`` (sqlite3 or psycopg: synchronous drivers, whose
+    ``dbapi_connection`` is the driver's own connection, one attribute away)."""
+    return conn.connection.dbapi_connection
 
 
 def is_postgres(conn: Connection | Engine) -> bool:
@@ -130,7 +132,7 @@ def _insert_ignore(dialect: str, table: Table) -> Insert:
 # -- the hot path: prebuilt statements straight to the driver -------------------------------
 
 # (dialect, id(statement), INSERT columns) -> (statement, SQL, positional order, fixed values)
-_Prepared = tuple[Executable, str, tuple[str, ...] | None, dict[str, Any]]
+_Prepared = tuple[Executable, str, Callable[[Mapping[str, Any]], Any] | None, dict[str, Any]]
 _PREPARED: dict[tuple[str, int, tuple[str, ...]], _Prepared] = {}
 
 
@@ -160,17 +162,17 @@ def run(
     if rows is None:
         if fixed:
             first = {**fixed, **first}
-        return raw.execute(sql, first if order is None else [first[k] for k in order])
+        return raw.execute(sql, first if order is None else order(first))
     if fixed:
         rows = [{**fixed, **p} for p in rows]
     cur = raw.cursor()
-    cur.executemany(sql, rows if order is None else [[p[k] for k in order] for p in rows])
+    cur.executemany(sql, rows if order is None else [order(p) for p in rows])
     return cur
 
 
 def _prepare(
     conn: Connection, stmt: Executable, keys: tuple[str, ...]
-) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+) -> tuple[str, Callable[[Mapping[str, Any]], Any] | None, dict[str, Any]]:
     defaults: dict[str, Any] = {}
     kw: dict[str, Any] = {}
     if isinstance(stmt, Insert):
@@ -187,8 +189,15 @@ def _prepare(
         if not bind.required and name not in keys:
             value = bind.effective_value
             defaults[name] = value.value if isinstance(value, Enum) else value
-    order = tuple(compiled.positiontup) if compiled.positional else None
+    order = _getter(tuple(compiled.positiontup)) if compiled.positional else None
     return sql, order, defaults
+
+
+def _getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """The positional parameters, in ``keys`` order, of a parameter dict."""
+    if len(keys) > 1:
+        return itemgetter(*keys)  # a tuple for two keys or more
+    return lambda params: tuple(params[k] for k in keys)
 
 
 @contextmanager
