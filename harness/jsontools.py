@@ -201,11 +201,13 @@ def encode_request(request: ChatRequest) -> ChatRequest:
     tool calls, the reply is still ``{"answer": "..."}``: a small model otherwise imitates the
     tool-call JSON it sees in the flattened history instead of answering.
     """
+    used_tools = any(m.tool_calls or m.role == "tool" for m in request.messages)
+    if not (request.tools or request.tool_choice or used_tools):
+        return request  # nothing to move: no tools offered, none in the history
     tools = request.tools or []
     answer = answer_schema(request.response_format)
     schema = reply_schema(tools, request.tool_choice, answer, request.min_tool_calls)
     text = instructions(tools, request.tool_choice, request.min_tool_calls)
-    used_tools = any(m.tool_calls or m.role == "tool" for m in request.messages)
     if schema is None and answer is None and used_tools:
         schema = _object({"answer": {"type": "string"}}, ["answer"])
         text = 'Reply with one JSON object and nothing else: {"answer": "<your answer>"}.'

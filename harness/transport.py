@@ -527,8 +527,11 @@ def _message(raw: Any) -> ChatMessage:
     """An assistant message from a server's JSON, filling gaps servers are known to leave."""
     if not isinstance(raw, dict):
         raise ValueError("no message")
+    content = _content(raw.get("content"))
+    if not raw.get("tool_calls"):  # plain text (the common reply): nothing to validate
+        return ChatMessage.model_construct(role="assistant", content=content)
     calls = []
-    for call in raw.get("tool_calls") or []:
+    for call in raw["tool_calls"]:
         fn = call.get("function") or {}
         calls.append(
             {
@@ -541,7 +544,7 @@ def _message(raw: Any) -> ChatMessage:
             }
         )
     return ChatMessage.model_validate(
-        {"role": "assistant", "content": _content(raw.get("content")), "tool_calls": calls or None}
+        {"role": "assistant", "content": content, "tool_calls": calls or None}
     )
 
 
