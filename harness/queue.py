@@ -9,7 +9,7 @@ a ``BEGIN IMMEDIATE`` transaction on SQLite.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
 
@@ -56,23 +56,19 @@ class Task:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Task:
-        return cls(
-            id=row["id"],
-            run_id=row["run_id"],
-            parent_id=row["parent_id"],
-            parent_call_id=row["parent_call_id"],
-            agent=row["agent"],
-            input=row["input"],
-            status=TaskStatus(row["status"]),
-            depth=row["depth"],
-            attempts=row["attempts"],
-            max_attempts=row["max_attempts"],
-            steps=row["steps"],
-            priority=row["priority"],
-            status_reason=row["status_reason"],
-            result=row["result"],
-            error=row["error"],
-        )
+        return cls.from_values([row[name] for name in _TASK_FIELDS])
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> Task:
+        """From the values of ``_TASK_COLUMNS``, in their order."""
+        values = list(values)
+        values[_STATUS] = TaskStatus(values[_STATUS])
+        return cls(*values)
+
+
+_TASK_FIELDS = tuple(f.name for f in fields(Task))
+_STATUS = _TASK_FIELDS.index("status")
+_TASK_COLUMNS = tuple(tasks.c[name] for name in _TASK_FIELDS)  # a Task's, in field order
 
 
 @dataclass(frozen=True)
@@ -156,7 +152,7 @@ def _claim_statements(postgres: bool, one_run: bool) -> Any:
             updated_at=t,
             status_reason=None,
         )
-        .returning(*tasks.c)
+        .returning(*_TASK_COLUMNS)
     )
     return stmt
 
@@ -171,14 +167,8 @@ def claim(
     if run_id is not None:
         params["p_run"] = run_id
     stmt = _claim_statements(is_postgres(conn), run_id is not None)
-    claimed = [Task.from_row(r) for r in _mappings(run(conn, stmt, params))]
+    claimed = [Task.from_values(row) for row in run(conn, stmt, params).fetchall()]
     return sorted(claimed, key=lambda task: (-task.priority, task.id))
-
-
-def _mappings(cursor: Any) -> list[dict[str, Any]]:
-    """A DB-API cursor's rows as dicts by column name."""
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def heartbeat(
