@@ -528,8 +528,8 @@ def _message(raw: Any) -> ChatMessage:
     if not isinstance(raw, dict):
         raise ValueError("no message")
     content = _content(raw.get("content"))
-    if not raw.get("tool_calls"):  # plain text (the common reply): nothing to validate
-        return ChatMessage.model_construct(role="assistant", content=content)
+    if not raw.get("tool_calls"):  # plain text, the common reply
+        return ChatMessage(role="assistant", content=content)
     calls = []
     for call in raw["tool_calls"]:
         fn = call.get("function") or {}
