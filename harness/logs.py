@@ -44,14 +44,13 @@ def _secret_key(key: str) -> bool:
 
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     secrets = _secrets
-    for key, value in list(event.items()):
+    for key, value in event.items():  # values change in place, keys never: safe to iterate
         if _secret_key(key):
             event[key] = "[redacted]"
-        elif isinstance(value, str) and secrets:
+        elif secrets and isinstance(value, str):
             for s in secrets:
                 if s in value:
-                    value = value.replace(s, "[redacted]")
-            event[key] = value
+                    value = event[key] = value.replace(s, "[redacted]")
     return event
 
 

@@ -47,3 +47,21 @@ def test_an_exception_is_rendered_into_the_line() -> None:
 
     [line] = _lines(emit)
     assert line["level"] == "error" and "ValueError: bad input" in line["exception"]
+
+
+def test_secrets_are_redacted_by_key_and_by_value() -> None:
+    logs.add_secret("sk-test-abcdefgh")
+    try:
+        [line] = _lines(
+            lambda log: log.warning(
+                "upstream_said",
+                api_key="anything",
+                body="key sk-test-abcdefgh refused",
+                url="https://x/?k=sk-test-abcdefgh",
+                status=401,
+            )
+        )
+    finally:
+        logs._secrets.discard("sk-test-abcdefgh")
+    assert line["api_key"] == "[redacted]" and line["status"] == 401
+    assert line["body"] == "key [redacted] refused" and line["url"] == "https://x/?k=[redacted]"
