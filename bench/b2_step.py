@@ -26,7 +26,7 @@ from .common import (
     verdict,
 )
 
-AGENT = "veblen"  # has tools (offered, not required): the fake server answers with text
+AGENT = "veblen"  # offered no tools: the request goes out as the loop builds it
 GOAL = "Which books explain why LLM decode is memory-bound? Two lines."
 LEASE_S = 60.0
 
@@ -305,8 +305,8 @@ async def run(sizes: Sizes, server: FakeServerProcess) -> Section:
         raw = RawStep(r_path, server.base_url, _first_payload(rt), budget=10_000_000)
         try:
             arms = {"harness": _arm(h, h_url), "raw": _arm(raw, f"sqlite:///{r_path}")}
-            log(f"B2: {sizes.rounds} rounds x {sizes.b2_steps} steps")
-            res = _stats(await interleave_sliced(arms, sizes.rounds, sizes.b2_steps, SLICES))
+            log(f"B2: {sizes.b2_rounds} rounds x {sizes.b2_steps} steps")
+            res = _stats(await interleave_sliced(arms, sizes.b2_rounds, sizes.b2_steps, SLICES))
         finally:
             await raw.close()
             await rt.aclose()
@@ -314,7 +314,7 @@ async def run(sizes: Sizes, server: FakeServerProcess) -> Section:
         "B2",
         "one durable agent step",
         f"{sizes.b2_steps} one-step tasks per arm per round (enqueued beforehand, untimed), "
-        f"{sizes.rounds} rounds; within a round the arms take turns {SLICES} times; each arm "
+        f"{sizes.b2_rounds} rounds; within a round the arms take turns {SLICES} times; each arm "
         "on its own SQLite file (WAL). harness: "
         "`loop.claim` through the Store (the worker's claim: the task and its transcript in "
         "one transaction), then `TaskRunner.run` (budget reservation with the opening "

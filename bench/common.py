@@ -37,6 +37,7 @@ class Sizes:
     rounds: int
     b1_calls: int  # sequential calls per arm per round
     b2_steps: int  # agent steps per arm per round
+    b2_rounds: int  # B2's own: its ratio is a small difference on a noisy machine
     b3_levels: tuple[int, ...]
     b3_calls_per_slot: int  # calls per concurrent slot per arm per round
     b4_calls: int  # calls per arm per round
@@ -58,6 +59,7 @@ FULL = Sizes(
     rounds=7,
     b1_calls=400,
     b2_steps=150,
+    b2_rounds=15,
     b3_levels=(1, 16, 64, 256),
     b3_calls_per_slot=12,
     b4_calls=1024,
@@ -78,6 +80,7 @@ QUICK = Sizes(
     rounds=3,
     b1_calls=60,
     b2_steps=25,
+    b2_rounds=3,
     b3_levels=(1, 16, 64),
     b3_calls_per_slot=3,
     b4_calls=128,
@@ -98,6 +101,7 @@ TINY = Sizes(
     rounds=2,
     b1_calls=3,
     b2_steps=3,
+    b2_rounds=2,
     b3_levels=(1, 4),
     b3_calls_per_slot=2,
     b4_calls=8,
