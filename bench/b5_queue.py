@@ -111,7 +111,11 @@ class RawQueue:
         self._tx(lambda: [self._enqueue_one() for _ in range(size)])
         rows = self._tx(lambda: self._claim(size))
         assert len(rows) == size
-        self._tx(lambda: [self._complete(r[0]) for r in rows])
+        self._tx(lambda: self._complete_all(rows))
+
+    def _complete_all(self, rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            self._complete(row[0])
 
 
 class HarnessQueue:

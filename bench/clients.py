@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import httpx
@@ -182,7 +182,11 @@ class LiteLLM(_Arm):
 
 
 def harness_settings(
-    base_url: str, *, concurrency: int = 256, transport: str = "aiohttp", max_tokens: int = 1024
+    base_url: str,
+    *,
+    concurrency: int = 256,
+    transport: Literal["aiohttp", "httpx"] = "aiohttp",
+    max_tokens: int = 1024,
 ) -> Any:
     """Settings with one provider at ``base_url`` and one model ``fake``."""
     from harness.settings import ModelConfig, ProviderConfig, Settings
@@ -208,7 +212,7 @@ class Harness:
         *,
         max_tokens: int = 1024,
         concurrency: int = 256,
-        transport: str = "aiohttp",
+        transport: Literal["aiohttp", "httpx"] = "aiohttp",
     ) -> None:
         from harness.messages import ChatMessage, ChatRequest
 
