@@ -68,10 +68,10 @@ def _transact(
     driver = db.driver(conn)
     try:
         out = fn(conn, *args, **kwargs)
-    except BaseException:
+        conn.commit() if conn.in_transaction() else driver.commit()
+    except BaseException:  # a failed COMMIT too: the connection must not keep the lock
         conn.rollback() if conn.in_transaction() else driver.rollback()
         raise
-    conn.commit() if conn.in_transaction() else driver.commit()
     return out
 
 

@@ -238,3 +238,53 @@ def test_a_lock_met_inside_an_inline_transaction_runs_it_again_in_a_thread(
     assert anyio.run(main) == ["once"]  # the first attempt left nothing behind
     assert threads[0] == threading.main_thread().name and threads[1] != threads[0]
     store.close()
+
+
+def test_a_commit_that_meets_a_reader_is_rolled_back_and_waits_in_a_thread(
+    sqlite_url: str,
+) -> None:
+    """A real lock after BEGIN: on a rollback-journal file (no WAL, e.g. a filesystem without
+    shared memory) COMMIT needs every reader gone. The inline attempt must then let go of its
+    lock (roll back) and the write wait in a thread until the reader finishes."""
+    import sqlite3
+    import threading
+
+    import anyio
+    from sqlalchemy import create_engine, event, insert, select
+
+    from harness.schema import notes
+
+    engine = create_engine(sqlite_url, connect_args={"timeout": 5})
+
+    @event.listens_for(engine, "connect")
+    def _journal_mode(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute("PRAGMA journal_mode=DELETE")
+
+    db.upgrade(engine)
+    store = Store(engine)
+    add = insert(notes)
+    threads: list[str] = []
+
+    def note(conn: Any, text: str) -> None:
+        threads.append(threading.current_thread().name)
+        db.run(conn, add, {"agent": "veblen", "text": text, "created_at": 1.0})
+
+    async def main() -> list[str]:
+        await store.write(note, "before")  # inline, no reader
+        reader = sqlite3.connect(engine.url.database, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM notes").fetchone()  # holds a shared lock
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.write, note, "during")
+            await anyio.sleep(0.3)  # the write waits (in a thread), the loop runs
+            reader.execute("COMMIT")
+        reader.close()
+        await store.write(note, "after")  # inline again: nothing was left holding the lock
+        return list(await store.read(lambda c: c.execute(select(notes.c.text)).scalars().all()))
+
+    assert sorted(anyio.run(main)) == ["after", "before", "during"]
+    main_thread = threading.main_thread().name
+    assert threads[0] == threads[1] == threads[-1] == main_thread
+    assert threads[2] != main_thread  # the second attempt of "during"
+    store.close()
