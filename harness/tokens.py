@@ -36,8 +36,11 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once
+
+
 def _json_tokens(value: Any) -> int:
-    return estimate_tokens(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+    return estimate_tokens(_COMPACT.encode(value))
 
 
 def estimate_message_tokens(message: ChatMessage) -> int:

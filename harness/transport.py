@@ -39,6 +39,8 @@ CHAT_PATH = "/chat/completions"
 BODY_CHARS = 500
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 _SECRET_HEADER_WORDS = ("auth", "key", "token", "secret")
+# request bodies as httpx writes them; built once (json.dumps with options builds one a call)
+_BODY = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 class AttemptError(Exception):
@@ -222,8 +224,7 @@ class ProviderClient:
 
     def _body(self, payload: dict[str, Any]) -> bytes:
         """``payload`` as JSON, encoded as httpx encodes it."""
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return body.encode("utf-8")
+        return _BODY.encode(payload).encode("utf-8")
 
     async def _exchange(
         self, client: httpx.AsyncClient, payload: dict[str, Any], *, stream: bool
