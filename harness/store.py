@@ -14,9 +14,9 @@ its own that never waits (``busy_timeout=0``) and makes no automatic checkpoints
 is taken (at ``BEGIN IMMEDIATE``, or, rarely, later: the transaction is then rolled back) it
 runs the transaction in a worker thread, which waits as usual; so a transaction function may
 run twice and must act only through its connection. Checkpoints run in a worker thread every
-``CHECKPOINT_EVERY`` inline commits. A thread
-hop costs more than a typical transaction (about 150 us against 50-150 us on this machine,
-``docs/benchmarks.md``), so this halves the store's share of an agent step.
+``CHECKPOINT_EVERY`` inline commits. A thread hop costs more than a typical transaction
+(about 150 us against 50-150 us on this machine, ``docs/benchmarks.md``), so this halves the
+store's share of an agent step.
 """
 
 from __future__ import annotations
@@ -275,7 +275,6 @@ def load_transcript(conn: Connection, task_id: int) -> list[StoredMessage]:
     return out
 
 
-_LAST_SEQ = select(func.max(messages.c.seq)).where(messages.c.task_id == bindparam("p_task"))
 _INSERT_MESSAGE = insert(messages)
 
 
@@ -284,16 +283,13 @@ def append_messages(
     task_id: int,
     msgs: Sequence[ChatMessage],
     *,
+    first_seq: int,
     call_id: int | None = None,
-    first_seq: int | None = None,
 ) -> list[StoredMessage]:
-    """Append messages to a task's transcript; returns them as stored, so callers need not
-    read the transcript again. Sequence numbers continue from the last stored one, or start
-    at ``first_seq`` when the caller knows the transcript (the task's lease owner, checked
-    in this transaction; the unique (task, seq) key refuses a wrong guess)."""
-    if first_seq is None:
-        last = db.run(conn, _LAST_SEQ, {"p_task": task_id}).fetchone()[0]
-        first_seq = 0 if last is None else int(last) + 1
+    """Append messages to a task's transcript, numbered from ``first_seq`` (the next number
+    in the caller's copy of the transcript: the task's lease owner, checked in this
+    transaction; the unique (task, seq) key refuses a wrong one); returns them as stored,
+    so callers need not read the transcript again."""
     seq = first_seq - 1
     t = time.time()
     rows = []
