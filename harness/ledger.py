@@ -58,8 +58,7 @@ def day_of(ts: float, tz: ZoneInfo) -> str:
     if last is not None and last[0] is tz and last[1] <= ts < last[2]:
         return last[3]
     day = datetime.fromtimestamp(ts, tz).date()
-    start = datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()
-    _last_day = (tz, start, day_after_start(day.isoformat(), tz), day.isoformat())
+    _last_day = (tz, _midnight(day, tz), _midnight(day + timedelta(days=1), tz), day.isoformat())
     return day.isoformat()
 
 
@@ -70,8 +69,12 @@ def next_day_start(ts: float, tz: ZoneInfo) -> float:
 
 def day_after_start(day: str, tz: ZoneInfo) -> float:
     """The first instant of the day after ledger day ``day`` (ISO date), in ``tz``."""
-    d = date.fromisoformat(day) + timedelta(days=1)
-    return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
+    return _midnight(date.fromisoformat(day) + timedelta(days=1), tz)
+
+
+def _midnight(day: date, tz: ZoneInfo) -> float:
+    """The first instant of ``day`` in ``tz``."""
+    return datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()
 
 
 def _ensure_rows(conn: Connection, day: str, agents: Sequence[str]) -> None:
@@ -200,14 +203,21 @@ def _add_to(table: Table, names: Sequence[str]) -> dict[str, Any]:
     return {name: table.c[name] + bindparam(f"d_{name}") for name in names}
 
 
-# every change to a day's roll-up row: reservations given back, calls added (or taken back)
-_DAY_COUNTERS = (*USAGE_COUNTERS, "cost_usd", "unsettled_calls", "error_calls")
+# every change to a day's roll-up row: calls added (or taken back), reservations given back
+_DAY_COUNTERS = (
+    *USAGE_COUNTERS,
+    "cost_usd",
+    "unsettled_calls",
+    "error_calls",
+    "reserved_tokens",
+    "reserved_cost",
+)
 _ADJUST_DAY = (
     update(usage_daily)
     .where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
-    .values(_add_to(usage_daily, (*_DAY_COUNTERS, "reserved_tokens", "reserved_cost")))
+    .values(_add_to(usage_daily, _DAY_COUNTERS))
 )
-_NO_CHANGE = {f"d_{name}": 0 for name in (*_DAY_COUNTERS, "reserved_tokens", "reserved_cost")}
+_NO_CHANGE = {f"d_{name}": 0 for name in _DAY_COUNTERS}
 
 
 class _DayChanges:
