@@ -545,7 +545,7 @@ def _message(raw: Any) -> ChatMessage:
             }
         )
     return ChatMessage.model_validate(
-        {"role": "assistant", "content": content, "tool_calls": calls or None}
+        {"role": "assistant", "content": content, "tool_calls": calls}
     )
 
 
