@@ -45,7 +45,7 @@ bench-quick: setup
 	$(BIN)/python -m bench --quick
 
 migration: setup
-	$(BIN)/python -m harness.migrations.new "$(MSG)"
+	$(BIN)/python -m harness.store.migrations.new "$(MSG)"
 
 clean:
 	rm -rf $(VENV) var/*.db .mypy_cache .pytest_cache .ruff_cache

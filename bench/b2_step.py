@@ -32,8 +32,7 @@ LEASE_S = 60.0
 
 
 def _enqueue(db_url: str, n: int) -> None:
-    from harness import queue
-    from harness.store import Store
+    from harness.store import Store, queue
 
     st = Store.open(db_url)
     try:
@@ -69,14 +68,14 @@ class HarnessStep:
     and its state in one transaction), then ``TaskRunner.run``."""
 
     def __init__(self, rt: Any) -> None:
-        from harness import store
+        from harness.store import workers
 
         self.rt = rt
-        self.worker_id = rt.store.write_sync(store.register_worker, 1)
+        self.worker_id = rt.store.write_sync(workers.register_worker, 1)
 
     async def step(self) -> None:
         from harness.loop import TaskRunner, claim
-        from harness.schema import TaskStatus
+        from harness.store.schema import TaskStatus
 
         [(task, state)] = await self.rt.store.write(claim, self.worker_id, LEASE_S, 1)
         status = await TaskRunner(self.rt, task, self.worker_id, state).run()

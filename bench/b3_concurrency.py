@@ -82,8 +82,8 @@ async def server_ceiling(sizes: Sizes, server: FakeServerProcess) -> Section:
     s = Section(
         "Server",
         "the fake server is not the bottleneck",
-        "The fake server (`python -m harness.fakeserver`, a separate process) is driven by raw "
-        f"aiohttp, zero latency, {sizes.ceiling_calls} calls at 64 and at 256 concurrent "
+        "The fake server (`python -m harness.testing.fakeserver`, a separate process) is driven "
+        f"by raw aiohttp, zero latency, {sizes.ceiling_calls} calls at 64 and at 256 concurrent "
         "calls, 16-token and 2k-token answers. Its CPU time per call gives its ceiling on one "
         "core (1 / CPU per call); every benchmark also records the server's share of a core "
         "during each arm.",
@@ -219,7 +219,7 @@ class MeteredHarness:
 
     async def call(self) -> int:
         from harness import ledger
-        from harness.ledger import Budget
+        from harness.usage import Budget
 
         settings = self.inner.settings
         model = settings.models["fake"]
@@ -239,7 +239,7 @@ class MeteredHarness:
         await self.store.write(
             ledger.record, self.ctx, completion.records, settings, reservation_id=rid
         )
-        return completion.usage.total_tokens
+        return int(completion.usage.total_tokens)
 
     async def close(self) -> None:
         await self.inner.close()

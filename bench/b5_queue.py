@@ -43,7 +43,7 @@ PARENT = "SELECT parent_id FROM tasks WHERE id=?"
 
 
 class RawQueue:
-    """The same statements as ``harness.queue`` by hand, one transaction per transition."""
+    """The same statements as ``harness.store.queue`` by hand, one transaction per transition."""
 
     def __init__(self, conn: Any, postgres: bool) -> None:
         self.conn = conn
@@ -119,31 +119,31 @@ class RawQueue:
 
 
 class HarnessQueue:
-    """``harness.queue`` through a ``Store``: ``write`` (as the worker runs it) or
+    """``harness.store.queue`` through a ``Store``: ``write`` (as the worker runs it) or
     ``write_sync`` (the caller's thread, like the raw arm)."""
 
     def __init__(self, store: Any) -> None:
-        from harness import store as store_mod
+        from harness.store import workers
 
         self.store = store
-        self.worker_id = store.write_sync(store_mod.register_worker, 1)
+        self.worker_id = store.write_sync(workers.register_worker, 1)
 
     @staticmethod
     def _enqueue(conn: Any, n: int) -> None:
-        from harness import queue
+        from harness.store import queue
 
         for _ in range(n):
             queue.create_run(conn, GOAL, AGENT, max_attempts=3)
 
     @staticmethod
     def _complete_all(conn: Any, ids: list[int], worker_id: int) -> None:
-        from harness import queue
+        from harness.store import queue
 
         for task_id in ids:
             queue.complete(conn, task_id, worker_id, "ok")
 
     async def one(self, threaded: bool) -> None:
-        from harness import queue
+        from harness.store import queue
 
         w = self.store.write if threaded else _sync(self.store.write_sync)
         await w(queue.create_run, GOAL, AGENT, max_attempts=3)
@@ -151,7 +151,7 @@ class HarnessQueue:
         await w(queue.complete, task.id, self.worker_id, "ok")
 
     async def batch(self, size: int, threaded: bool) -> None:
-        from harness import queue
+        from harness.store import queue
 
         w = self.store.write if threaded else _sync(self.store.write_sync)
         await w(self._enqueue, size)
@@ -278,9 +278,9 @@ async def run(sizes: Sizes) -> Section:
         f"Per round: {sizes.b5_tasks} tasks one at a time (three transactions each: enqueue, "
         f"claim, complete), or {sizes.b5_batches} batches of {sizes.b5_batch} (one transaction "
         f"per step for the whole batch); {sizes.rounds} rounds, arms interleaved, each arm on "
-        "its own database (same migrated schema). harness = `harness.queue` functions through "
-        "`Store.write` (as the worker calls them: inline on an idle SQLite file, in a worker "
-        "thread on PostgreSQL); `write_sync` runs them in the caller's thread like the raw "
+        "its own database (same migrated schema). harness = `harness.store.queue` functions "
+        "through `Store.write` (as the worker calls them: inline on an idle SQLite file, in a "
+        "worker thread on PostgreSQL); `write_sync` runs them in the caller's thread like the raw "
         "arm. Raw = the same statements with sqlite3 / psycopg 3. PostgreSQL: the local "
         "server, a fresh database per arm.",
     )

@@ -118,9 +118,10 @@ def _timed(fn: Any, n: int) -> Any:
 
 
 async def run(sizes: Sizes) -> Section:
-    from harness import ledger, ledger_report
-    from harness.ledger import Budget
+    from harness import ledger
+    from harness.ledger import reads as ledger_report
     from harness.store import Store
+    from harness.usage import Budget
 
     today = date.today()
     day, since = today.isoformat(), (today - timedelta(days=29)).isoformat()

@@ -31,8 +31,7 @@ def harness_bin() -> str:
 
 
 def enqueue(db_url: str, n: int, agent: str = AGENT) -> None:
-    from harness import queue
-    from harness.store import Store
+    from harness.store import Store, queue
 
     st = Store.open(db_url)
     try:
@@ -85,6 +84,8 @@ class WorkerProcess:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self._reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
     def failure(self) -> str:
         return "\n".join(self.lines[-10:])

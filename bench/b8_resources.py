@@ -31,7 +31,7 @@ def _rss_mb(pid: int) -> float:
     for child in proc.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             total += child.memory_info().rss
-    return total / 2**20
+    return float(total / 2**20)
 
 
 def _time_command(args: list[str], runs: int) -> Spread:

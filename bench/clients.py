@@ -234,7 +234,7 @@ class Harness:
 
     async def call(self) -> int:
         completion = await self.provider.complete(self.request)
-        return completion.usage.total_tokens
+        return int(completion.usage.total_tokens)
 
     async def close(self) -> None:
         if self.provider is not None:

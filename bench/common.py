@@ -8,6 +8,7 @@ ratios with their spread (min..max). Absolute figures are context only.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -234,7 +235,7 @@ def diffs(results: dict[str, list[dict[str, float]]], arm: str, base: str, metri
 
 
 class FakeServerProcess:
-    """``python -m harness.fakeserver`` in a subprocess; knobs changed through ``/reset``."""
+    """``python -m harness.testing.fakeserver`` in a subprocess; knobs set through ``/reset``."""
 
     def __init__(self, **knobs: Any) -> None:
         self.knobs = knobs
@@ -244,7 +245,7 @@ class FakeServerProcess:
         self._ps: psutil.Process | None = None
 
     def start(self) -> FakeServerProcess:
-        args = [sys.executable, "-m", "harness.fakeserver", "--port", "0"]
+        args = [sys.executable, "-m", "harness.testing.fakeserver", "--port", "0"]
         for key, value in self.knobs.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
         self.proc = subprocess.Popen(
@@ -275,7 +276,8 @@ class FakeServerProcess:
             self.base_url + path, data=data, method="POST" if data else "GET"
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
+            answer: dict[str, Any] = json.loads(resp.read())
+            return answer
 
     def reset(self, **knobs: Any) -> None:
         """Zero the counters; change the given knobs (they stay changed)."""
@@ -288,7 +290,7 @@ class FakeServerProcess:
         """CPU time (user + system) the server process has used so far."""
         assert self._ps is not None
         t = self._ps.cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -298,6 +300,8 @@ class FakeServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
         self.proc = None
 
     def __enter__(self) -> FakeServerProcess:
@@ -429,8 +433,13 @@ def quiet_harness_logs() -> None:
     the cost of building every log line is measured, the terminal's is not."""
     from harness import logs
 
-    stream = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole process
-    logs.configure(json=True, level="info", stream=stream)
+    logs.configure(json=True, level="info", stream=_devnull())
+
+
+@functools.cache
+def _devnull() -> Any:
+    """One /dev/null stream for the whole process (configuring logs again reuses it)."""
+    return open(os.devnull, "w")
 
 
 # -- workspaces ---------------------------------------------------------------------------

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 
@@ -25,7 +27,9 @@ class Report:
     seconds: float = 0.0
 
 
-def _timed(section_fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+def _timed(
+    section_fn: Callable[..., Awaitable[Section]], *args: Any, **kwargs: Any
+) -> Callable[[], Awaitable[Section]]:
     async def run() -> Section:
         t0 = time.perf_counter()
         s: Section = await section_fn(*args, **kwargs)
@@ -111,7 +115,7 @@ def markdown(report: Report, command: str) -> str:
         f"{report.load_after}. The machine was shared with other work while this ran; see "
         "the note on noise below.",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
-        "- Fake server: `python -m harness.fakeserver` in its own process (aiohttp), knobs "
+        "- Fake server: `python -m harness.testing.fakeserver` in its own process (aiohttp), knobs "
         "set through `POST /reset` per benchmark.",
         "",
         "## Summary",

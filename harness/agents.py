@@ -16,6 +16,7 @@ Loading validates everything it can and reports every problem with its file, fie
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError, Problem
 from .settings import Settings
+from .usage import Budget
 
+DELEGATE = "delegate"  # the tool an agent with ``delegates_to`` is given (never in ``tools``)
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?\n?(.*)\Z", re.S | re.M)
 
@@ -54,6 +57,22 @@ class AgentSpec(BaseModel):
 
     def model_name(self, settings: Settings) -> str:
         return self.model or settings.default_model
+
+    def budget(self, settings: Settings) -> Budget:
+        """The agent's daily budget: its file's, else the config's default (the one rule)."""
+        b = settings.budgets
+        tokens = self.daily_token_budget
+        cost = self.daily_cost_budget
+        return Budget(
+            b.default_daily_tokens if tokens is None else tokens,
+            b.default_daily_cost_usd if cost is None else cost,
+        )
+
+    def budget_key(self, settings: Settings) -> str:
+        """A stable text form of every budget that applies to the agent (its own and the
+        workspace's): stored on a task paused for budget, which wakes when it changes."""
+        mine, shared = self.budget(settings), settings.budgets.workspace()
+        return json.dumps([mine.tokens, mine.cost_usd, shared.tokens, shared.cost_usd])
 
 
 @dataclass(frozen=True)
@@ -185,9 +204,9 @@ def check_team(
                 Problem(file, f"unknown model {model!r} (config has: {known})", "model")
             )
         for t in spec.tools:
-            if t == "delegate":
+            if t == DELEGATE:
                 problems.append(
-                    Problem(file, "'delegate' is given by delegates_to, not tools", "tools")
+                    Problem(file, f"{DELEGATE!r} is given by delegates_to, not tools", "tools")
                 )
             elif t not in tool_names:
                 problems.append(Problem(file, f"unknown tool {t!r}", "tools"))

@@ -1,8 +1,8 @@
 """Every error harness raises, in three families kept apart.
 
 - ``ConfigError``: bad input from a user (a file, a field, an argument). Exit code 2.
-- ``HarnessError`` subclasses for run failures: a provider that gave up, a tool that broke,
-  a store transition that lost a race. Exit code 1 when a run ends that way.
+- ``HarnessError`` subclasses for run failures: a provider that gave up, a tool that broke.
+  Exit code 1 when a run ends that way.
 - ``ControlSignal`` subclasses are control flow (budget exhausted, lease lost), not failures.
 
 Structured fields live on attributes; ``str(error)`` is one human sentence.
@@ -46,22 +46,6 @@ class ConfigError(Exception):
             problems = [problems]
         self.problems: list[Problem] = problems
         super().__init__("\n".join(str(p) for p in problems))
-
-
-class StoreError(HarnessError):
-    """A store operation could not be carried out (e.g. a guarded UPDATE matched no row)."""
-
-
-class TransitionError(StoreError):
-    """A status change found the row in another state than expected."""
-
-    def __init__(self, task_id: int, expected: str, target: str) -> None:
-        self.task_id = task_id
-        self.expected = expected
-        self.target = target
-        super().__init__(
-            f"task {task_id} could not move to {target!r}: it was no longer {expected!r}"
-        )
 
 
 class ProviderError(HarnessError):

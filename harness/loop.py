@@ -16,74 +16,42 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import anyio
 import structlog
+from sqlalchemy import Connection
 
-from . import ledger, queue
-from .agents import AgentSpec
-from .errors import BudgetExceeded, LeaseLost, ProviderError, RunFailed
-from .jsontools import new_call_id
+from . import ledger
+from .agents import DELEGATE, AgentSpec
+from .errors import BudgetExceeded, LeaseLost, ProviderError, RunFailed, ToolError
 from .messages import ChatMessage, ChatRequest, ToolCall, ToolSpec
 from .provider import Completion
-from .queue import NewTask, Task
+from .provider.jsontools import new_call_id
+from .provider.tokens import estimate_prompt_tokens
 from .runtime import Runtime
-from .schema import TERMINAL, TaskStatus
 from .settings import Settings
-from .store import StoredMessage, append_messages, load_transcript
-from .tokens import estimate_prompt_tokens
-from .tools import ToolContext, delegate_spec
+from .store import TERMINAL, TaskStatus, queue
+from .store.queue import NewTask, Task
+from .store.transcripts import StoredMessage, append_messages, load_transcript
+from .tools import ToolContext, delegate_spec, delegation
 from .usage import CallRecord
 
 log = structlog.get_logger("harness.loop")
 
 
-class StepOutcome(StrEnum):
-    """What one model step led to: a closed set."""
-
-    FINAL = "final"
-    TOOLS = "tools"
-    DELEGATE = "delegate"
-    FAILURE = "failure"
-
-
-def budgets(rt: Runtime, agent: AgentSpec) -> tuple[ledger.Budget, ledger.Budget]:
-    """The agent's daily budget (its file, else the config default) and the workspace's."""
-    b = rt.settings.budgets
-    tokens = (
-        agent.daily_token_budget if agent.daily_token_budget is not None else b.default_daily_tokens
-    )
-    cost = (
-        agent.daily_cost_budget if agent.daily_cost_budget is not None else b.default_daily_cost_usd
-    )
-    return ledger.Budget(tokens, cost), ledger.Budget(
-        b.workspace_daily_tokens, b.workspace_daily_cost_usd
-    )
-
-
-def budget_key(rt: Runtime, agent: AgentSpec) -> str:
-    """A stable text form of the budgets that apply to an agent (stored on paused tasks)."""
-    mine, workspace = budgets(rt, agent)
-    return json.dumps([mine.tokens, mine.cost_usd, workspace.tokens, workspace.cost_usd])
-
-
-def _delegate_calls(transcript: Sequence[StoredMessage]) -> list[tuple[ToolCall, dict[str, Any]]]:
-    out = []
+def _delegated_to(transcript: Sequence[StoredMessage]) -> set[str]:
+    """The agents this task's delegate calls named (valid or not)."""
+    names = set()
     for sm in transcript:
         for call in sm.message.tool_calls or []:
-            if call.function.name == "delegate":
-                out.append((call, _args(call)))
-    return out
-
-
-def _args(call: ToolCall) -> dict[str, Any]:
-    try:
-        value = json.loads(call.function.arguments or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+            if call.function.name == DELEGATE:
+                try:
+                    names.add(str(json.loads(call.function.arguments or "{}").get("agent")))
+                except (ValueError, AttributeError):
+                    continue
+    return names
 
 
 def pending_calls(transcript: Sequence[StoredMessage]) -> list[ToolCall]:
@@ -152,7 +120,7 @@ class TaskRunner:
             last = self.transcript[-1].message
             if last.role == "assistant":
                 return await self._complete(last.content or "")
-            if await self._step() == StepOutcome.FINAL:  # completed with the answer
+            if await self._step():  # answered: the step's transaction completed the task
                 return self._done(self.transcript[-1].message.content or "")
 
     def _opening(self) -> list[ChatMessage]:
@@ -209,7 +177,7 @@ class TaskRunner:
             1
             for sm in self.transcript
             if any(
-                c.function.name == "delegate" and c.id in answered
+                c.function.name == DELEGATE and c.id in answered
                 for c in sm.message.tool_calls or []
             )
         )
@@ -220,7 +188,7 @@ class TaskRunner:
         """Tools for this step, stable order first (delegate, then by name), and tool_choice."""
         agent = self.agent
         targets = self._delegable()
-        done = {str(args.get("agent")) for _, args in _delegate_calls(self.transcript)}
+        done = _delegated_to(self.transcript)
         missing = agent.min_delegations - len(done & set(agent.delegates_to))
         descriptions = {
             n: self.rt.team[n].description for n in agent.delegates_to if n in self.rt.team
@@ -234,102 +202,60 @@ class TaskRunner:
             return [], None, None
         return specs, ("none" if last_step else "auto"), None
 
-    async def _step(self) -> StepOutcome:
+    async def _step(self) -> bool:
+        """One model call: request -> reserve -> call -> persist. True when it answered (the
+        task is then complete); False when it made tool calls (now pending)."""
         request = self._request()
-        agent = self.agent
-        settings = self.rt.settings
-        prompt_est = estimate_prompt_tokens(request)
-        budget, workspace_budget = budgets(self.rt, agent)
-        ctx = ledger.CallContext(agent.name, self.task.run_id, self.task.id, self.worker_id)
-
-        held: list[int] = []  # reservations taken for this completion and not yet settled
-        settled = 0  # how many of its attempts are in the ledger already
-
-        async def reserve(model_name: str, attempts: Sequence[CallRecord] = ()) -> None:
-            """Hold the worst case of the next attempt on ``model_name`` (retries and
-            fallbacks spend tokens too, so each is covered before it is sent), recording
-            the attempts that failed so far in the same transaction: a worker that dies
-            mid-call leaves at most one reservation per task behind."""
-            nonlocal settled
-            model = settings.models[model_name]
-            max_tokens = request.max_tokens or model.max_tokens
-            opening = (self.task.id, self.worker_id, self.unsaved)  # seq 0 on: a new task
-            rid, stored = await self.rt.store.write(
-                _next_attempt_tx,
-                ctx,
-                attempts[settled:],
-                list(held),
-                settings,
-                opening,
-                model=model_name,
-                provider=model.provider,
-                tokens=prompt_est + max_tokens,
-                cost=model.cost(prompt_est, 0, max_tokens),
-                budget=budget,
-                workspace_budget=workspace_budget,
-                day=ledger.day_of(queue.now(), settings.tz),  # the day it is sent on
-            )
-            held[:] = [rid]
-            settled = len(attempts)
-            if self.unsaved:
-                self.transcript[: len(stored)] = stored
-                self.unsaved = []
-
-        await reserve(request.model)
-        self.rt.emit("model_call", task_id=self.task.id, agent=agent.name)
+        held = Reservation(self, request)
+        await self._reserve(held, request.model)
+        self.rt.emit("model_call", task_id=self.task.id, agent=self.agent.name)
         try:
-            completion = await self.rt.provider.complete(request, before_attempt=reserve)
+            completion = await self.rt.provider.complete(
+                request, before_attempt=partial(self._reserve, held)
+            )
         except (ProviderError, BudgetExceeded) as exc:
-            records = getattr(exc, "records", [])
-            with anyio.CancelScope(shield=True):  # paid attempts are recorded, whatever comes
-                await self.rt.store.write(_record_tx, ctx, records[settled:], settings, held)
+            await held.record_failure(getattr(exc, "records", []))
             raise
         except BaseException:
             # cancelled mid-call (shutdown, lost lease, cancelled run): the server may have
             # served it, so it is charged with its estimate rather than silently forgotten
-            with anyio.CancelScope(shield=True):
-                await self.rt.store.write(_unsettle_tx, settings, held, "cancelled while in flight")
+            await held.unsettle("cancelled while in flight")
             raise
-        try:
-            with anyio.CancelScope(shield=True):  # an answer that arrived is never dropped
-                await self._persist_step(ctx, completion, completion.records[settled:], held)
-        except LeaseLost:
-            raise
-        except Exception:
-            with anyio.CancelScope(shield=True):
-                why = "answered, but the answer could not be stored"
-                await self.rt.store.write(_unsettle_tx, settings, held, why)
-            raise
-        self.rt.emit("model_done", task_id=self.task.id, agent=agent.name, usage=completion.usage)
-        message = completion.message
-        if not message.tool_calls:
-            return StepOutcome.FINAL
-        names = {c.function.name for c in message.tool_calls}
-        return StepOutcome.DELEGATE if "delegate" in names else StepOutcome.TOOLS
+        await self._persist_step(held, completion)
+        self.rt.emit(
+            "model_done", task_id=self.task.id, agent=self.agent.name, usage=completion.usage
+        )
+        return not completion.message.tool_calls
 
-    async def _persist_step(
-        self,
-        ctx: ledger.CallContext,
-        completion: Completion,
-        records: Sequence[CallRecord],
-        reservations: list[int],
+    async def _reserve(
+        self, held: Reservation, model: str, attempts: Sequence[CallRecord] = ()
     ) -> None:
+        """Reserve the next attempt on ``model``; the first one also stores a new task's
+        opening messages (one transaction fewer)."""
+        stored = await held.take(model, attempts, opening=self.unsaved)
+        if self.unsaved:
+            self.transcript[: len(stored)] = stored
+            self.unsaved = []
+
+    async def _persist_step(self, held: Reservation, completion: Completion) -> None:
+        """The answer, its ledger rows and the settled reservation, in one transaction. An
+        answer that arrived is never dropped: the write is shielded from cancellation, and
+        if it fails the call is charged with its estimate (unsettled)."""
         message = ChatMessage(
             role="assistant",
             content=completion.message.content,
             tool_calls=self._fresh_ids(completion.message.tool_calls or []) or None,
         )
-        appended = await self.rt.store.write(
-            _persist_step_tx,
-            self.task,
-            self.worker_id,
-            ctx,
-            records,
-            reservations,
-            self.rt.settings,
-            message,
-            self._next_seq(),
-        )
+        records = held.unrecorded(completion.records)
+        try:
+            with anyio.CancelScope(shield=True):
+                appended = await self.rt.store.write(
+                    _persist_step_tx, self.task, self.worker_id, held, records, message,
+                    self._next_seq(),
+                )  # fmt: skip
+        except Exception:
+            await held.unsettle("answered, but the answer could not be stored")
+            raise
         if appended is None:
             raise LeaseLost(self.task.id)
         self.transcript.extend(appended)
@@ -372,7 +298,7 @@ class TaskRunner:
     async def _act(self, pending: list[ToolCall]) -> bool:
         """Execute pending tool calls; returns True when the task now waits for children."""
         self._check_loops()
-        delegations = [c for c in pending if c.function.name == "delegate"]
+        delegations = [c for c in pending if c.function.name == DELEGATE]
         results: list[ChatMessage] = []
         ctx = ToolContext(
             run_id=self.task.run_id,
@@ -385,7 +311,7 @@ class TaskRunner:
         allowed = set(self.agent.tools)
         cap = self.rt.settings.limits.tool_output_chars
         for call in pending:
-            if call.function.name == "delegate":
+            if call.function.name == DELEGATE:
                 continue
             res = await self.rt.tools.call(
                 call.function.name, call.function.arguments, ctx, allowed=allowed, max_chars=cap
@@ -411,12 +337,16 @@ class TaskRunner:
             elif child is not None:  # created before a crash, still running: wait for it
                 spawn.append(NewTask(child.agent, child.input, call.id))
             else:
-                problem = _delegation_problem(_args(call), targets, room)
-                if problem:
-                    results.append(_tool_message(call, problem))
+                try:
+                    agent, task = delegation(call.function.arguments, targets)
+                except ToolError as exc:
+                    results.append(_tool_message(call, f"error: {exc}"))
                     continue
-                args = _args(call)
-                spawn.append(NewTask(str(args["agent"]), str(args["task"]), call.id))
+                if room <= 0:
+                    limit = "this task has reached its limit of sub-tasks (limits.max_children)"
+                    results.append(_tool_message(call, f"error: {limit}"))
+                    continue
+                spawn.append(NewTask(agent, task, call.id))
                 room -= 1
         if results:
             await self._append(results)
@@ -461,7 +391,7 @@ class TaskRunner:
         # the end of today (a refusal just after midnight must not wait an extra day)
         until = ledger.day_after_start(exc.day, self.rt.settings.tz)
         try:
-            key = budget_key(self.rt, self.agent)
+            key = self.agent.budget_key(self.rt.settings)
             await self.rt.store.write(
                 queue.pause, self.task.id, self.worker_id, str(exc), until, key
             )
@@ -469,19 +399,6 @@ class TaskRunner:
             return TaskStatus.CANCELLED
         self.log.warning("task_paused", reason=str(exc))
         return TaskStatus.PAUSED
-
-
-def _delegation_problem(args: dict[str, Any], targets: set[str], room: int) -> str | None:
-    """Why a delegate call cannot be carried out (a message for the model), or None."""
-    target, text = args.get("agent"), args.get("task")
-    choices = ", ".join(sorted(targets)) or "nobody"
-    if target not in targets:
-        return f"error: cannot delegate to {target!r}; you may delegate to: {choices}"
-    if not isinstance(text, str) or not text.strip():
-        return "error: 'task' must be a non-empty string describing the work"
-    if room <= 0:
-        return "error: this task has reached its limit of sub-tasks (limits.max_children)"
-    return None
 
 
 def _canonical(arguments: str) -> str:
@@ -502,37 +419,102 @@ def _child_result(child: Task) -> str:
     return f"error: sub-task {child.id} ({child.agent}) {child.status}: {why}"
 
 
-def _record_tx(
-    conn: Any,
-    ctx: ledger.CallContext,
-    records: Sequence[CallRecord],
-    settings: Settings,
-    reservations: Sequence[int],
-) -> list[int]:
-    """Record a call's attempts and settle every reservation held for it."""
-    return ledger.record(conn, ctx, records, settings, extra_reservations=reservations)
+class Reservation:
+    """The budget held for one model call (invariant 2).
+
+    Each attempt's worst case (prompt estimate + ``max_tokens``) is reserved before it is
+    sent. Retries and fallbacks spend tokens too, so each reserves its own, in the transaction
+    that records the attempts failed so far and releases what they held: a task holds one
+    reservation at a time, and a worker that dies mid-call leaves at most one behind. After
+    the call, its records settle the reservation (:func:`_persist_step_tx`,
+    :meth:`record_failure`), or it is charged with its estimate (:meth:`unsettle`) when the
+    call may have been served but its answer is not recorded.
+    """
+
+    def __init__(self, runner: TaskRunner, request: ChatRequest) -> None:
+        task, agent, settings = runner.task, runner.agent, runner.rt.settings
+        self.store = runner.rt.store
+        self.settings = settings
+        self.task_id, self.worker_id = task.id, runner.worker_id
+        self.ctx = ledger.CallContext(agent.name, task.run_id, task.id, runner.worker_id)
+        self.prompt_estimate = estimate_prompt_tokens(request)
+        self.max_tokens = request.max_tokens
+        self.budget, self.workspace_budget = agent.budget(settings), settings.budgets.workspace()
+        self.ids: list[int] = []  # the reservation taken and not yet settled
+        self.settled = 0  # how many of the call's attempts are in the ledger already
+
+    def unrecorded(self, records: Sequence[CallRecord]) -> Sequence[CallRecord]:
+        """The attempts among ``records`` not in the ledger yet."""
+        return records[self.settled :]
+
+    async def take(
+        self,
+        model: str,
+        attempts: Sequence[CallRecord] = (),
+        *,
+        opening: Sequence[ChatMessage] = (),
+    ) -> list[StoredMessage]:
+        """Reserve the next attempt on ``model``, recording ``attempts`` (the failed ones so
+        far); ``opening``: a new task's first messages, stored in the same transaction.
+        Raises BudgetExceeded when a budget cannot cover it (nothing is then written)."""
+        max_tokens = self.max_tokens or self.settings.models[model].max_tokens
+        new = list(self.unrecorded(attempts))
+        rid, stored = await self.store.write(
+            _next_attempt_tx, self, new, model, max_tokens, list(opening)
+        )
+        self.ids, self.settled = [rid], len(attempts)
+        return stored
+
+    async def record_failure(self, records: Sequence[CallRecord]) -> None:
+        """The call failed for good: record its attempts, settle the reservation."""
+        with anyio.CancelScope(shield=True):  # paid attempts are recorded, whatever comes
+            await self.store.write(_record_tx, self, self.unrecorded(records))
+
+    async def unsettle(self, why: str) -> None:
+        """Charge the reservation as an *unsettled* call (its answer is not recorded)."""
+        with anyio.CancelScope(shield=True):
+            await self.store.write(_unsettle_tx, self.settings, self.ids, why)
+
+
+def _record_tx(conn: Connection, held: Reservation, records: Sequence[CallRecord]) -> list[int]:
+    """Record a call's attempts and settle the reservation held for it."""
+    return ledger.record(conn, held.ctx, records, held.settings, extra_reservations=held.ids)
 
 
 def _next_attempt_tx(
-    conn: Any,
-    ctx: ledger.CallContext,
+    conn: Connection,
+    held: Reservation,
     failed: Sequence[CallRecord],
-    held: Sequence[int],
-    settings: Settings,
-    opening: tuple[int, int, list[ChatMessage]],
-    **reservation: Any,
+    model_name: str,
+    max_tokens: int,
+    opening: list[ChatMessage],
 ) -> tuple[int, list[StoredMessage]]:
-    """Record failed attempts, settling what they held, and reserve the next attempt; the
-    first one also stores a new task's opening messages (while this worker owns the task)."""
-    task_id, worker_id, msgs = opening
-    stored = _append_tx(conn, task_id, worker_id, msgs, 0) if msgs else []
+    """Record failed attempts, settling what they held, and reserve the next attempt on the
+    day it is sent; the first one also stores a new task's opening messages (while this
+    worker owns the task)."""
+    stored = _append_tx(conn, held.task_id, held.worker_id, opening, 0) if opening else []
     if stored is None:
-        raise LeaseLost(task_id)
-    _record_tx(conn, ctx, failed, settings, held)
-    return ledger.reserve(conn, ctx, **reservation), stored
+        raise LeaseLost(held.task_id)
+    _record_tx(conn, held, failed)
+    model = held.settings.models[model_name]
+    estimate = held.prompt_estimate
+    rid = ledger.reserve(
+        conn,
+        held.ctx,
+        model=model_name,
+        provider=model.provider,
+        tokens=estimate + max_tokens,
+        cost=model.cost(estimate, 0, max_tokens),
+        budget=held.budget,
+        workspace_budget=held.workspace_budget,
+        day=ledger.day_of(queue.now(), held.settings.tz),
+    )
+    return rid, stored
 
 
-def _unsettle_tx(conn: Any, settings: Settings, reservations: Sequence[int], why: str) -> None:
+def _unsettle_tx(
+    conn: Connection, settings: Settings, reservations: Sequence[int], why: str
+) -> None:
     for rid in reservations:
         ledger.settle_unsettled(conn, settings, rid, f"{why}; charged with the reserved estimate")
 
@@ -540,7 +522,7 @@ def _unsettle_tx(conn: Any, settings: Settings, reservations: Sequence[int], why
 State = tuple[list[StoredMessage], int]  # a task's transcript and how many children it made
 
 
-def load_state(conn: Any, task: Task) -> State:
+def load_state(conn: Connection, task: Task) -> State:
     """The task's transcript and how many sub-tasks it has created (one read). A task that
     has taken no model step yet has delegated nothing: its children are not counted."""
     children = queue.count_children(conn, task.id) if task.steps else 0
@@ -548,7 +530,7 @@ def load_state(conn: Any, task: Task) -> State:
 
 
 def claim(
-    conn: Any, worker_id: int, lease_s: float, limit: int = 1, *, run_id: int | None = None
+    conn: Connection, worker_id: int, lease_s: float, limit: int = 1, *, run_id: int | None = None
 ) -> list[tuple[Task, State]]:
     """Lease runnable tasks (``queue.claim``) and read each one's state in the same
     transaction, so a runner starts without a read of its own."""
@@ -557,7 +539,7 @@ def claim(
 
 
 def _append_tx(
-    conn: Any, task_id: int, worker_id: int, msgs: list[ChatMessage], first_seq: int
+    conn: Connection, task_id: int, worker_id: int, msgs: list[ChatMessage], first_seq: int
 ) -> list[StoredMessage] | None:
     """Append to the transcript of a task this worker still owns (None when it does not);
     ``first_seq`` comes from the runner's copy, which the lease keeps true."""
@@ -567,20 +549,18 @@ def _append_tx(
 
 
 def _persist_step_tx(
-    conn: Any,
+    conn: Connection,
     task: Task,
     worker_id: int,
-    ctx: ledger.CallContext,
+    held: Reservation,
     records: Sequence[CallRecord],
-    reservations: list[int],
-    settings: Settings,
     message: ChatMessage,
     seq: int,
 ) -> list[StoredMessage] | None:
     """Ledger rows always (the call was paid for); the transcript only while we own the task
     (None when we no longer do). A final answer completes the task in the same statement
     that counts the step."""
-    ids = _record_tx(conn, ctx, records, settings, reservations)
+    ids = _record_tx(conn, held, records)
     try:
         if message.tool_calls:
             if not queue.touch(conn, task.id, worker_id, steps_delta=1):

@@ -18,10 +18,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, and_, func, select
 
-from . import views
-from .ledger import Budget
-from .schema import TERMINAL, TaskStatus, calls, runs, tasks
 from .settings import Settings
+from .store import views
+from .store.schema import TERMINAL, TaskStatus, calls, runs, tasks
+from .usage import Budget
 
 ANSWER_CHARS = 1500
 ERROR_CHARS = 300

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ import structlog
 from .agents import Team, load_team
 from .errors import ConfigError
 from .provider import OpenAIProvider, Provider
+from .provider.local import ensure_local_server
 from .settings import Settings, Workspace
 from .store import Store
 from .tools import ToolRegistry, default_registry, load_workspace_tools
@@ -105,3 +107,16 @@ def build_runtime(
     )
     rt._agents_sig = _agents_signature(workspace)
     return rt
+
+
+@asynccontextmanager
+async def open_runtime(workspace: Workspace, **kwargs: Any) -> AsyncIterator[Runtime]:
+    """A runtime for ``workspace`` (see :func:`build_runtime`) with the embedded model's
+    server running when its agents need it, closed (and the server stopped) on exit."""
+    rt = build_runtime(workspace, **kwargs)
+    try:
+        log_path = workspace.var_dir / "local-server.log"
+        async with ensure_local_server(rt.settings, log_path=log_path, models=rt.models_in_use()):
+            yield rt
+    finally:
+        await rt.aclose()

@@ -1,11 +1,7 @@
 """Cron schedules: ``[[schedules]]`` in ``config/harness.toml`` start runs at their instants.
 
-An *instant* is a moment at which the schedule's wall clock (its ``timezone``, default the
-workspace's) matches the cron expression. Around DST changes:
-
-- a wall time skipped when clocks go forward fires once, at the first instant after the gap;
-- a wall time repeated when clocks go back fires once, at its first occurrence, unless the
-  hour field is ``*`` (then every real occurrence fires, as an hourly job should).
+Instants (and what happens around DST changes) are :mod:`harness.cron`'s; a schedule's clock
+is its ``timezone``, default the workspace's. Validation lives with the settings.
 
 Every worker calls :func:`fire_due` during maintenance. The ``schedules`` table holds, per name,
 the last instant handled; an instant is claimed with a guarded UPDATE (``last_fire_at < instant``)
@@ -15,27 +11,26 @@ machines (SQLite or PostgreSQL) a given instant fires exactly once.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
-from croniter import CroniterError, croniter
 from sqlalchemy import Connection, and_, or_, select, update
 
-from . import queue
-from .db import insert_ignore
-from .errors import Problem
-from .ledger import Budget
-from .schema import TERMINAL, runs, schedules, tasks
-from .settings import CONFIG_FILE, ScheduleConfig, Settings
+from . import cron
+from .report import build_report
+from .settings import ScheduleConfig, Settings
+from .store import queue
+from .store.engine import insert_ignore
+from .store.schema import TERMINAL, runs, schedules, tasks
+from .usage import Budget
 
 log = structlog.get_logger("harness.schedules")
 
-__all__ = ["describe", "fire_due", "latest_fire", "next_fire", "validate_schedules"]
+__all__ = ["describe", "fire_due", "latest_fire", "next_fire", "zone"]
 
 
 def zone(schedule: ScheduleConfig, settings: Settings) -> ZoneInfo:
@@ -43,68 +38,14 @@ def zone(schedule: ScheduleConfig, settings: Settings) -> ZoneInfo:
     return ZoneInfo(schedule.timezone or settings.timezone)
 
 
-def _instants(expr: str, tz: ZoneInfo, start: float, *, backwards: bool) -> Iterator[float]:
-    """Instants strictly after (or strictly before) ``start``, nearest first.
-
-    croniter yields both occurrences of a repeated wall time; the second one (``fold=1``) is
-    dropped unless the hour field is a wildcard.
-    """
-    it = croniter(expr, datetime.fromtimestamp(start, tz))
-    every_hour = it.expanded[1] == ["*"]
-    step = it.get_prev if backwards else it.get_next
-    while True:
-        ts = float(step(float))
-        if every_hour or datetime.fromtimestamp(ts, tz).fold == 0:
-            yield ts
-
-
 def next_fire(schedule: ScheduleConfig, settings: Settings, after: float) -> float:
-    """The first instant strictly after ``after`` (epoch seconds)."""
-    return next(_instants(schedule.cron, zone(schedule, settings), after, backwards=False))
+    """The first instant of ``schedule`` strictly after ``after`` (epoch seconds)."""
+    return cron.next_instant(schedule.cron, zone(schedule, settings), after)
 
 
 def latest_fire(schedule: ScheduleConfig, settings: Settings, at: float) -> float:
-    """The latest instant at or before ``at``. Instants fall on whole seconds, so "strictly
-    before the next whole second" is "at or before ``at``"."""
-    start = math.floor(at) + 1.0
-    return next(_instants(schedule.cron, zone(schedule, settings), start, backwards=True))
-
-
-# -- validation ----------------------------------------------------------------------------
-
-
-def validate_schedules(settings: Settings, file: str = CONFIG_FILE) -> list[Problem]:
-    """Every problem with ``[[schedules]]``: bad cron expressions (including ones that never
-    match, like ``0 0 31 2 *``), unknown time zones, duplicate or empty names, empty goals.
-    Fields are named ``schedules[i].cron`` and so on."""
-    problems: list[Problem] = []
-    seen: dict[str, int] = {}
-    for i, s in enumerate(settings.schedules):
-        where = f"schedules[{i}]"
-        if not s.name.strip():
-            problems.append(Problem(file, "needs a non-empty name", f"{where}.name"))
-        elif s.name in seen:
-            msg = f"duplicate schedule name {s.name!r} (also schedules[{seen[s.name]}])"
-            problems.append(Problem(file, msg, f"{where}.name"))
-        seen.setdefault(s.name, i)
-        if not s.goal.strip() and not s.report:
-            problems.append(Problem(file, "needs a non-empty goal", f"{where}.goal"))
-        problems.extend(_check_time(s, settings, file, where))
-    return problems
-
-
-def _check_time(s: ScheduleConfig, settings: Settings, file: str, where: str) -> list[Problem]:
-    problems = []
-    tz = ZoneInfo("UTC")
-    try:
-        tz = zone(s, settings)
-    except (ZoneInfoNotFoundError, ValueError):
-        problems.append(Problem(file, f"unknown time zone {s.timezone!r}", f"{where}.timezone"))
-    try:
-        next(_instants(s.cron, tz, 0.0, backwards=False))
-    except (CroniterError, ValueError, KeyError, TypeError) as exc:
-        problems.append(Problem(file, f"bad cron expression {s.cron!r}: {exc}", f"{where}.cron"))
-    return problems
+    """The latest instant of ``schedule`` at or before ``at``."""
+    return cron.latest_instant(schedule.cron, zone(schedule, settings), at)
 
 
 # -- firing --------------------------------------------------------------------------------
@@ -153,7 +94,7 @@ def fire_due(
             continue
         try:
             instant = latest_fire(s, settings, now)
-        except (CroniterError, ValueError, KeyError, ZoneInfoNotFoundError) as exc:
+        except (*cron.CRON_ERRORS, ZoneInfoNotFoundError) as exc:
             log.error("schedule_invalid", schedule=s.name, cron=s.cron, error=str(exc))
             continue
         last = known[s.name]
@@ -213,8 +154,6 @@ def _write_report(
     root: Path | None,
     budgets: Mapping[str, Budget] | None,
 ) -> None:
-    from .report import build_report  # report reads views; keep start-up light
-
     local = datetime.fromtimestamp(instant, zone(s, settings))
     path = (root or Path.cwd()) / local.strftime(s.report or "")
     try:
@@ -270,7 +209,7 @@ def _describe_one(s: ScheduleConfig, settings: Settings, now: float, row: Any) -
         tz: ZoneInfo | None = zone(s, settings)
         after = max(now, row.last_fire_at) if row is not None and row.last_fire_at else now
         nxt: float | None = next_fire(s, settings, after)
-    except (CroniterError, ValueError, KeyError, ZoneInfoNotFoundError):
+    except (*cron.CRON_ERRORS, ZoneInfoNotFoundError):
         tz, nxt = None, None
 
     def iso(ts: float | None) -> str | None:

@@ -26,8 +26,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import logs
+from . import cron, logs
 from .errors import ConfigError, Problem
+from .usage import Budget
 
 CONFIG_FILE = "config/harness.toml"
 ENV_PREFIX = "HARNESS_"
@@ -98,6 +99,10 @@ class BudgetConfig(_Frozen):
     default_daily_cost_usd: float | None = Field(default=None, ge=0)
     workspace_daily_tokens: int | None = Field(default=None, ge=0)
     workspace_daily_cost_usd: float | None = Field(default=None, ge=0)
+
+    def workspace(self) -> Budget:
+        """The workspace's daily budget (every agent together)."""
+        return Budget(self.workspace_daily_tokens, self.workspace_daily_cost_usd)
 
 
 class LimitsConfig(_Frozen):
@@ -306,9 +311,40 @@ def check_references(
                     f"providers.{name}.api_key_env",
                 )
             )
-    from .schedules import validate_schedules  # imports this module: import here
-
     problems.extend(validate_schedules(settings, file))
+    return problems
+
+
+def validate_schedules(settings: Settings, file: str = CONFIG_FILE) -> list[Problem]:
+    """Every problem with ``[[schedules]]``: bad cron expressions (including ones that never
+    match, like ``0 0 31 2 *``), unknown time zones, duplicate or empty names, empty goals.
+    Fields are named ``schedules[i].cron`` and so on."""
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for i, s in enumerate(settings.schedules):
+        where = f"schedules[{i}]"
+        if not s.name.strip():
+            problems.append(Problem(file, "needs a non-empty name", f"{where}.name"))
+        elif s.name in seen:
+            msg = f"duplicate schedule name {s.name!r} (also schedules[{seen[s.name]}])"
+            problems.append(Problem(file, msg, f"{where}.name"))
+        seen.setdefault(s.name, i)
+        if not s.goal.strip() and not s.report:
+            problems.append(Problem(file, "needs a non-empty goal", f"{where}.goal"))
+        problems.extend(_check_time(s, settings, file, where))
+    return problems
+
+
+def _check_time(s: ScheduleConfig, settings: Settings, file: str, where: str) -> list[Problem]:
+    problems = []
+    tz = ZoneInfo("UTC")
+    try:
+        tz = ZoneInfo(s.timezone or settings.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(Problem(file, f"unknown time zone {s.timezone!r}", f"{where}.timezone"))
+    bad = cron.problem(s.cron, tz)
+    if bad:
+        problems.append(Problem(file, bad, f"{where}.cron"))
     return problems
 
 

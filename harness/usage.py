@@ -1,4 +1,4 @@
-"""Token usage and call records: what one model call cost and how it went."""
+"""Token usage, call records and budgets: what one model call cost, how it went, what is allowed."""
 
 from __future__ import annotations
 
@@ -49,3 +49,15 @@ class CallRecord:
     attempt: int = 1
     status: int | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Daily limits for one agent (or the workspace). None means unlimited."""
+
+    tokens: int | None = None
+    cost_usd: float | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.tokens is None and self.cost_usd is None

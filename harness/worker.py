@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
-from . import ledger, queue, store
+from . import clock, ledger, schedules
 from .errors import LeaseLost
-from .loop import Runtime, State, TaskRunner, budget_key, claim
-from .loop import budgets as loop_budgets
-from .queue import Task
+from .loop import State, TaskRunner, claim
+from .runtime import Runtime
+from .store import queue, workers
+from .store.queue import Task
 
 log = structlog.get_logger("harness.worker")
 
@@ -51,7 +52,7 @@ class Worker:
     async def run(self) -> None:
         """Work until stopped (signal, ``stop_when`` or, with ``until_idle``, no work left)."""
         st = self.rt.store
-        self.id = await st.write(store.register_worker, self.concurrency)
+        self.id = await st.write(workers.register_worker, self.concurrency)
         log.info("worker_started", worker_id=self.id, concurrency=self.concurrency, pid=os.getpid())
         await self.maintain(force=True)
         try:
@@ -64,7 +65,7 @@ class Worker:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await st.write(store.stop_worker, self.id)
+                await st.write(workers.stop_worker, self.id)
             log.info("worker_stopped", worker_id=self.id)
 
     def stop(self) -> None:
@@ -179,7 +180,7 @@ class Worker:
         log.warning("worker_declared_dead", worker_id=self.id, running=len(self._running))
         for scope in self._running.values():
             scope.cancel()
-        self.id = await self.rt.store.write(store.register_worker, self.concurrency)
+        self.id = await self.rt.store.write(workers.register_worker, self.concurrency)
         log.info("worker_started", worker_id=self.id, concurrency=self.concurrency, pid=os.getpid())
 
     async def maintain(self, *, force: bool = False) -> None:
@@ -224,7 +225,7 @@ class Worker:
 
 def _beat(conn: Connection, worker_id: int, ids: list[int], lease_s: float) -> set[int] | None:
     """Heartbeat and lease renewal; the ids still owned, or None when declared dead."""
-    if not store.beat_worker(conn, worker_id):
+    if not workers.beat_worker(conn, worker_id):
         return None
     return queue.heartbeat(conn, worker_id, ids, lease_s)
 
@@ -234,28 +235,22 @@ def _claim(
 ) -> list[tuple[Task, State]] | None:
     """Claim (with each task's state) under this worker's id, unless it was declared dead
     (None)."""
-    alive = conn.execute(
-        select(store.workers.c.id).where(
-            store.workers.c.id == worker_id, store.workers.c.stopped_at.is_(None)
-        )
-    ).first()
-    if alive is None:
+    if not workers.is_alive(conn, worker_id):
         return None
     return claim(conn, worker_id, lease_s, limit, run_id=run_id)
 
 
 def _maintain(conn: Connection, rt: Runtime, stale_after_s: float, me: int) -> int:
-    from . import clock, schedules  # here: the scheduler is wired in through maintenance only
-
     # never ourselves: a late heartbeat of our own is no reason to take back our work
-    dead = [w for w in store.dead_workers(conn, stale_after_s) if w != me]
+    dead = [w for w in workers.dead_workers(conn, stale_after_s) if w != me]
     n = ledger.settle_orphans(conn, rt.settings, dead)
     n += queue.reap_expired(conn, dead, exclude=me)
-    store.mark_stopped(conn, dead)
+    workers.mark_stopped(conn, dead)
     n += queue.wake_waiting(conn)
-    keys = {a: budget_key(rt, rt.team[a]) for a in queue.paused_agents(conn) if a in rt.team}
+    team, settings = rt.team, rt.settings
+    keys = {a: team[a].budget_key(settings) for a in queue.paused_agents(conn) if a in team}
     n += queue.requeue_paused(conn, keys)
-    budgets = {name: loop_budgets(rt, rt.team[name])[0] for name in rt.team.names()}
+    budgets = {name: team[name].budget(settings) for name in team.names()}
     n += len(
         schedules.fire_due(conn, rt.settings, clock.now(), root=rt.workspace.root, budgets=budgets)
     )

@@ -27,6 +27,12 @@ if (REPO / "tests" / "llm_fixtures.py").exists():
     pytest_plugins.append("tests.llm_fixtures")
 
 
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Every async test runs on asyncio, as harness's workers do."""
+    return "asyncio"
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never see the developer's HARNESS_* settings."""
@@ -71,7 +77,7 @@ def pg_database() -> Iterator[str]:
 def _truncate(store: Store) -> None:
     from sqlalchemy import text
 
-    from harness.schema import metadata
+    from harness.store.schema import metadata
 
     names = ", ".join(t.name for t in metadata.sorted_tables)
     with store.engine.begin() as conn:

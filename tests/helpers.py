@@ -10,11 +10,10 @@ from typing import Any
 
 import httpx
 
-from harness import queue
 from harness.messages import ChatRequest
 from harness.runtime import Runtime, build_runtime
 from harness.settings import load_workspace
-from harness.store import Store
+from harness.store import Store, queue
 from harness.testing import ScriptedProvider, StepLike
 from harness.worker import Worker
 

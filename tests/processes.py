@@ -2,7 +2,7 @@
 
 ``Procs`` (and the ``procs`` fixture, registered in ``conftest.py``) starts ``harness worker``
 (the console script) on a temp workspace against a fake server subprocess
-(``python -m harness.fakeserver``), configured through ``HARNESS_*`` env. Used by
+(``python -m harness.testing.fakeserver``), configured through ``HARNESS_*`` env. Used by
 ``tests/test_worker.py`` and ``tests/test_chaos.py``.
 """
 
@@ -22,8 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import queue
-from harness.store import Store
+from harness.store import Store, queue
 
 HARNESS = Path(sys.executable).with_name("harness")
 
@@ -51,7 +50,7 @@ class Procs:
     logs: dict[int, Path] = field(default_factory=dict)
 
     def fake(self, *args: str) -> FakeProc:
-        cmd = [sys.executable, "-m", "harness.fakeserver", "--port", "0", *args]
+        cmd = [sys.executable, "-m", "harness.testing.fakeserver", "--port", "0", *args]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         self.started.append(proc)
         assert proc.stdout is not None
@@ -92,6 +91,8 @@ class Procs:
                 proc.send_signal(signal.SIGCONT)
                 proc.kill()
             proc.wait(timeout=10)
+            if proc.stdout is not None:  # the fake server's pipe
+                proc.stdout.close()
 
 
 @pytest.fixture

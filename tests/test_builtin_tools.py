@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import builtin_tools
 from harness.settings import Settings
 from harness.tools import BUILTIN_TOOL_NAMES, ToolContext, ToolRegistry, default_registry
+from harness.tools import builtin as builtin_tools
 
 pytestmark = pytest.mark.anyio
 

@@ -19,7 +19,7 @@ After a final ``harness worker --until-idle``, the test checks:
    (a persisted step re-sent would add an ``ok`` row without a message, or a message);
 3. the ledger never charges a call the server did not serve, and loses none it did. Let
    S = the server's ``completions`` (responses fully written that a client can accept as a
-   success, see ``harness.fakeserver``), L = ``ok`` ledger rows and U = ``unsettled`` rows.
+   success, see ``harness.testing.fakeserver``), L = ``ok`` ledger rows and U = ``unsettled`` rows.
    Each ``ok`` row is one accepted response, so L <= S. A served success that has no ``ok``
    row was received by a worker that died before its step committed; that call's budget
    reservation (committed before the request was sent, deleted in the step's transaction)
@@ -43,14 +43,21 @@ from __future__ import annotations
 import random
 import signal
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, func, select
 
-from harness.schema import TaskStatus, calls, messages, reservations, runs, tasks, usage_daily
+from harness.store.schema import TaskStatus, calls, messages, reservations, runs, tasks, usage_daily
 from harness.usage import CallOutcome
 from tests.processes import Procs, enqueue, open_store, wait_for
+
+
+def _started(procs: Procs, worker: Any) -> bool:
+    return any(e["event"] == "worker_started" for e in procs.events(worker))
+
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +108,7 @@ def test_random_kills_lose_no_work_and_charge_nothing_twice(
     orphaned: set[tuple[int, int]] = set()  # reservations held by a worker when it was killed
     for _ in range(KILLS):
         w = procs.worker(workspace_dir, fake, **SETTINGS)
-        wait_for(lambda w=w: any(e["event"] == "worker_started" for e in procs.events(w)))
+        wait_for(partial(_started, procs, w))
         time.sleep(rng.uniform(0.3, 2.5))
         in_flight_at_kills.append(fake.stats()["in_flight"])
         w.send_signal(signal.SIGKILL)
@@ -127,7 +134,7 @@ def test_random_kills_lose_no_work_and_charge_nothing_twice(
         assert transcript[-1]["role"] == "assistant" and not transcript[-1]["tool_calls"]
         assert transcript[-1]["content"] == r["result"]
         ok_rows = st.read_sync(_ok_rows, r["id"])
-        assert sorted(m["call_id"] for m in said) == ok_rows, (r["id"], said, ok_rows)
+        assert sorted(int(str(m["call_id"])) for m in said) == ok_rows, (r["id"], said, ok_rows)
 
     # 3. the ledger against what the server served
     stats = fake.stats()
@@ -172,5 +179,5 @@ def _reservation_ids(conn: Connection) -> list[tuple[int, int]]:
     return [(int(w), int(i)) for w, i in conn.execute(stmt)]
 
 
-def _count(conn: Connection, *where: object) -> int:
+def _count(conn: Connection, *where: Any) -> int:
     return int(conn.execute(select(func.count()).select_from(calls).where(*where)).scalar() or 0)

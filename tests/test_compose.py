@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -11,8 +12,9 @@ from harness.settings import Settings, apply_env, load_settings
 from tests.conftest import REPO
 
 
-def _compose() -> dict:  # type: ignore[type-arg]
-    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return data
 
 
 def _resolve(value: str) -> str:

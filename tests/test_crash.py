@@ -9,9 +9,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from harness import views
-from harness.schema import calls
-from harness.store import Store
+from harness.store import Store, views
+from harness.store.schema import calls
 from tests.conftest import REPO
 from tests.helpers import set_front_matter
 
@@ -41,7 +40,7 @@ def test_kill_between_persisted_step_and_tool_execution(
     set_front_matter(workspace_dir / "agents/veblen.md", "tools", "[boom]")
     db = workspace_dir / "var/harness.db"
     store = Store.open(f"sqlite:///{db}")
-    from harness import queue
+    from harness.store import queue
 
     run_id, task_id = store.write_sync(queue.create_run, "research", "veblen", max_attempts=3)
     log = tmp_path / "requests.log"

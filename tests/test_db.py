@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from harness import db
-from harness.migrations import HEAD_REVISION
 from harness.store import Store
+from harness.store import engine as db
+from harness.store.migrations import HEAD_REVISION
 
 
 def test_head_revision_constant_matches_the_migrations() -> None:
@@ -61,7 +61,7 @@ def test_sqlite_writes_run_inline_and_wait_in_a_thread_when_another_writer_holds
 
     import anyio
 
-    from harness import store as store_mod
+    from harness.store import access as store_mod
 
     store = Store.open(sqlite_url)
     threads: list[str] = []
@@ -75,12 +75,17 @@ def test_sqlite_writes_run_inline_and_wait_in_a_thread_when_another_writer_holds
     checkpoints: list[int] = []
     real_checkpoint = store._checkpoint
     monkeypatch.setattr(store_mod, "CHECKPOINT_EVERY", 2)
-    monkeypatch.setattr(store, "_checkpoint", lambda: checkpoints.append(1) or real_checkpoint())
+
+    def counted() -> None:
+        checkpoints.append(1)
+        real_checkpoint()
+
+    monkeypatch.setattr(store, "_checkpoint", counted)
 
     async def main() -> None:
         assert await store.write(where, 1) == 1
         assert threads == [threading.current_thread().name]  # inline
-        other = sqlite3.connect(store.engine.url.database, isolation_level=None)
+        other = sqlite3.connect(str(store.engine.url.database), isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another writer (process) holds the lock
         ticks = 0
         async with anyio.create_task_group() as tg:
@@ -118,7 +123,7 @@ def test_run_executes_prebuilt_statements_on_the_driver(db_url: str) -> None:
     into a statement travel with it, RETURNING and executemany work, on both backends."""
     from sqlalchemy import bindparam, insert, select, update
 
-    from harness.schema import TaskStatus, runs, tasks
+    from harness.store.schema import TaskStatus, runs, tasks
 
     store = Store.open(db_url)
     new_run = insert(runs).returning(runs.c.id)
@@ -180,7 +185,7 @@ def test_an_inline_transaction_commits_or_rolls_back_whole(sqlite_url: str) -> N
     import anyio
     from sqlalchemy import insert, select
 
-    from harness.schema import notes
+    from harness.store.schema import notes
 
     store = Store.open(sqlite_url)
     add = insert(notes)
@@ -219,7 +224,7 @@ def test_a_lock_met_inside_an_inline_transaction_runs_it_again_in_a_thread(
     import anyio
     from sqlalchemy import insert, select
 
-    from harness.schema import notes
+    from harness.store.schema import notes
 
     store = Store.open(sqlite_url)
     threads: list[str] = []
@@ -252,7 +257,7 @@ def test_a_commit_that_meets_a_reader_is_rolled_back_and_waits_in_a_thread(
     import anyio
     from sqlalchemy import create_engine, event, insert, select
 
-    from harness.schema import notes
+    from harness.store.schema import notes
 
     engine = create_engine(sqlite_url, connect_args={"timeout": 5})
 
@@ -272,7 +277,7 @@ def test_a_commit_that_meets_a_reader_is_rolled_back_and_waits_in_a_thread(
 
     async def main() -> list[str]:
         await store.write(note, "before")  # inline, no reader
-        reader = sqlite3.connect(engine.url.database, isolation_level=None)
+        reader = sqlite3.connect(str(engine.url.database), isolation_level=None)
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM notes").fetchone()  # holds a shared lock
         async with anyio.create_task_group() as tg:

@@ -18,22 +18,16 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from harness import views
 from harness.provider import OpenAIProvider
+from harness.provider.transport import default_transport
 from harness.runtime import build_runtime
-from harness.schema import calls
 from harness.settings import ProviderConfig, load_workspace
-from harness.store import Store
-from harness.transport import default_transport
+from harness.store import Store, views
+from harness.store.schema import calls
 from tests.conftest import REPO
 from tests.helpers import Tap, submit, work
 
 pytestmark = [pytest.mark.llm, pytest.mark.anyio]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 async def test_one_agent_answers_and_the_ledger_matches_the_server(

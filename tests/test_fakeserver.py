@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from harness.errors import ProviderError
-from harness.fakeserver import FakeConfig, FakeServer, fake_arguments
 from harness.messages import ChatMessage, ChatRequest, FunctionSpec, ToolSpec
 from harness.provider import OpenAIProvider
+from harness.provider.wire import StreamAssembler
 from harness.settings import Settings
-from harness.transport import StreamAssembler
+from harness.testing.fakeserver import FakeConfig, FakeServer, fake_arguments
 from harness.usage import CallOutcome
 
 pytestmark = pytest.mark.anyio
@@ -41,11 +41,6 @@ DELEGATE = {
     },
 }
 OTHER = {"type": "function", "function": {"name": "note_search", "parameters": {}}}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def chat(stream: bool = False, **extra: Any) -> dict[str, Any]:
@@ -317,7 +312,7 @@ async def _provider_round(server: FakeServer, provider: OpenAIProvider) -> None:
 
 def test_subprocess_prints_its_port_and_stops_on_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.fakeserver", "--port", "0", "--schedule", "500,ok"],
+        [sys.executable, "-m", "harness.testing.fakeserver", "--port", "0", "--schedule", "500,ok"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -337,11 +332,13 @@ def test_subprocess_prints_its_port_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 async def test_json_schema_replies_follow_the_schema(fake: Any) -> None:
     """Models served with ``tools = "json"`` get their tools as a response-format schema."""
-    from harness import jsontools
+    from harness.provider import jsontools
 
     _server, client = fake
     spec = ToolSpec(function=FunctionSpec.model_validate(DELEGATE["function"]))

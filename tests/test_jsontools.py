@@ -7,14 +7,6 @@ from typing import Any
 
 import pytest
 
-from harness.jsontools import (
-    SCHEMA_NAME,
-    decode_reply,
-    encode_request,
-    flatten_history,
-    is_encoded,
-    reply_schema,
-)
 from harness.messages import (
     ChatMessage,
     ChatRequest,
@@ -22,6 +14,14 @@ from harness.messages import (
     FunctionSpec,
     ToolCall,
     ToolSpec,
+)
+from harness.provider.jsontools import (
+    SCHEMA_NAME,
+    decode_reply,
+    encode_request,
+    flatten_history,
+    is_encoded,
+    reply_schema,
 )
 
 SEARCH_PARAMS = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
@@ -199,8 +199,8 @@ def test_decode_keeps_native_tool_calls() -> None:
 
 
 def test_min_tool_calls_asks_for_several_calls_in_one_reply() -> None:
-    from harness.jsontools import decode_reply, encode_request
     from harness.messages import ChatMessage, ChatRequest, FunctionSpec, ToolSpec
+    from harness.provider.jsontools import decode_reply, encode_request
 
     spec = ToolSpec(
         function=FunctionSpec(
@@ -241,7 +241,7 @@ def test_min_tool_calls_asks_for_several_calls_in_one_reply() -> None:
 
 
 def test_wire_format_for_llama_cpp_python() -> None:
-    from harness.jsontools import wire_format
+    from harness.provider.jsontools import wire_format
 
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
     assert wire_format(fmt, "json_schema") is fmt
@@ -252,8 +252,8 @@ def test_wire_format_for_llama_cpp_python() -> None:
 def test_strict_decode_rejects_a_reply_cut_short() -> None:
     import pytest
 
-    from harness.jsontools import decode_reply
     from harness.messages import ChatMessage
+    from harness.provider.jsontools import decode_reply
 
     cut = ChatMessage(role="assistant", content='{"tool_calls": [{"tool": "delegate", "argu')
     assert decode_reply(cut) is cut  # lenient: kept as text

@@ -15,16 +15,16 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from harness import clock, ledger, ledger_report, queue, views
-from harness import store as st
+from harness import clock, ledger
 from harness.cli import app
 from harness.errors import BudgetExceeded
-from harness.ledger import Budget, CallContext
-from harness.schema import WORKSPACE, calls, reservations, tasks, usage_daily
+from harness.ledger import CallContext
+from harness.ledger import reads as ledger_report
 from harness.settings import Settings
-from harness.store import Store
+from harness.store import Store, queue, views, workers
+from harness.store.schema import WORKSPACE, calls, reservations, tasks, usage_daily
 from harness.testing import ScriptedProvider
-from harness.usage import CallOutcome, CallRecord, Usage
+from harness.usage import Budget, CallOutcome, CallRecord, Usage
 from tests.helpers import runtime, set_front_matter, submit, work
 
 SETTINGS = Settings.model_validate(
@@ -121,7 +121,7 @@ def test_reservation_is_refused_past_the_budget_and_settles_to_actual(store: Sto
         ledger.record, CallContext("simmons"), [ok(100, 50)], SETTINGS, reservation_id=rid, ts=ts
     )
     reserve(store, "simmons", 800, budget)  # 150 used + 800 reserved <= 1000
-    assert store.read_sync(ledger.today_use, "simmons", "2026-11-29") == (
+    assert store.read_sync(ledger.today_use, "simmons", "2026-11-29") == (  # type: ignore[comparison-overlap]
         150,
         pytest.approx(0.0006),
     )
@@ -180,7 +180,7 @@ def test_concurrent_reservations_never_exceed_the_budget(store: Store) -> None:
 
 def test_orphaned_reservation_is_recorded_as_unsettled(store: Store) -> None:
     run_id, task_id = store.write_sync(queue.create_run, "g", "veblen", max_attempts=3)
-    wid = store.write_sync(st.register_worker, 1)
+    wid = store.write_sync(workers.register_worker, 1)
     store.write_sync(
         ledger.reserve,
         CallContext("veblen", run_id, task_id, wid),
@@ -220,7 +220,6 @@ def test_prune_drops_old_call_rows_but_keeps_roll_ups(store: Store) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_paused_task_resumes_by_itself_when_the_next_day_starts(workspace_dir: Path) -> None:
     toml = workspace_dir / "config/harness.toml"
     toml.write_text(toml.read_text().replace('timezone = "UTC"', 'timezone = "Asia/Tokyo"'))
@@ -252,7 +251,6 @@ async def test_paused_task_resumes_by_itself_when_the_next_day_starts(workspace_
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_retry_after_midnight_is_reserved_on_the_new_day(workspace_dir: Path) -> None:
     """A step began (and reserved) on the 29th; its first attempt failed after local
     midnight, having spent tokens. The failed attempt is charged to the 30th, and so is the
@@ -287,11 +285,12 @@ async def test_a_retry_after_midnight_is_reserved_on_the_new_day(workspace_dir: 
         ws = load_workspace(workspace_dir)
         rt = build_runtime(ws, provider=RetriesPastMidnight(), store=Store.open(ws.database_url()))  # type: ignore[arg-type]
         _, task_id = await submit(rt, "one", "veblen")
-        wid = await rt.store.write(st.register_worker, 1)
+        wid = await rt.store.write(workers.register_worker, 1)
         [task] = await rt.store.write(queue.claim, wid, 60)
         from harness.loop import TaskRunner
+        from harness.store import TaskStatus
 
-        assert await TaskRunner(rt, task, wid).run() == queue.TaskStatus.PAUSED
+        assert await TaskRunner(rt, task, wid).run() == TaskStatus.PAUSED
         paused = await rt.store.read(queue.get_task, task_id)
         assert paused is not None and "2026-11-30" in (paused.status_reason or "")
         not_before = await rt.store.read(
@@ -350,7 +349,6 @@ def test_ledger_cli_json_and_csv_shapes(workspace_dir: Path) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_many_concurrent_tasks_never_take_an_agent_past_its_budget(
     workspace_dir: Path, db_url: str
 ) -> None:

@@ -9,22 +9,16 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from harness import views
-from harness.fakeserver import FakeConfig, FakeServer
 from harness.provider import OpenAIProvider
+from harness.provider.transport import default_transport
 from harness.runtime import build_runtime
-from harness.schema import calls
 from harness.settings import ProviderConfig, load_workspace
-from harness.store import Store
-from harness.transport import default_transport
+from harness.store import Store, views
+from harness.store.schema import calls
+from harness.testing.fakeserver import FakeConfig, FakeServer
 from tests.helpers import Tap, set_front_matter, submit, work
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 CONFIG = """

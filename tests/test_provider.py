@@ -17,10 +17,11 @@ from structlog.testing import capture_logs
 
 from harness.errors import ConfigError, ProviderError, ResponseFormatError
 from harness.messages import ChatMessage, ChatRequest, FunctionSpec, ToolSpec
-from harness.provider import FORMAT_ATTEMPTS, OpenAIProvider
+from harness.provider import OpenAIProvider
+from harness.provider.openai import FORMAT_ATTEMPTS
+from harness.provider.tokens import estimate_prompt_tokens
 from harness.settings import Settings
 from harness.testing import FakeClock, chat_completion
-from harness.tokens import estimate_prompt_tokens
 from harness.usage import CallOutcome, CallRecord
 
 pytestmark = pytest.mark.anyio
@@ -28,11 +29,6 @@ pytestmark = pytest.mark.anyio
 URL_A = "http://a.test/v1/chat/completions"
 URL_B = "http://b.test/v1/chat/completions"
 KEY = "sk-test-SECRET-0123456789abcdef"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def make_settings(a: dict[str, Any] | None = None, **models: dict[str, Any]) -> Settings:

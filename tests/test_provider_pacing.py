@@ -16,10 +16,15 @@ from harness.messages import (
     ToolSpec,
     WireUsage,
 )
-from harness.pacing import RETRY_AFTER_CAP_S, Pacer, TokenBucket, backoff_delay, parse_retry_after
 from harness.provider import usage_from_wire
-from harness.testing import FakeClock
-from harness.tokens import (
+from harness.provider.pacing import (
+    RETRY_AFTER_CAP_S,
+    Pacer,
+    TokenBucket,
+    backoff_delay,
+    parse_retry_after,
+)
+from harness.provider.tokens import (
     MESSAGE_OVERHEAD,
     REPLY_PRIMING,
     estimate_completion_tokens,
@@ -27,13 +32,9 @@ from harness.tokens import (
     estimate_prompt_tokens,
     estimate_tokens,
 )
+from harness.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 # -- Retry-After -------------------------------------------------------------------------

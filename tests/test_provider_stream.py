@@ -24,11 +24,6 @@ URL = "http://s.test/v1/chat/completions"
 SSE = {"content-type": "text/event-stream"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def make_settings(**provider: Any) -> Settings:
     config = {
         "base_url": "http://s.test/v1",

@@ -10,12 +10,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Connection
 
-from harness import clock, ledger, queue, report
-from harness.ledger import Budget, CallContext
-from harness.queue import NewTask
+from harness import clock, ledger, report
+from harness.ledger import CallContext
 from harness.settings import ModelConfig, ProviderConfig, Settings
-from harness.store import Store
-from harness.usage import CallOutcome, CallRecord, Usage
+from harness.store import Store, queue
+from harness.store.queue import NewTask
+from harness.usage import Budget, CallOutcome, CallRecord, Usage
 
 LONDON = ZoneInfo("Europe/London")
 SINCE = datetime(2024, 6, 1, 20, 0, tzinfo=LONDON).timestamp()

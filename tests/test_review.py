@@ -10,19 +10,14 @@ import anyio
 import pytest
 from sqlalchemy import func, select
 
-from harness import queue
-from harness import store as st
 from harness.loop import TaskRunner
 from harness.messages import ChatRequest
 from harness.provider import Completion
-from harness.schema import TaskStatus, calls, reservations, usage_daily
+from harness.store import Store, queue, workers
+from harness.store.schema import TaskStatus, calls, reservations, usage_daily
+from harness.store.schema import workers as workers_table
 from harness.testing import ScriptedProvider
 from tests.helpers import runtime, submit, work
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def _count(rt: Any, table: Any, *where: Any) -> int:
@@ -65,7 +60,7 @@ async def test_cancel_right_after_the_answer_arrives_keeps_the_ledger_straight(
     rt, _ = runtime(workspace_dir, inner)
     rt.provider = CancelledOnArrival()
     await submit(rt, "question", "veblen")
-    wid = await rt.store.write(st.register_worker, 1)
+    wid = await rt.store.write(workers.register_worker, 1)
     [task] = await rt.store.write(queue.claim, wid, 60)
     with scope:
         await TaskRunner(rt, task, wid).run()
@@ -93,7 +88,7 @@ async def test_a_superseded_runner_does_not_release_its_successors_claim(
     toml.write_text(toml.read_text().replace("lease_s = 60", "lease_s = 0.3"))
 
     def late_beat(conn: Connection, worker_id: int, ids: list[int], lease_s: float) -> set[int]:
-        st.beat_worker(conn, worker_id)  # alive, but its lease extensions land too late
+        workers.beat_worker(conn, worker_id)  # alive, but its lease extensions land too late
         return set(ids)
 
     monkeypatch.setattr(worker_module, "_beat", late_beat)
@@ -123,7 +118,7 @@ async def test_a_superseded_runner_does_not_release_its_successors_claim(
 
 @pytest.mark.anyio
 async def test_a_reused_tool_call_id_in_a_later_step_delegates_again(workspace_dir: Path) -> None:
-    from harness import views
+    from harness.store import views
     from tests.helpers import by_agent, set_front_matter
 
     arnold_file = workspace_dir / "agents/arnold.md"
@@ -165,12 +160,12 @@ async def test_a_reused_tool_call_id_in_a_later_step_delegates_again(workspace_d
 # -- 4. "midnight today" computed as now - 24 h is wrong on 23- and 25-hour days ------------------
 
 
-def test_forecast_day_start_is_todays_midnight_on_dst_days(store: st.Store) -> None:
+def test_forecast_day_start_is_todays_midnight_on_dst_days(store: Store) -> None:
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
-    from harness import ledger_report
-    from harness.ledger import Budget
+    from harness.ledger import reads as ledger_report
+    from harness.usage import Budget
 
     ny = ZoneInfo("America/New_York")
     late_on_long_day = datetime(2026, 11, 1, 23, 30, tzinfo=ny).timestamp()  # 25-hour day
@@ -190,7 +185,7 @@ def test_a_report_that_cannot_be_written_does_not_block_maintenance(workspace_di
 
     from sqlalchemy import insert
 
-    from harness.schema import schedules as schedules_table
+    from harness.store.schema import schedules as schedules_table
     from harness.worker import _maintain
 
     config = workspace_dir / "config/harness.toml"
@@ -243,7 +238,7 @@ async def test_a_late_dead_heartbeat_does_not_cancel_work_of_the_renewed_epoch(
         if fn is worker_module._beat and armed:
             armed = False
             # another worker's maintenance declares this one dead just now (it was paused)...
-            await real_write(st.mark_stopped, [args[0]])
+            await real_write(workers.mark_stopped, [args[0]])
             result = await real_write(fn, *args, **kw)  # None: declared dead
             marked.set()
             await gate.wait()  # ...and this heartbeat's answer comes back late
@@ -283,7 +278,7 @@ async def test_a_non_retryable_provider_error_fails_the_task_at_once(workspace_d
         workspace_dir, [ScriptedProvider.error(401, "invalid api key", retryable=False)]
     )
     await submit(rt, "question", "veblen")
-    wid = await rt.store.write(st.register_worker, 1)
+    wid = await rt.store.write(workers.register_worker, 1)
     [task] = await rt.store.write(queue.claim, wid, 60)
     status = await TaskRunner(rt, task, wid).run()
     await rt.aclose()
@@ -302,14 +297,14 @@ def test_a_workers_own_maintenance_never_reaps_its_own_running_tasks(workspace_d
 
     rt, _ = runtime(workspace_dir, [])
     try:
-        me = rt.store.write_sync(st.register_worker, 1)
+        me = rt.store.write_sync(workers.register_worker, 1)
         _, task_id = rt.store.write_sync(queue.create_run, "g", "veblen", max_attempts=3)
         rt.store.write_sync(queue.claim, me, 3600)
         # the worker's event loop stalled for a while: its last heartbeat is old
         rt.store.write_sync(
             lambda c: c.execute(
-                update(st.workers)
-                .where(st.workers.c.id == me)
+                update(workers_table)
+                .where(workers_table.c.id == me)
                 .values(heartbeat_at=time.time() - 600)
             )
         )
@@ -348,7 +343,7 @@ async def test_retried_attempts_inside_one_call_cannot_take_an_agent_past_its_bu
     )
     rt, _ = runtime(workspace_dir, [completion])
     await submit(rt, "question", "veblen")
-    wid = await rt.store.write(st.register_worker, 1)
+    wid = await rt.store.write(workers.register_worker, 1)
     [task] = await rt.store.write(queue.claim, wid, 60)
     await TaskRunner(rt, task, wid).run()
     used = rt.store.read_sync(
@@ -359,7 +354,7 @@ async def test_retried_attempts_inside_one_call_cannot_take_an_agent_past_its_bu
         ).scalar()
     )
     await rt.aclose()
-    assert used <= 1000
+    assert used is not None and used <= 1000
 
 
 @pytest.mark.anyio
@@ -390,7 +385,7 @@ async def test_each_retry_settles_the_failed_attempt_so_one_reservation_is_held_
     seen: list[tuple[int, int]] = []  # (reservations held, error rows) after each retry's tx
     real = loop._next_attempt_tx
 
-    def spy(conn: Any, *args: Any, **kwargs: Any) -> int:
+    def spy(conn: Any, *args: Any, **kwargs: Any) -> Any:
         rid = real(conn, *args, **kwargs)
         count = select(func.count())
         held = conn.execute(count.select_from(reservations)).scalar()
@@ -422,9 +417,9 @@ def test_a_late_answer_does_not_deadlock_with_a_new_reservation(
     import time
 
     from harness import ledger
-    from harness.ledger import Budget, CallContext
+    from harness.ledger import CallContext
     from harness.settings import Settings
-    from harness.usage import CallOutcome, CallRecord, Usage
+    from harness.usage import Budget, CallOutcome, CallRecord, Usage
 
     settings = Settings.model_validate(
         {
@@ -434,7 +429,7 @@ def test_a_late_answer_does_not_deadlock_with_a_new_reservation(
             "default_model": "m",
         }
     )
-    s = st.Store.open(pg_url)
+    s = Store.open(pg_url)
     day = ledger.day_of(time.time(), settings.tz)
     ok = CallRecord("p", "m", CallOutcome.OK, Usage(10, 5))
 
@@ -456,7 +451,7 @@ def test_a_late_answer_does_not_deadlock_with_a_new_reservation(
     s.write_sync(ledger.settle_orphans, settings, [1])  # ...worker 1 looked dead (paused)
 
     took_agent_row, go_on = threading.Event(), threading.Event()
-    real_take = ledger._take
+    real_take = ledger.writes._take
 
     def take(conn: Any, d: str, agent: str, *args: Any) -> Any:
         if agent == "*" and not go_on.is_set():
@@ -464,7 +459,7 @@ def test_a_late_answer_does_not_deadlock_with_a_new_reservation(
             go_on.wait(5)
         return real_take(conn, d, agent, *args)
 
-    monkeypatch.setattr(ledger, "_take", take)
+    monkeypatch.setattr(ledger.writes, "_take", take)
     errors: list[BaseException] = []
 
     def new_call() -> None:  # worker 2 starts another veblen call

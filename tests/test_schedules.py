@@ -11,12 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Connection, insert, select
 
-from harness import clock, queue, schedules
+from harness import clock, schedules
 from harness.errors import ConfigError
-from harness.schema import runs
-from harness.schema import schedules as schedules_table
-from harness.settings import ScheduleConfig, Settings, load_settings
-from harness.store import Store
+from harness.settings import ScheduleConfig, Settings, load_settings, validate_schedules
+from harness.store import Store, queue
+from harness.store.schema import runs
+from harness.store.schema import schedules as schedules_table
 
 LONDON = ZoneInfo("Europe/London")
 HOUR = 3600.0
@@ -286,7 +286,7 @@ def test_validation_names_every_problem() -> None:
         daily("c", cron="0 0 31 2 *"),
         daily("d", goal="  "),
     )
-    found = {(p.field, p.message.split(":")[0]) for p in schedules.validate_schedules(st)}
+    found = {(p.field, p.message.split(":")[0]) for p in validate_schedules(st)}
     assert found == {
         ("schedules[0].cron", "bad cron expression '61 * * * *'"),
         ("schedules[1].name", "duplicate schedule name 'a' (also schedules[0])"),
@@ -294,7 +294,7 @@ def test_validation_names_every_problem() -> None:
         ("schedules[2].cron", "bad cron expression '0 0 31 2 *'"),
         ("schedules[3].goal", "needs a non-empty goal"),
     }
-    assert all(p.file == "config/harness.toml" for p in schedules.validate_schedules(st))
+    assert all(p.file == "config/harness.toml" for p in validate_schedules(st))
 
 
 def test_bad_cron_is_reported_when_settings_load(workspace_dir: Path) -> None:

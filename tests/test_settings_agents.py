@@ -25,7 +25,7 @@ def test_default_workspace_loads(workspace_dir: Path) -> None:
 def test_settings_are_frozen(workspace_dir: Path) -> None:
     settings = load_settings(workspace_dir)
     with pytest.raises(Exception, match="frozen"):
-        settings.timezone = "UTC"  # type: ignore[misc]
+        settings.timezone = "UTC"
 
 
 def test_environment_overrides_nested_keys_and_short_forms(workspace_dir: Path) -> None:

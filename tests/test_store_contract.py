@@ -8,19 +8,19 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from harness import queue
-from harness import store as st
 from harness.errors import LeaseLost
-from harness.queue import NewTask
-from harness.schema import TaskStatus, tasks
-from harness.store import Store
+from harness.store import Store, queue, workers
+from harness.store.queue import NewTask
+from harness.store.schema import TaskStatus, tasks
+from harness.store.schema import workers as workers_table
 
 
-def _run(store: Store, goal: str = "g", agent: str = "arnold", **kw: int) -> int:
+def _run(store: Store, goal: str = "g", agent: str = "arnold", **kw: Any) -> int:
     return store.write_sync(
         queue.create_run, goal, agent, max_attempts=kw.pop("max_attempts", 3), **kw
     )[1]
@@ -185,14 +185,16 @@ def test_dead_worker_on_this_host_is_detected_at_once(store: Store) -> None:
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     dead_pid = int(proc.stdout)
-    wid = store.write_sync(st.register_worker, 1)
+    wid = store.write_sync(workers.register_worker, 1)
     store.write_sync(
-        lambda c: c.execute(update(st.workers).where(st.workers.c.id == wid).values(pid=dead_pid))
+        lambda c: c.execute(
+            update(workers_table).where(workers_table.c.id == wid).values(pid=dead_pid)
+        )
     )
-    me = store.write_sync(st.register_worker, 1)
+    me = store.write_sync(workers.register_worker, 1)
     tid = _run(store)
     store.write_sync(queue.claim, wid, 3600)
-    dead = store.read_sync(st.dead_workers, 3600)
+    dead = store.read_sync(workers.dead_workers, 3600)
     assert wid in dead and me not in dead
     assert store.write_sync(queue.reap_expired, dead) == 1
     assert _status(store, tid) == TaskStatus.QUEUED

@@ -9,6 +9,7 @@ import pytest
 from harness.errors import ProviderError
 from harness.messages import ChatMessage, ChatRequest
 from harness.provider import Completion, Provider
+from harness.provider.tokens import estimate_prompt_tokens
 from harness.testing import (
     FakeClock,
     ScriptedProvider,
@@ -16,15 +17,9 @@ from harness.testing import (
     chat_completion,
     chat_stream,
 )
-from harness.tokens import estimate_prompt_tokens
 from harness.usage import CallOutcome, CallRecord, Usage
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def ask(text: str = "hello", model: str = "local") -> ChatRequest:

@@ -26,7 +26,7 @@ from harness.tools import (
     make_tool,
     tool,
 )
-from harness.toolschema import parse_docstring
+from harness.tools.schema import parse_docstring
 
 pytestmark = pytest.mark.anyio
 
@@ -488,7 +488,7 @@ def test_workspace_tool_clashing_with_a_builtin(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_workspace_tools(tmp_path / "tools", default_registry())
     message = str(info.value)
-    assert "builtin_tools.py" in message and f"{path}:3" in message
+    assert "tools/builtin.py" in message and f"{path}:3" in message
 
 
 async def test_repository_example_tool(ctx: ToolContext) -> None:

@@ -15,7 +15,7 @@ import respx
 
 from harness.settings import Settings
 from harness.tools import ToolContext, ToolRegistry, default_registry
-from harness.webfetch import Resolver, blocked_reason, html_to_text, make_web_fetch_tool
+from harness.tools.webfetch import Resolver, blocked_reason, html_to_text, make_web_fetch_tool
 
 pytestmark = pytest.mark.anyio
 

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, func, select
 
-from harness import ledger, queue, store
-from harness.schema import TaskStatus, calls, messages, reservations, tasks, usage_daily
+from harness import ledger
 from harness.settings import load_workspace
-from harness.store import Store
+from harness.store import Store, queue, workers
+from harness.store.schema import TaskStatus, calls, messages, reservations, tasks, usage_daily
 from harness.testing import ScriptedProvider
-from harness.usage import CallOutcome
+from harness.usage import Budget, CallOutcome
 from harness.worker import Worker
 from tests.helpers import runtime, submit, work
 from tests.processes import Procs, enqueue, open_store, wait_for
@@ -36,7 +36,7 @@ def get_task(st: Store, task_id: int) -> queue.Task:
 def count(st: Store, table: Any, *where: Any) -> int:
     return int(
         st.read_sync(
-            lambda c: c.execute(select(func.count()).select_from(table).where(*where)).scalar()
+            lambda c: c.execute(select(func.count()).select_from(table).where(*where)).scalar() or 0
         )
     )
 
@@ -53,11 +53,6 @@ def reserved_tokens(st: Store) -> int:
 
 
 # -- in-process -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.mark.anyio
@@ -237,7 +232,7 @@ def _reserve(st: Store, settings: Any, task_id: int, worker_id: int) -> int:
     """A budget reservation for one call of ``task_id``'s agent by ``worker_id``."""
     ctx = ledger.CallContext("veblen", 1, task_id, worker_id)
     day = ledger.day_of(time.time(), settings.tz)
-    budget = ledger.Budget()
+    budget = Budget()
     return int(
         st.write_sync(
             lambda c: ledger.reserve(
@@ -261,7 +256,7 @@ def test_a_late_answer_from_a_worker_declared_dead_is_charged_once(workspace_dir
     settings = load_workspace(workspace_dir).settings
     st = open_store(workspace_dir)
     task_id = enqueue(st, "question", "veblen")
-    worker_id = st.write_sync(store.register_worker, 1)
+    worker_id = st.write_sync(workers.register_worker, 1)
     rid = _reserve(st, settings, task_id, worker_id)
     # another worker's maintenance: the (SIGSTOPped) worker looks dead, its call unsettled
     st.write_sync(ledger.settle_orphans, settings, [worker_id])
@@ -278,8 +273,8 @@ def test_a_stale_reservation_id_cannot_release_another_workers_reservation(
     settings = load_workspace(workspace_dir).settings
     st = open_store(workspace_dir)
     task_id = enqueue(st, "question", "veblen")
-    a = st.write_sync(store.register_worker, 1)
-    b = st.write_sync(store.register_worker, 1)
+    a = st.write_sync(workers.register_worker, 1)
+    b = st.write_sync(workers.register_worker, 1)
     rid_a = _reserve(st, settings, task_id, a)
     st.write_sync(ledger.settle_orphans, settings, [a])  # a looked dead (it was paused)
     rid_b = _reserve(st, settings, task_id, b)  # b took the task over; same id as a's
@@ -317,7 +312,7 @@ async def test_a_worker_declared_dead_claims_nothing_under_its_dead_epoch(
         with anyio.fail_after(10):
             await _wait_running(rt, first)
             # another worker's maintenance declares this one dead (it was paused too long)
-            await rt.store.write(store.mark_stopped, [w.id])
+            await rt.store.write(workers.mark_stopped, [w.id])
             _, second = await submit(rt, "second", "veblen")
             await _wait_running(rt, second)
             owner = await rt.store.read(
@@ -325,7 +320,7 @@ async def test_a_worker_declared_dead_claims_nothing_under_its_dead_epoch(
                     select(tasks.c.lease_owner).where(tasks.c.id == second)
                 ).scalar()
             )
-            dead = await rt.store.read(store.dead_workers, 0.6)
+            dead = await rt.store.read(workers.dead_workers, 0.6)
         w.stop()
     await rt.aclose()
     assert owner not in dead  # the worker took a fresh epoch before claiming again
@@ -342,7 +337,7 @@ async def test_a_late_heartbeat_does_not_make_a_worker_run_its_own_task_twice(
     monkeypatch.setattr(worker_module, "MAINTENANCE_EVERY_S", 0.05)
 
     def late_beat(conn: Connection, worker_id: int, ids: list[int], lease_s: float) -> set[int]:
-        store.beat_worker(conn, worker_id)  # alive, but its lease extensions land too late
+        workers.beat_worker(conn, worker_id)  # alive, but its lease extensions land too late
         return set(ids)
 
     monkeypatch.setattr(worker_module, "_beat", late_beat)

@@ -1,0 +1,192 @@
+"""``harness ledger``: where every token went, per day and agent, against budgets."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ._common import budgets, fail, opened_store, out, print_json, workspace
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..settings import Workspace
+
+ledger_app = typer.Typer(
+    rich_markup_mode=None, help="Token ledger per day and agent; budgets; forecasts; pruning."
+)
+
+
+def _table(console: Console, data: list[dict[str, Any]], by_model: bool) -> None:
+    from rich.table import Table
+
+    if not data:
+        console.print("no ledger rows for this selection")
+        return
+    cols = [
+        "day",
+        "agent",
+        *(["model"] if by_model else []),
+        "calls",
+        "input",
+        "cached",
+        "output",
+        "cost $",
+        "budget",
+        "% used",
+        "est.",
+    ]
+    table = Table(*cols)
+    for r in data:
+        budget = f"{r['budget_tokens']:,}" if r["budget_tokens"] is not None else "-"
+        pct = f"{r['used_pct']:.1f}" if r["used_pct"] is not None else "-"
+        table.add_row(
+            r["day"],
+            r["agent"],
+            *([r["model"]] if by_model else []),
+            f"{r['calls']:,}",
+            f"{r['prompt_tokens']:,}",
+            f"{r['cached_tokens']:,}",
+            f"{r['completion_tokens']:,}",
+            f"{r['cost_usd']:.4f}",
+            budget,
+            pct,
+            str(r["estimated_calls"])
+            + (f" (+{r['unsettled_calls']} unsettled)" if r["unsettled_calls"] else ""),
+        )
+    console.print(table)
+
+
+@ledger_app.callback(invoke_without_command=True)
+def ledger(
+    ctx: typer.Context,
+    day: Annotated[str | None, typer.Option(help="One day (YYYY-MM-DD, or 'today').")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="First day (YYYY-MM-DD, or e.g. 7d for the last 7 days).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Last day (YYYY-MM-DD).")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
+    run: Annotated[int | None, typer.Option(help="Only calls of this run (all its tasks).")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Break down by: model.")] = None,
+    forecast: Annotated[
+        bool, typer.Option(help="When will each agent hit its budget at today's pace?")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array (documented in docs/cli.md).")
+    ] = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="Print CSV with the same columns as --json.")
+    ] = False,
+) -> None:
+    """Show the ledger: calls, input / cached / output tokens, cost, budget and % used."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .. import clock
+    from ..ledger import day_of, reads
+
+    if by not in (None, "model"):
+        fail(f"--by takes 'model', not {by!r}")
+    ws = workspace()
+    today = day_of(clock.now(), ws.settings.tz)
+    since, until = _range(day, since, until, today)
+    limits = budgets(ws)
+    with opened_store(ws) as store:
+        if forecast:
+            data = store.read_sync(reads.forecast, limits, ws.settings.tz)
+        else:
+            data = store.read_sync(
+                reads.rows,
+                limits,
+                since=since,
+                until=until,
+                agent=agent,
+                run_id=run,
+                by_model=by == "model",
+            )
+    if as_json:
+        print_json(data)
+    elif as_csv:
+        if data:
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(data[0]))
+            writer.writeheader()
+            writer.writerows(data)
+    elif forecast:
+        _forecast_table(out, data)
+    else:
+        _table(out, data, by == "model")
+
+
+def _range(
+    day: str | None, since: str | None, until: str | None, today: str
+) -> tuple[str | None, str | None]:
+    from datetime import date
+
+    from ..ledger import days_back
+
+    if day:
+        day = today if day == "today" else day
+        since = until = day
+    if since and since.endswith("d") and since[:-1].isdigit():
+        since = days_back(today, int(since[:-1]) - 1)
+    for name, value in (("--day/--since", since), ("--until", until)):
+        if value:
+            try:
+                date.fromisoformat(value)
+            except ValueError:
+                fail(f"{name}: not a date (YYYY-MM-DD): {value!r}")
+    return since, until
+
+
+def _forecast_table(console: Console, data: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table("agent", "used today", "budget", "tokens/hour", "hits budget at")
+    for r in data:
+        when = "exhausted" if r["exhausted"] else (r["hits_budget_at"] or "not today")
+        table.add_row(
+            r["agent"],
+            f"{r['used_tokens']:,}",
+            f"{r['budget_tokens']:,}",
+            f"{r['tokens_per_hour']:,.0f}",
+            when,
+        )
+    console.print(table)
+
+
+@ledger_app.command("prune")
+def prune(
+    older_than: Annotated[
+        int | None,
+        typer.Option(
+            "--older-than",
+            help="Days of call rows to keep (default: config ledger_retention_days).",
+        ),
+    ] = None,
+) -> None:
+    """Delete call rows older than the retention; the daily roll-ups stay."""
+    from .. import clock, ledger
+
+    ws = workspace()
+    keep = older_than or ws.settings.ledger_retention_days
+    if not keep:
+        fail("give --older-than DAYS or set ledger_retention_days in config/harness.toml")
+    cutoff = ledger.days_back(ledger.day_of(clock.now(), ws.settings.tz), keep)
+    with opened_store(ws) as store:
+        n = store.write_sync(ledger.prune, cutoff)
+    out.print(f"pruned {n} call rows before {cutoff}; daily roll-ups kept")
+
+
+def print_ledger_for_run(ws: Workspace, run_id: int, console: Console) -> None:
+    from ..ledger import reads
+
+    with opened_store(ws) as store:
+        data = store.read_sync(reads.rows, budgets(ws), run_id=run_id)
+    console.print(f"\nledger for run {run_id}:")
+    _table(console, data, False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(ledger_app, name="ledger")

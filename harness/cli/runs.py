@@ -1,0 +1,283 @@
+"""Submitting and running work, and looking at it: ``run``, ``submit``, ``worker``,
+``status``, ``show``, ``cancel``, ``serve-local``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    JsonOpt,
+    State,
+    fail,
+    opened_store,
+    out,
+    print_json,
+    team,
+    workspace,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from sqlalchemy import Connection
+
+    from ..settings import Workspace
+
+
+def _chief(ws: Workspace, agent: str | None) -> str:
+    agents = team(ws)
+    name = agent or ws.settings.chief
+    if name not in agents:
+        fail(f"unknown agent {name!r} (known: {', '.join(agents.names())})")
+    return name
+
+
+def submit(
+    goal: Annotated[str | None, typer.Argument(help="The goal for the run.")] = None,
+    agent: Annotated[
+        str | None, typer.Option(help="Agent to hand the goal to (default: the chief).")
+    ] = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Enqueue many runs: one goal per line, or JSON lines with 'goal' and 'agent'.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enqueue a run (or many) for a worker and print the run id(s)."""
+    from ..store import queue
+    from .batch import read_goals
+
+    ws = workspace()
+    if (goal is None) == (from_file is None):
+        fail("give either a GOAL or --from FILE")
+    items = read_goals(from_file) if from_file else [(None, goal or "")]
+    names = {a: _chief(ws, a or agent) for a in {a for a, _ in items}}
+    max_attempts = ws.settings.worker.max_attempts
+    with opened_store(ws) as store:
+
+        def enqueue(conn: Connection) -> list[int]:
+            return [
+                queue.create_run(conn, g, names[a], max_attempts=max_attempts)[0] for a, g in items
+            ]
+
+        ids = store.write_sync(enqueue)
+    if as_json:
+        print_json(ids)
+    else:
+        for run_id in ids:
+            out.print(run_id)
+
+
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", min=1, help="Task slots.")
+    ] = None,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Exit when nothing is left to run.")
+    ] = False,
+) -> None:
+    """Run tasks until stopped (SIGTERM/SIGINT drain gracefully; a second signal exits at once)."""
+    import anyio
+
+    from ..runtime import open_runtime
+    from ..worker import Worker
+
+    ws = workspace()
+    slots = concurrency or ws.settings.worker.concurrency
+
+    async def main() -> None:
+        async with open_runtime(ws) as rt:
+            await Worker(rt, slots, until_idle=until_idle).run()
+
+    anyio.run(main)
+
+
+def run(
+    goal: Annotated[str, typer.Argument(help="The goal for the run.")],
+    agent: Annotated[
+        str | None, typer.Option(help="Agent to hand the goal to (default: the chief).")
+    ] = None,
+    as_json: JsonOpt = False,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1)] = None,
+    show_ledger: Annotated[
+        bool, typer.Option("--show-ledger", help="Print the run's ledger at the end.")
+    ] = False,
+) -> None:
+    """Submit a run and work it to the end in this process; print the final answer."""
+    import anyio
+
+    from .. import logs
+
+    if out.is_terminal and not State.log_level_given:
+        logs.configure(level="warning")  # the live task tree shows progress; keep it clean
+    ws = workspace()
+    name = _chief(ws, agent)
+    slots = concurrency or ws.settings.worker.concurrency
+    result = anyio.run(_work, ws, goal, name, slots, None if as_json else out)
+    ok = result["status"] == "done"
+    if as_json:
+        _print_result(result, ok)
+    elif ok:
+        out.print(result["answer"] or "", markup=False, highlight=False)
+    else:
+        out.print(f"[red]run {result['id']} {result['status']}[/]: ", end="")
+        out.print(result["error"] or result["reason"] or "", markup=False, highlight=False)
+    if show_ledger and not as_json:
+        from .ledger import print_ledger_for_run
+
+        print_ledger_for_run(ws, result["id"], out)
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def _print_result(run: dict[str, Any], ok: bool) -> None:
+    data = {
+        "run_id": run["id"],
+        "status": run["status"],
+        "answer": run["answer"],
+        "error": run["error"] or (None if ok else run["reason"]),
+        "usage": run["usage"],
+    }
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+async def _work(
+    ws: Workspace, goal: str, agent: str, concurrency: int, console: Console | None
+) -> dict[str, Any]:
+    """Submit ``goal`` and work its run in this process until it is settled, or until
+    nothing of it can go on now (e.g. a task paused for budget: the run says why)."""
+    import anyio
+    from rich.live import Live
+
+    from ..runtime import open_runtime
+    from ..store import queue, views
+    from ..worker import Worker
+    from . import display
+
+    async with open_runtime(ws) as rt:
+        store = rt.store
+        max_attempts = rt.settings.worker.max_attempts
+        run_id, _ = await store.write(queue.create_run, goal, agent, max_attempts=max_attempts)
+
+        async def finished() -> bool:
+            return await store.read(queue.run_blocked_or_settled, run_id)
+
+        w = Worker(rt, concurrency, run_id=run_id, stop_when=finished)
+        if console is not None and console.is_terminal:
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                async with anyio.create_task_group() as tg:
+
+                    async def refresh() -> None:
+                        while True:
+                            shown = await store.read(views.get_run, run_id)
+                            if shown:
+                                live.update(display.task_tree(shown))
+                            await anyio.sleep(0.5)
+
+                    tg.start_soon(refresh)
+                    await w.run()
+                    tg.cancel_scope.cancel()
+                final = await store.read(views.get_run, run_id)
+                if final:
+                    live.update(display.task_tree(final))
+        else:
+            await w.run()
+        result = await store.read(views.get_run, run_id)
+        assert result is not None
+        return result
+
+
+def status(
+    run_id: Annotated[int | None, typer.Argument(help="One run, with its task tree.")] = None,
+    as_json: JsonOpt = False,
+    limit: Annotated[int, typer.Option(help="How many recent runs.")] = 20,
+) -> None:
+    """Runs and their status; with RUN_ID, one run and its task tree."""
+    from ..store import views
+    from . import display
+
+    ws = workspace()
+    with opened_store(ws) as store:
+        if run_id is None:
+            data: Any = store.read_sync(views.list_runs, limit=limit)
+            live = store.read_sync(views.live_work)
+        else:
+            data = store.read_sync(views.get_run, run_id)
+            if data is None:
+                fail(f"no run {run_id}")
+    if as_json:
+        print_json(data)
+    elif run_id is None:
+        display.print_runs(out, data)
+        display.print_live(out, live)
+    else:
+        display.print_run(out, data)
+
+
+def show(
+    run_id: Annotated[int, typer.Argument(help="The run.")],
+    task: Annotated[
+        int | None, typer.Option("--task", help="Print this task's transcript.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a run's task tree (status, agent, tokens), or one task's transcript."""
+    from ..store import views
+    from . import display
+
+    ws = workspace()
+    with opened_store(ws) as store:
+        run_data = store.read_sync(views.get_run, run_id)
+        if run_data is None:
+            fail(f"no run {run_id}")
+        msgs = store.read_sync(views.transcript, task) if task is not None else None
+    if task is not None and not _in_tree(run_data["tasks"], task):
+        fail(f"task {task} is not part of run {run_id}")
+    if as_json:
+        print_json(msgs if msgs is not None else run_data)
+    elif msgs is not None:
+        display.print_transcript(out, task or 0, msgs)
+    else:
+        display.print_run(out, run_data)
+
+
+def _in_tree(nodes: list[dict[str, Any]], task_id: int) -> bool:
+    return any(n["id"] == task_id or _in_tree(n["children"], task_id) for n in nodes)
+
+
+def cancel(
+    run_id: Annotated[int, typer.Argument(help="The run to cancel (its whole task tree).")],
+) -> None:
+    """Cancel a run and every unfinished task in it."""
+    from ..store import queue, views
+
+    ws = workspace()
+    with opened_store(ws) as store:
+        if store.read_sync(views.get_run, run_id) is None:
+            fail(f"no run {run_id}")
+        n = store.write_sync(queue.cancel_run, run_id)
+    out.print(f"cancelled {n} task(s) of run {run_id}")
+
+
+def serve_local(
+    port: Annotated[int | None, typer.Option(help="Port (default: config local.port).")] = None,
+) -> None:
+    """Run the embedded llama.cpp server with the bundled model in the foreground."""
+    from ..provider.local import serve_forever
+
+    ws = workspace()
+    raise typer.Exit(serve_forever(ws.settings, port))
+
+
+def register(app: typer.Typer) -> None:
+    for command in (run, submit, worker, status, show, cancel):
+        app.command()(command)
+    app.command("serve-local")(serve_local)

@@ -1,0 +1,211 @@
+"""Async access to the database: transactions off the event loop, the schema kept current.
+
+``Store.write(fn, *args)`` runs ``fn(conn, *args)`` in one write transaction without blocking
+the event loop; ``Store.read`` does the same in a read-only transaction. Queue transitions
+(``store.queue``) and ledger writes (``harness.ledger``) are plain functions of a connection,
+so several of them compose into one transaction (a model step's message, its ledger rows and
+its roll-ups).
+
+Where the work runs. A transaction on PostgreSQL waits on the network, so it runs in a worker
+thread. A transaction on a SQLite file is CPU work in this process, except when it must wait
+for another writer's lock, or flush the WAL to the database file (a checkpoint). So on SQLite
+the store first tries the transaction on the calling (event loop) thread, on a connection of
+its own that never waits (``busy_timeout=0``) and makes no automatic checkpoints. When a lock
+is taken (at ``BEGIN IMMEDIATE``, or, rarely, later: the transaction is then rolled back) it
+runs the transaction in a worker thread, which waits as usual; so a transaction function may
+run twice and must act only through its connection. Checkpoints run in a worker thread every
+``CHECKPOINT_EVERY`` inline commits. A thread hop costs more than a typical transaction
+(about 150 us against 50-150 us on this machine, ``docs/benchmarks.md``), so this halves the
+store's share of an agent step.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
+
+from . import engine as db
+from .notes import add_note, find_notes
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: A transaction function: ``fn(conn, *args, **kwargs)``, run by ``Store.write``/``read``.
+TxFn = Callable[Concatenate[Connection, P], T]
+
+
+CHECKPOINT_EVERY = 500  # inline SQLite commits between two checkpoints (in a thread)
+
+
+class _Busy(Exception):
+    """The inline connection met a lock; the caller goes to a thread."""
+
+
+def _locked(exc: Exception) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (another connection holds what is needed)."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _transact(
+    conn: Connection, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:  # (the public methods check fn against its arguments; this runs any of them)
+    """``fn(conn, ...)`` in the transaction open on ``conn``'s driver, then commit; roll
+    back on any exception. Hot-path statements (``db.run``) run on the driver; SQLAlchemy
+    joins the transaction only if a Core statement ran, and then ends it itself."""
+    driver = db.driver(conn)
+    try:
+        out = fn(conn, *args, **kwargs)
+        conn.commit() if conn.in_transaction() else driver.commit()
+    except BaseException:  # a failed COMMIT too: the connection must not keep the lock
+        conn.rollback() if conn.in_transaction() else driver.rollback()
+        raise
+    return out
+
+
+class Store:
+    """Async facade over a SQLAlchemy engine (SQLite file or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._limiter = anyio.CapacityLimiter(32)
+        url = engine.url
+        self._sqlite = url.get_backend_name() == "sqlite"
+        self._inline = self._sqlite and url.database not in (
+            None,
+            "",
+            ":memory:",
+        )
+        self._local = threading.local()  # each event loop thread's inline connection
+        self._inline_conns: list[Connection] = []
+        self._lock = threading.Lock()
+        self._commits = 0
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect to ``url`` and (by default) apply pending migrations."""
+        engine = db.make_engine(url)
+        if migrate:
+            db.upgrade(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._inline_conns = self._inline_conns, []
+        for conn in conns:
+            conn.close()
+        self.engine.dispose()
+
+    # -- running work off the event loop --------------------------------------------------
+
+    def write_sync(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(conn, *args)`` in one write transaction in this thread (waiting for
+        SQLite's write lock up to its busy timeout)."""
+        with self.engine.connect() as conn:
+            if self._sqlite:
+                db.driver(conn).execute("BEGIN IMMEDIATE")
+            return _transact(conn, fn, args, kwargs)
+
+    def read_sync(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        with db.read(self.engine) as conn:
+            return fn(conn, *args, **kwargs)
+
+    async def write(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(conn, *args)`` in one write transaction (inline on an idle SQLite file,
+        else in a worker thread)."""
+        if self._inline:
+            try:
+                out = self._inline_tx(True, fn, args, kwargs)
+            except _Busy:
+                pass
+            else:
+                self._commits += 1
+                if self._commits >= CHECKPOINT_EVERY:
+                    self._commits = 0
+                    await anyio.to_thread.run_sync(self._checkpoint, limiter=self._limiter)
+                return out
+        return await self.write_in_thread(fn, *args, **kwargs)
+
+    async def write_in_thread(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Like ``write``, but always in a worker thread: for transactions that may run long
+        (the worker's maintenance, which can write a morning report), never on the loop."""
+        return await self._in_thread(self.write_sync, fn, args, kwargs)
+
+    async def read(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._inline:
+            try:
+                return self._inline_tx(False, fn, args, kwargs)
+            except _Busy:
+                pass
+        return await self._in_thread(self.read_sync, fn, args, kwargs)
+
+    async def _in_thread(
+        self,
+        sync: Callable[..., T],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        """``sync(fn, *args, **kwargs)`` (``write_sync`` or ``read_sync``) in a worker thread."""
+        return await anyio.to_thread.run_sync(
+            partial(sync, fn, *args, **kwargs), limiter=self._limiter
+        )
+
+    def _inline_tx(
+        self, write: bool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        """``fn`` in a transaction on this thread's own connection, or _Busy at once (before
+        ``fn`` ran, or after it was rolled back: it runs again in a thread, where it waits)."""
+        inline: tuple[Connection, Any] | None = getattr(self._local, "inline", None)
+        if inline is None:
+            inline = self._local.inline = self._connect_inline()
+        conn, driver = inline
+        try:
+            driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            return _transact(conn, fn, args, kwargs)
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            # once BEGIN IMMEDIATE holds the write lock of a WAL file nothing waits, so this
+            # is rare (a journal-mode file's COMMIT waiting for readers, say); _transact has
+            # rolled back, so running the whole transaction again elsewhere is safe
+            if _locked(exc):
+                raise _Busy from None
+            raise
+
+    def _connect_inline(self) -> tuple[Connection, Any]:
+        conn = self.engine.connect()
+        driver = db.driver(conn)
+        driver.execute("PRAGMA busy_timeout=0")  # never wait on the event loop's thread
+        driver.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint
+        with self._lock:
+            self._inline_conns.append(conn)
+        return conn, driver
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file without blocking writers (PASSIVE)."""
+        raw = self.engine.raw_connection()  # outside any transaction, as a checkpoint must be
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            raw.close()
+
+    # -- notes (the NotesStore protocol used by the notes tools) ---------------------------
+
+    async def append_note(self, agent: str, text: str) -> int:
+        return await self.write(add_note, agent, text)
+
+    async def search_notes(
+        self, agent: str, query: str, limit: int = 10
+    ) -> list[tuple[int, str, datetime]]:
+        return await self.read(find_notes, agent, query, limit)
+
+    async def read_notes(self, agent: str, limit: int = 20) -> list[tuple[int, str, datetime]]:
+        return await self.read(find_notes, agent, None, limit)

@@ -1,0 +1,254 @@
+"""Engine setup per dialect and schema migrations (Alembic, applied automatically).
+
+SQLite is tuned once per connection: WAL, ``synchronous=NORMAL``, ``busy_timeout``, foreign keys,
+and write transactions that start with ``BEGIN IMMEDIATE`` so two writers never deadlock on a
+lock upgrade. Read-only work uses ``read_only=True`` connections (a plain deferred ``BEGIN``).
+PostgreSQL uses psycopg 3 (``postgresql+psycopg://``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from enum import Enum
+from functools import cache
+from operator import itemgetter
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, Executable, Insert, Table, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError
+
+from ..errors import ConfigError, Problem
+from .migrations import HEAD_REVISION
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with harness's per-dialect tuning applied."""
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            _tune_sqlite(engine)
+        else:
+            engine = create_engine(url, pool_size=10, max_overflow=20)
+            _ping_when_idle(engine)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(Problem("database_url", f"cannot use {redact(url)!r}: {exc}")) from exc
+    return engine
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+PING_AFTER_IDLE_S = 2.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Test a pooled connection before use when it has been idle a while (a server restart
+    or an idle timeout may have closed it): a dead one is replaced before any work is lost.
+    A busy worker's connections skip the round trip that ``pool_pre_ping`` would add to
+    every transaction."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            dbapi_conn.execute("SELECT 1")
+            dbapi_conn.rollback()
+        except Exception as exc:  # the pool retries with a new connection
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if driver(conn).in_transaction:
+            return  # begun by the store's inline path (it chose how; see harness.store)
+        read_only = conn.get_execution_options().get("read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def driver(conn: Connection) -> Any:
+    """The DB-API connection under ``conn`` (sqlite3 or psycopg: synchronous drivers, whose
+    ``dbapi_connection`` is the driver's own connection, one attribute away)."""
+    return conn.connection.dbapi_connection
+
+
+def is_postgres(conn: Connection | Engine) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def insert_ignore(conn: Connection, table: Table) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect (built once per
+    dialect and table; pass the rows as parameters)."""
+    return _insert_ignore(conn.dialect.name, table)
+
+
+@cache
+def _insert_ignore(dialect: str, table: Table) -> Insert:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+# -- the hot path: prebuilt statements straight to the driver -------------------------------
+
+# (dialect, id(statement), INSERT columns) -> (statement, SQL, positional order, fixed values)
+_Prepared = tuple[Executable, str, Callable[[Mapping[str, Any]], Any] | None, dict[str, Any]]
+_PREPARED: dict[tuple[str, int, tuple[str, ...]], _Prepared] = {}
+
+
+def run(
+    conn: Connection,
+    stmt: Executable,
+    params: Mapping[str, Any] | list[dict[str, Any]] = MappingProxyType({}),
+) -> Any:
+    """Execute a prebuilt Core statement on the driver's cursor; returns the DB-API cursor.
+
+    The statement is compiled once per dialect (and, for an INSERT, per set of columns
+    given), so a call costs little more than the driver's own ``execute``: no SQLAlchemy
+    result objects or type processing. For the queue's and the ledger's hot paths, whose
+    parameters are plain values (str, int, float, bool, None) and whose INSERTs name their
+    columns (omitted columns get their scalar Python default). Rows come back as tuples in
+    the statement's column order. A list of parameter dicts (all with the same keys) runs
+    ``executemany``.
+    """
+    rows: list[dict[str, Any]] | None = params if isinstance(params, list) else None
+    first: Mapping[str, Any] = params if rows is None else (rows[0] if rows else {})  # type: ignore[assignment]
+    key = (conn.dialect.name, id(stmt), tuple(first) if isinstance(stmt, Insert) else ())
+    prepared = _PREPARED.get(key)
+    if prepared is None or prepared[0] is not stmt:
+        prepared = _PREPARED[key] = (stmt, *_prepare(conn, stmt, key[2]))
+    _, sql, order, fixed = prepared
+    raw = driver(conn)
+    if rows is None:
+        if fixed:
+            first = {**fixed, **first}
+        return raw.execute(sql, first if order is None else order(first))
+    if fixed:
+        rows = [{**fixed, **p} for p in rows]
+    cur = raw.cursor()
+    cur.executemany(sql, rows if order is None else [order(p) for p in rows])
+    return cur
+
+
+def _prepare(
+    conn: Connection, stmt: Executable, keys: tuple[str, ...]
+) -> tuple[str, Callable[[Mapping[str, Any]], Any] | None, dict[str, Any]]:
+    defaults: dict[str, Any] = {}
+    kw: dict[str, Any] = {}
+    if isinstance(stmt, Insert):
+        for col in stmt.table.columns:
+            default: Any = col.default
+            if col.key not in keys and default is not None and default.is_scalar:
+                defaults[col.key] = default.arg
+        kw["column_keys"] = [*keys, *defaults]
+    compiled = stmt.compile(dialect=conn.dialect, **kw)  # type: ignore[attr-defined]
+    sql = compiled.string
+    if "POSTCOMPILE" in sql:
+        raise ValueError(f"db.run cannot run a statement with expanding parameters: {sql}")
+    for bind, name in compiled.bind_names.items():  # values written into the statement
+        if not bind.required and name not in keys:
+            value = bind.effective_value
+            defaults[name] = value.value if isinstance(value, Enum) else value
+    order = _getter(tuple(compiled.positiontup)) if compiled.positional else None
+    return sql, order, defaults
+
+
+def _getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """The positional parameters, in ``keys`` order, of a parameter dict."""
+    if len(keys) > 1:
+        return itemgetter(*keys)  # a tuple for two keys or more
+    return lambda params: tuple(params[k] for k in keys)
+
+
+@contextmanager
+def read(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction (no write lock on SQLite)."""
+    with engine.connect().execution_options(read_only=True) as conn, conn.begin():
+        yield conn
+
+
+def _alembic_config(conn: Connection | None = None) -> Config:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if conn is not None:
+        cfg.attributes["connection"] = conn
+    return cfg
+
+
+def script_head() -> str | None:
+    """The newest revision in ``harness/migrations/versions`` (Alembic's view)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def _stored_revision(conn: Connection) -> str | None:
+    try:
+        with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError:  # no alembic_version table yet
+        return None
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect().execution_options(read_only=True) as conn:
+        return _stored_revision(conn)
+
+
+def upgrade(engine: Engine) -> bool:
+    """Bring the schema to the newest revision. Returns True when anything was applied.
+
+    A current database costs one ``SELECT`` (Alembic is imported only to migrate). Safe to
+    call from several processes at once: on PostgreSQL an advisory lock serialises
+    migrations; on SQLite the migration runs inside one ``BEGIN IMMEDIATE`` transaction.
+    """
+    if current_revision(engine) == HEAD_REVISION:
+        return False
+    from alembic import command
+
+    with engine.begin() as conn:
+        if is_postgres(conn):
+            conn.execute(text("SELECT pg_advisory_xact_lock(74657)"))
+        if _stored_revision(conn) == HEAD_REVISION:
+            return False
+        command.upgrade(_alembic_config(conn), "head")
+    return True

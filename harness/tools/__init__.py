@@ -1,0 +1,45 @@
+"""Tools an agent may call: one ``Tool`` shape whatever the source.
+
+``base``: ``Tool`` (a name, a description, a JSON schema derived from a typed signature, a
+function), ``@tool``, the registry that runs a call and turns every failure into a result the
+model reads, and the loading of a workspace's ``tools/*.py``. ``schema``: the JSON schemas
+small models decode best. ``builtin``: files, notes and ``delegate``; ``webfetch``.
+"""
+
+from .base import (
+    NotesStore,
+    Tool,
+    ToolContext,
+    ToolRegistry,
+    ToolResult,
+    global_registry,
+    load_workspace_tools,
+    make_tool,
+    tool,
+)
+from .builtin import (
+    BUILTIN_TOOL_NAMES,
+    DELEGATE_TOOL,
+    builtin_tools,
+    default_registry,
+    delegate_spec,
+    delegation,
+)
+
+__all__ = [
+    "BUILTIN_TOOL_NAMES",
+    "DELEGATE_TOOL",
+    "NotesStore",
+    "Tool",
+    "ToolContext",
+    "ToolRegistry",
+    "ToolResult",
+    "builtin_tools",
+    "default_registry",
+    "delegate_spec",
+    "delegation",
+    "global_registry",
+    "load_workspace_tools",
+    "make_tool",
+    "tool",
+]

@@ -1,0 +1,441 @@
+"""Tools: plain Python functions an agent may call, with a JSON schema derived from their signature.
+
+A tool is a function with type hints, turned into a :class:`Tool` by ``@tool``. Its parameters
+become a pydantic model: that model validates the arguments a model sends and gives the JSON
+schema the model sees (closed sets as ``enum``, ``required``, ``additionalProperties: false``,
+no ``title`` noise, ``$ref`` inlined) -- small local models decode against that schema with a
+grammar, so it must be precise. A parameter annotated :class:`ToolContext` receives the call's
+context and is not part of the schema.
+
+:meth:`ToolRegistry.call` never raises for a tool's problem: an unknown or forbidden tool,
+arguments that are not JSON or do not validate, a :class:`~harness.errors.ToolError` or any other
+exception all come back as ``ToolResult(ok=False, content=<one clear message>)`` for the model
+to read. Control-flow signals (:class:`~harness.errors.ControlSignal`) and cancellation propagate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import re
+import sys
+import traceback
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, overload
+
+import anyio.to_thread
+import pydantic_core
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from ..errors import ConfigError, ControlSignal, Problem, ToolError
+from ..messages import FunctionSpec, ToolSpec
+from ..settings import Settings
+from .schema import json_schema, parse_docstring
+
+__all__ = [
+    "NotesStore",
+    "Tool",
+    "ToolContext",
+    "ToolRegistry",
+    "ToolResult",
+    "global_registry",
+    "load_workspace_tools",
+    "make_tool",
+    "tool",
+]
+
+log = structlog.get_logger("harness.tools")
+
+
+class NotesStore(Protocol):
+    """An agent's persistent notes (implemented by the database store).
+
+    ``append_note`` returns the new note's id. ``search_notes`` and ``read_notes`` return
+    ``(id, text, created_at)`` rows of that agent only, most recent first.
+    """
+
+    async def append_note(self, agent: str, text: str) -> int: ...
+
+    async def search_notes(
+        self, agent: str, query: str, limit: int = 10
+    ) -> list[tuple[int, str, datetime]]: ...
+
+    async def read_notes(self, agent: str, limit: int = 20) -> list[tuple[int, str, datetime]]: ...
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What a tool may know about the call it serves.
+
+    ``workdir`` is the run's folder (``<workspace>/var/runs/<run_id>/``); it may not exist yet:
+    file tools call :meth:`ensure_workdir` before use.
+    """
+
+    run_id: int
+    task_id: int
+    agent: str
+    workdir: Path
+    settings: Settings
+    notes: NotesStore
+
+    def ensure_workdir(self) -> Path:
+        """Create the run folder if needed; return its real (symlink-free) path."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self.workdir.resolve(strict=True)
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """The text a model gets back for one tool call; ``ok`` is False for every failure."""
+
+    ok: bool
+    content: str
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A callable the model may use. ``parameters`` is the JSON schema of its arguments.
+
+    ``fn`` is called with keyword arguments validated by ``args_model``, plus the
+    :class:`ToolContext` under ``context_param`` when it declares one. ``origin`` says
+    where the tool was defined, for error messages.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    fn: Callable[..., Any]
+    args_model: type[BaseModel] | None = field(default=None, compare=False, repr=False)
+    context_param: str | None = field(default=None, compare=False)
+    origin: str = field(default="", compare=False)
+
+    def spec(self) -> ToolSpec:
+        """The tool as offered to a model (OpenAI ``tools`` entry)."""
+        return ToolSpec(
+            function=FunctionSpec(
+                name=self.name, description=self.description, parameters=self.parameters
+            )
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the underlying function directly (no validation), e.g. in tests."""
+        return self.fn(*args, **kwargs)
+
+    def arguments(self, arguments_json: str) -> dict[str, Any]:
+        """The keyword arguments a model's JSON stands for, validated; ToolError (with one
+        message the model can act on) when it is not JSON, not an object, or invalid."""
+        try:
+            args = pydantic_core.from_json((arguments_json or "").strip() or "{}")
+        except ValueError as exc:
+            raise ToolError(f"arguments for tool {self.name!r} are not valid JSON: {exc}") from None
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise ToolError(f"arguments for tool {self.name!r} must be a JSON object")
+        if self.args_model is None:
+            return dict(args)
+        try:
+            validated = self.args_model.model_validate(args)
+        except ValidationError as exc:
+            expected = list(self.parameters.get("properties", {}))
+            raise ToolError(_validation_message(self.name, exc, expected)) from None
+        return {key: getattr(validated, key) for key in type(validated).model_fields}
+
+
+# ---------------------------------------------------------------- building a Tool from a function
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    try:
+        file = inspect.getsourcefile(fn) or getattr(fn, "__module__", "?")
+        line = inspect.getsourcelines(fn)[1]
+        return f"{file}:{line}"
+    except (OSError, TypeError):
+        return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+
+
+def make_tool(
+    fn: Callable[..., Any], *, name: str | None = None, description: str | None = None
+) -> Tool:
+    """Build a :class:`Tool` from a type-hinted function (not registered anywhere).
+
+    Raises ConfigError when the name is not a valid tool name, a parameter has no type hint
+    or starts with ``_``, or the signature uses positional-only, ``*args`` or ``**kwargs``.
+    """
+    tool_name = name or fn.__name__
+    origin = _origin(fn)
+    if not _NAME_RE.match(tool_name):
+        raise ConfigError(Problem(origin, f"invalid tool name {tool_name!r}"))
+    try:
+        hints = inspect.get_annotations(fn, eval_str=True)
+    except Exception as exc:
+        raise ConfigError(
+            Problem(origin, f"tool {tool_name!r}: cannot resolve type hints: {exc}")
+        ) from exc
+    summary, arg_docs = parse_docstring(fn.__doc__)
+    fields: dict[str, Any] = {}
+    context_param: str | None = None
+    for param in inspect.signature(fn).parameters.values():
+        where = f"tool {tool_name!r}: parameter {param.name!r}"
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+            raise ConfigError(Problem(origin, f"{where}: only named parameters are supported"))
+        if param.name.startswith("_"):  # pydantic would silently drop it
+            raise ConfigError(Problem(origin, f"{where}: names may not start with '_'"))
+        if param.name not in hints:
+            raise ConfigError(Problem(origin, f"{where} needs a type hint"))
+        hint = hints[param.name]
+        if hint is ToolContext:
+            context_param = param.name
+            continue
+        default = ... if param.default is param.empty else param.default
+        info = Field(default, description=arg_docs.get(param.name))
+        fields[param.name] = (hint, info)
+    try:
+        model = create_model(
+            f"{tool_name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
+        )
+        parameters = json_schema(model)
+    except Exception as exc:
+        raise ConfigError(
+            Problem(origin, f"tool {tool_name!r}: unsupported parameter types: {exc}")
+        ) from exc
+    return Tool(
+        name=tool_name,
+        description=summary if description is None else description,
+        parameters=parameters,
+        fn=fn,
+        args_model=model,
+        context_param=context_param,
+        origin=origin,
+    )
+
+
+# ------------------------------------------------------------------------------- the registry
+
+
+def _cap(text: str, max_chars: int) -> str:
+    """Cut ``text`` to ``max_chars`` characters including a visible marker saying how many went."""
+    if len(text) <= max_chars:
+        return text
+    longest_marker = f"\n[... truncated {len(text)} chars]"  # no marker is longer than this
+    keep = max(max_chars - len(longest_marker), 0)
+    return text[:keep] + f"\n[... truncated {len(text) - keep} chars]"
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return pydantic_core.to_json(value, fallback=str).decode()
+
+
+def _validation_message(tool_name: str, exc: ValidationError, expected: Iterable[str]) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in err["loc"]) or "(arguments)"
+        if err["type"] == "missing":
+            lines.append(f"{loc}: missing required argument")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unexpected argument")
+        else:
+            got = repr(err.get("input"))
+            got = got if len(got) <= 80 else got[:77] + "..."
+            lines.append(f"{loc}: {err['msg']} (got {got})")
+    names = ", ".join(expected) or "none"
+    return (
+        f"invalid arguments for tool {tool_name!r}: "
+        + "; ".join(lines)
+        + f". Expected arguments: {names}."
+    )
+
+
+class ToolRegistry:
+    """Tools by name. ``call`` runs one with validation and turns every failure into a result."""
+
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for t in tools:
+            self.register(t)
+
+    def register(self, t: Tool, *, replace: bool = False) -> None:
+        """Add ``t``. A second tool with the same name is a ConfigError naming both origins."""
+        old = self._tools.get(t.name)
+        if old is not None and not replace and old is not t:
+            raise ConfigError(
+                Problem(
+                    t.origin or "<tool>",
+                    f"tool {t.name!r} is defined twice: at {old.origin or '?'} "
+                    f"and at {t.origin or '?'}",
+                )
+            )
+        self._tools[t.name] = t
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def names(self) -> set[str]:
+        return set(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def specs(self, names: Iterable[str]) -> list[ToolSpec]:
+        """Specs for ``names``: a sequence keeps its order, any other collection is sorted
+        (a stable prompt keeps the provider's prompt cache warm). Unknown names: ConfigError."""
+        ordered = list(dict.fromkeys(names if isinstance(names, Sequence) else sorted(names)))
+        unknown = [n for n in ordered if n not in self._tools]
+        if unknown:
+            raise ConfigError(f"unknown tool(s): {', '.join(unknown)}")
+        return [self._tools[n].spec() for n in ordered]
+
+    async def call(
+        self,
+        name: str,
+        arguments_json: str,
+        ctx: ToolContext,
+        *,
+        allowed: Collection[str],
+        max_chars: int,
+    ) -> ToolResult:
+        """Run tool ``name`` with the model's JSON arguments; never raises for tool problems.
+
+        Sync tools run in a worker thread. Output: a ``str`` as is, anything else as JSON;
+        every content (errors included) is capped to ``max_chars`` characters.
+        """
+        result = await self._call(name, arguments_json, ctx, allowed)
+        return ToolResult(ok=result.ok, content=_cap(result.content, max_chars))
+
+    async def _call(
+        self, name: str, arguments_json: str, ctx: ToolContext, allowed: Collection[str]
+    ) -> ToolResult:
+        available = ", ".join(sorted(allowed)) or "none"
+        if name not in allowed:
+            return ToolResult(
+                False, f"tool {name!r} is not available to you. Available: {available}."
+            )
+        t = self._tools.get(name)
+        if t is None:
+            return ToolResult(False, f"unknown tool {name!r}. Available: {available}.")
+        try:
+            kwargs = t.arguments(arguments_json)
+        except ToolError as exc:
+            return ToolResult(False, str(exc))
+        if t.context_param:
+            kwargs[t.context_param] = ctx
+        try:
+            if inspect.iscoroutinefunction(t.fn):
+                value = await t.fn(**kwargs)
+            else:
+                value = await anyio.to_thread.run_sync(lambda: t.fn(**kwargs))
+                if inspect.isawaitable(value):
+                    value = await value
+            return ToolResult(True, _to_text(value))
+        except ControlSignal:
+            raise
+        except ToolError as exc:
+            return ToolResult(False, f"tool {name!r} failed: {exc}")
+        except Exception as exc:
+            log.warning("tool_crashed", tool=name, error=type(exc).__name__, exc_info=True)
+            return ToolResult(False, f"tool {name!r} crashed: {type(exc).__name__}: {exc}")
+
+
+# ------------------------------------------------------------------ decorator and discovery
+
+_GLOBAL = ToolRegistry()
+_collectors: list[list[Tool]] = []
+
+
+def global_registry() -> ToolRegistry:
+    """The process-wide registry every ``@tool`` also registers into (last definition wins)."""
+    return _GLOBAL
+
+
+@overload
+def tool(
+    fn: Callable[..., Any], *, name: str | None = None, description: str | None = None
+) -> Tool: ...
+
+
+@overload
+def tool(
+    fn: None = None, *, name: str | None = None, description: str | None = None
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Make a function a tool: ``@tool`` or ``@tool(name=..., description=...)``.
+
+    The description defaults to the docstring's first paragraph; an ``Args:`` section gives
+    per-parameter descriptions. The tool goes into :func:`global_registry` (replacing one of
+    the same name) and into the workspace being loaded, if any.
+    """
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        t = make_tool(f, name=name, description=description)
+        _GLOBAL.register(t, replace=True)
+        if _collectors:
+            _collectors[-1].append(t)
+        return t
+
+    return wrap if fn is None else wrap(fn)
+
+
+def _import_error(path: Path, exc: Exception) -> ConfigError:
+    if isinstance(exc, SyntaxError):
+        return ConfigError(Problem(str(path), f"syntax error: {exc.msg}", line=exc.lineno))
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename) == path:
+            line = frame.lineno
+    return ConfigError(
+        Problem(str(path), f"could not import: {type(exc).__name__}: {exc}", line=line)
+    )
+
+
+def load_workspace_tools(tools_dir: Path, registry: ToolRegistry) -> list[str]:
+    """Import every ``tools_dir/*.py`` not starting with ``_`` and register its ``@tool``s.
+
+    Each file becomes a module under a private name. Returns the registered names in load
+    order. A file that fails to import raises ConfigError naming it (and the line when known);
+    a name clash raises ConfigError naming both definitions. A missing folder yields ``[]``.
+    """
+    if not tools_dir.is_dir():
+        return []
+    tag = hashlib.sha1(str(tools_dir.resolve()).encode()).hexdigest()[:10]
+    names: list[str] = []
+    for path in sorted(tools_dir.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        module_name = f"_harness_workspace_{tag}_{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(Problem(str(path), "cannot be imported as a module"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # pydantic resolves forward refs through it
+        found: list[Tool] = []
+        _collectors.append(found)
+        try:
+            spec.loader.exec_module(module)
+        except ConfigError:  # from @tool itself: it already names the file and line
+            sys.modules.pop(module_name, None)
+            raise
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise _import_error(path, exc) from exc
+        finally:
+            _collectors.pop()
+        for t in found:
+            registry.register(t)
+            names.append(t.name)
+    return names
