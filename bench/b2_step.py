@@ -64,7 +64,7 @@ def _first_payload(rt: Any) -> dict[str, Any]:
 
 
 class HarnessStep:
-    """The real thing, as the worker does it: ``loop.claim`` through the Store (the task
+    """The real thing, as the worker does it: ``steps.claim`` through the Store (the task
     and its state in one transaction), then ``TaskRunner.run``."""
 
     def __init__(self, rt: Any) -> None:
@@ -74,7 +74,8 @@ class HarnessStep:
         self.worker_id = rt.store.write_sync(workers.register_worker, 1)
 
     async def step(self) -> None:
-        from harness.loop import TaskRunner, claim
+        from harness.loop import TaskRunner
+        from harness.steps import claim
         from harness.store.schema import TaskStatus
 
         [(task, state)] = await self.rt.store.write(claim, self.worker_id, LEASE_S, 1)
@@ -315,7 +316,7 @@ async def run(sizes: Sizes, server: FakeServerProcess) -> Section:
         f"{sizes.b2_steps} one-step tasks per arm per round (enqueued beforehand, untimed), "
         f"{sizes.b2_rounds} rounds; within a round the arms take turns {SLICES} times; each arm "
         "on its own SQLite file (WAL). harness: "
-        "`loop.claim` through the Store (the worker's claim: the task and its transcript in "
+        "`steps.claim` through the Store (the worker's claim: the task and its transcript in "
         "one transaction), then `TaskRunner.run` (budget reservation with the opening "
         "messages; model call; message + ledger row + roll-ups + completion in one "
         "transaction). Raw: the same statements by hand in five write "

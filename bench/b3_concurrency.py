@@ -222,15 +222,15 @@ class MeteredHarness:
         from harness.usage import Budget
 
         settings = self.inner.settings
-        model = settings.models["fake"]
         day = ledger.day_of(time.time(), settings.tz)
-        rid = await self.store.write(
+        rid, _ = await self.store.write(
             ledger.reserve,
             self.ctx,
+            settings,
             model="fake",
-            provider=model.provider,
-            tokens=2500,
-            cost=0.0,
+            prompt_tokens=2000,
+            max_tokens=500,
+            min_tokens=500,
             budget=Budget(),
             workspace_budget=Budget(),
             day=day,

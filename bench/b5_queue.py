@@ -136,11 +136,11 @@ class HarnessQueue:
             queue.create_run(conn, GOAL, AGENT, max_attempts=3)
 
     @staticmethod
-    def _complete_all(conn: Any, ids: list[int], worker_id: int) -> None:
+    def _complete_all(conn: Any, tasks: list[Any], worker_id: int) -> None:
         from harness.store import queue
 
-        for task_id in ids:
-            queue.complete(conn, task_id, worker_id, "ok")
+        for task in tasks:
+            queue.complete(conn, queue.Lease(task, worker_id), "ok")
 
     async def one(self, threaded: bool) -> None:
         from harness.store import queue
@@ -148,7 +148,7 @@ class HarnessQueue:
         w = self.store.write if threaded else _sync(self.store.write_sync)
         await w(queue.create_run, GOAL, AGENT, max_attempts=3)
         [task] = await w(queue.claim, self.worker_id, LEASE_S, 1)
-        await w(queue.complete, task.id, self.worker_id, "ok")
+        await w(queue.complete, queue.Lease(task, self.worker_id), "ok")
 
     async def batch(self, size: int, threaded: bool) -> None:
         from harness.store import queue
@@ -157,7 +157,7 @@ class HarnessQueue:
         await w(self._enqueue, size)
         tasks = await w(queue.claim, self.worker_id, LEASE_S, size)
         assert len(tasks) == size
-        await w(self._complete_all, [t.id for t in tasks], self.worker_id)
+        await w(self._complete_all, tasks, self.worker_id)
 
 
 def _sync(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -97,7 +97,14 @@ class ControlSignal(Exception):
 
 @dataclass
 class BudgetExceeded(ControlSignal):
-    """A call would take an agent (or the workspace) past its daily budget."""
+    """A call would take an agent (or the workspace) past its daily budget.
+
+    ``used`` is what settled calls spent, ``reserved`` what calls in flight hold, ``requested``
+    the least this call needs (its prompt estimate and a useful minimum of output). Three
+    cases, told apart here: the call alone is larger than the whole budget (``impossible``:
+    the task fails), the room is only held by calls in flight (``waiting``: the task waits a
+    little), or the day's budget is spent (the task pauses until the next day).
+    """
 
     agent: str
     budget: str
@@ -105,15 +112,31 @@ class BudgetExceeded(ControlSignal):
     used: float
     requested: float
     day: str
+    reserved: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__init__(str(self))
 
+    @property
+    def impossible(self) -> bool:
+        return self.requested > self.limit
+
+    @property
+    def waiting(self) -> bool:
+        return not self.impossible and self.used + self.requested <= self.limit
+
     def __str__(self) -> str:
+        held = f" ({self.reserved:g} more held by calls in flight)" if self.reserved else ""
+        if self.impossible:
+            return (
+                f"one call of agent {self.agent!r} needs at least {self.requested:g}, more than "
+                f"its whole {self.budget} of {self.limit:g}"
+            )
         return (
             f"agent {self.agent!r} is out of its {self.budget} for {self.day}: "
-            f"used {self.used:g} of {self.limit:g}, this call needs up to {self.requested:g}"
+            f"used {self.used:g} of {self.limit:g}{held}, this call needs at least "
+            f"{self.requested:g}"
         )
 
 

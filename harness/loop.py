@@ -14,29 +14,27 @@ The loop is resumable at every point. Its state is the task's transcript in the 
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import anyio
 import structlog
-from sqlalchemy import Connection
 
-from . import ledger
+from . import ledger, steps
 from .agents import DELEGATE, AgentSpec
-from .errors import BudgetExceeded, LeaseLost, ProviderError, RunFailed, ToolError
+from .errors import BudgetExceeded, ControlSignal, LeaseLost, ProviderError, RunFailed, ToolError
 from .messages import ChatMessage, ChatRequest, ToolCall, ToolSpec
 from .provider import Completion
 from .provider.jsontools import new_call_id
-from .provider.tokens import estimate_prompt_tokens
 from .runtime import Runtime
-from .settings import Settings
+from .settings import WorkerConfig
+from .steps import Reservation, State, load_state
 from .store import TERMINAL, TaskStatus, queue
-from .store.queue import NewTask, Task
-from .store.transcripts import StoredMessage, append_messages, load_transcript
+from .store.queue import Lease, NewTask, Task
+from .store.transcripts import StoredMessage
 from .tools import ToolContext, delegate_spec, delegation
-from .usage import CallRecord
 
 log = structlog.get_logger("harness.loop")
 
@@ -70,6 +68,7 @@ class TaskRunner:
         self.rt = rt
         self.task = task
         self.worker_id = worker_id
+        self.lease = Lease(task, worker_id)  # fences every write of this claim
         self.state = state  # read with the claim (see ``claim``), or here at the start
         self.log = log.bind(run_id=task.run_id, task_id=task.id, agent=task.agent)
         self.transcript: list[StoredMessage] = []
@@ -96,7 +95,7 @@ class TaskRunner:
             self.log.warning("task_lease_lost")
             return TaskStatus.CANCELLED
         except BudgetExceeded as exc:
-            return await self._pause(exc)
+            return await self._out_of_budget(exc)
         except RunFailed as exc:
             return await self._fail(exc.reason, retry=False)
         except ProviderError as exc:
@@ -206,19 +205,23 @@ class TaskRunner:
         """One model call: request -> reserve -> call -> persist. True when it answered (the
         task is then complete); False when it made tool calls (now pending)."""
         request = self._request()
-        held = Reservation(self, request)
-        await self._reserve(held, request.model)
+        held = Reservation(
+            self.rt.store,
+            self.rt.settings,
+            self.lease,
+            self.agent,
+            opening=self.unsaved,
+            on_opening=self._opening_stored,
+        )
         self.rt.emit("model_call", task_id=self.task.id, agent=self.agent.name)
         try:
-            completion = await self.rt.provider.complete(
-                request, before_attempt=partial(self._reserve, held)
-            )
-        except (ProviderError, BudgetExceeded) as exc:
+            completion = await self.rt.provider.complete(request, attempts=held)
+        except (ProviderError, ControlSignal) as exc:  # paid attempts are recorded all the same
             await held.record_failure(getattr(exc, "records", []))
             raise
         except BaseException:
-            # cancelled mid-call (shutdown, lost lease, cancelled run): the server may have
-            # served it, so it is charged with its estimate rather than silently forgotten
+            # cancelled (shutdown, lost lease, cancelled run): charged with its estimate if it
+            # may have reached the server, given back if it never left
             await held.unsettle("cancelled while in flight")
             raise
         await self._persist_step(held, completion)
@@ -227,38 +230,18 @@ class TaskRunner:
         )
         return not completion.message.tool_calls
 
-    async def _reserve(
-        self, held: Reservation, model: str, attempts: Sequence[CallRecord] = ()
-    ) -> None:
-        """Reserve the next attempt on ``model``; the first one also stores a new task's
-        opening messages (one transaction fewer)."""
-        stored = await held.take(model, attempts, opening=self.unsaved)
-        if self.unsaved:
-            self.transcript[: len(stored)] = stored
-            self.unsaved = []
+    def _opening_stored(self, stored: list[StoredMessage]) -> None:
+        self.transcript[: len(stored)] = stored
+        self.unsaved = []
 
     async def _persist_step(self, held: Reservation, completion: Completion) -> None:
-        """The answer, its ledger rows and the settled reservation, in one transaction. An
-        answer that arrived is never dropped: the write is shielded from cancellation, and
-        if it fails the call is charged with its estimate (unsettled)."""
         message = ChatMessage(
             role="assistant",
             content=completion.message.content,
             tool_calls=self._fresh_ids(completion.message.tool_calls or []) or None,
         )
         records = held.unrecorded(completion.records)
-        try:
-            with anyio.CancelScope(shield=True):
-                appended = await self.rt.store.write(
-                    _persist_step_tx, self.task, self.worker_id, held, records, message,
-                    self._next_seq(),
-                )  # fmt: skip
-        except Exception:
-            await held.unsettle("answered, but the answer could not be stored")
-            raise
-        if appended is None:
-            raise LeaseLost(self.task.id)
-        self.transcript.extend(appended)
+        self.transcript += await steps.persist_step(held, records, message, self._next_seq())
         self.log.info(
             "model_step",
             model=completion.model,
@@ -352,23 +335,18 @@ class TaskRunner:
             await self._append(results)
         if not spawn:
             return False
-        ids = await self.rt.store.write(queue.spawn_children, self.task, self.worker_id, spawn)
+        ids = await self.rt.store.write_until_done(queue.spawn_children, self.lease, spawn)
         self.log.info("task_delegated", children=ids)
         self.rt.emit("delegated", task_id=self.task.id, children=ids)
         return True
 
-    # -- persistence helpers -------------------------------------------------------------------
+    # -- ends ----------------------------------------------------------------------------------
 
     async def _append(self, msgs: list[ChatMessage]) -> None:
-        appended = await self.rt.store.write(
-            _append_tx, self.task.id, self.worker_id, msgs, self._next_seq()
-        )
-        if appended is None:
-            raise LeaseLost(self.task.id)
-        self.transcript.extend(appended)
+        self.transcript += await steps.append(self.rt.store, self.lease, msgs, self._next_seq())
 
     async def _complete(self, answer: str) -> TaskStatus:
-        await self.rt.store.write(queue.complete, self.task.id, self.worker_id, answer)
+        await self.rt.store.write_until_done(queue.complete, self.lease, answer)
         return self._done(answer)
 
     def _done(self, answer: str) -> TaskStatus:
@@ -376,29 +354,51 @@ class TaskRunner:
         return TaskStatus.DONE
 
     async def _fail(self, reason: str, *, retry: bool) -> TaskStatus:
-        backoff = self.rt.settings.worker.retry_backoff_s * (2 ** max(self.task.attempts - 1, 0))
+        backoff = retry_backoff(self.rt.settings.worker, self.task.attempts)
         try:
-            status = await self.rt.store.write(
-                queue.fail, self.task, self.worker_id, reason, retry=retry, backoff_s=backoff
-            )
+            with anyio.CancelScope(shield=True):  # a task's end is recorded, whatever comes
+                status = await self.rt.store.write_until_done(
+                    queue.fail, self.lease, reason, retry=retry, backoff_s=backoff
+                )
         except LeaseLost:
             return TaskStatus.CANCELLED
         self.log.warning("task_failed", reason=reason, retry=status == TaskStatus.QUEUED)
         return status
 
-    async def _pause(self, exc: BudgetExceeded) -> TaskStatus:
-        # the budget refused is the one of the day the call was reserved on: its end, not
-        # the end of today (a refusal just after midnight must not wait an extra day)
-        until = ledger.day_after_start(exc.day, self.rt.settings.tz)
+    async def _out_of_budget(self, exc: BudgetExceeded) -> TaskStatus:
+        """A refused call: larger than the whole budget (the task fails: it could never run),
+        room held by calls in flight (it waits a little, no attempt charged), or the day's
+        budget spent (it pauses until the next day or a budget change)."""
+        if exc.impossible:
+            hint = "raise the budget, or lower the agent's max_tokens or its task's size"
+            return await self._fail(f"{exc}; {hint}", retry=False)
         try:
+            if exc.waiting:
+                delay = BUDGET_WAIT_S * (0.5 + random.random())
+                why = f"waiting for budget held by calls in flight: {exc}"
+                await self.rt.store.write_until_done(queue.release, self.lease, why, delay_s=delay)
+                self.log.info("task_budget_wait", reason=str(exc), delay_s=round(delay, 2))
+                return TaskStatus.QUEUED
+            # the budget refused is the one of the day the call was reserved on: its end, not
+            # the end of today (a refusal just after midnight must not wait an extra day)
+            until = ledger.day_after_start(exc.day, self.rt.settings.tz)
             key = self.agent.budget_key(self.rt.settings)
-            await self.rt.store.write(
-                queue.pause, self.task.id, self.worker_id, str(exc), until, key
-            )
+            await self.rt.store.write_until_done(queue.pause, self.lease, str(exc), until, key)
         except LeaseLost:
             return TaskStatus.CANCELLED
         self.log.warning("task_paused", reason=str(exc))
         return TaskStatus.PAUSED
+
+
+BUDGET_WAIT_S = 2.0  # a task refused for budget only held by calls in flight retries this soon
+
+
+def retry_backoff(worker: WorkerConfig, attempts: int) -> float:
+    """The wait before a failed task's next attempt: ``retry_backoff_s`` doubling per attempt,
+    capped at ``retry_backoff_max_s``, with "equal jitter" (half fixed, half random) so that
+    tasks failed together do not come back together."""
+    ceiling = min(worker.retry_backoff_max_s, worker.retry_backoff_s * 2.0 ** max(attempts - 1, 0))
+    return ceiling / 2 + random.random() * ceiling / 2
 
 
 def _canonical(arguments: str) -> str:
@@ -417,157 +417,3 @@ def _child_result(child: Task) -> str:
         return child.result or ""
     why = child.error or child.status_reason or "no reason given"
     return f"error: sub-task {child.id} ({child.agent}) {child.status}: {why}"
-
-
-class Reservation:
-    """The budget held for one model call (invariant 2).
-
-    Each attempt's worst case (prompt estimate + ``max_tokens``) is reserved before it is
-    sent. Retries and fallbacks spend tokens too, so each reserves its own, in the transaction
-    that records the attempts failed so far and releases what they held: a task holds one
-    reservation at a time, and a worker that dies mid-call leaves at most one behind. After
-    the call, its records settle the reservation (:func:`_persist_step_tx`,
-    :meth:`record_failure`), or it is charged with its estimate (:meth:`unsettle`) when the
-    call may have been served but its answer is not recorded.
-    """
-
-    def __init__(self, runner: TaskRunner, request: ChatRequest) -> None:
-        task, agent, settings = runner.task, runner.agent, runner.rt.settings
-        self.store = runner.rt.store
-        self.settings = settings
-        self.task_id, self.worker_id = task.id, runner.worker_id
-        self.ctx = ledger.CallContext(agent.name, task.run_id, task.id, runner.worker_id)
-        self.prompt_estimate = estimate_prompt_tokens(request)
-        self.max_tokens = request.max_tokens
-        self.budget, self.workspace_budget = agent.budget(settings), settings.budgets.workspace()
-        self.ids: list[int] = []  # the reservation taken and not yet settled
-        self.settled = 0  # how many of the call's attempts are in the ledger already
-
-    def unrecorded(self, records: Sequence[CallRecord]) -> Sequence[CallRecord]:
-        """The attempts among ``records`` not in the ledger yet."""
-        return records[self.settled :]
-
-    async def take(
-        self,
-        model: str,
-        attempts: Sequence[CallRecord] = (),
-        *,
-        opening: Sequence[ChatMessage] = (),
-    ) -> list[StoredMessage]:
-        """Reserve the next attempt on ``model``, recording ``attempts`` (the failed ones so
-        far); ``opening``: a new task's first messages, stored in the same transaction.
-        Raises BudgetExceeded when a budget cannot cover it (nothing is then written)."""
-        max_tokens = self.max_tokens or self.settings.models[model].max_tokens
-        new = list(self.unrecorded(attempts))
-        rid, stored = await self.store.write(
-            _next_attempt_tx, self, new, model, max_tokens, list(opening)
-        )
-        self.ids, self.settled = [rid], len(attempts)
-        return stored
-
-    async def record_failure(self, records: Sequence[CallRecord]) -> None:
-        """The call failed for good: record its attempts, settle the reservation."""
-        with anyio.CancelScope(shield=True):  # paid attempts are recorded, whatever comes
-            await self.store.write(_record_tx, self, self.unrecorded(records))
-
-    async def unsettle(self, why: str) -> None:
-        """Charge the reservation as an *unsettled* call (its answer is not recorded)."""
-        with anyio.CancelScope(shield=True):
-            await self.store.write(_unsettle_tx, self.settings, self.ids, why)
-
-
-def _record_tx(conn: Connection, held: Reservation, records: Sequence[CallRecord]) -> list[int]:
-    """Record a call's attempts and settle the reservation held for it."""
-    return ledger.record(conn, held.ctx, records, held.settings, extra_reservations=held.ids)
-
-
-def _next_attempt_tx(
-    conn: Connection,
-    held: Reservation,
-    failed: Sequence[CallRecord],
-    model_name: str,
-    max_tokens: int,
-    opening: list[ChatMessage],
-) -> tuple[int, list[StoredMessage]]:
-    """Record failed attempts, settling what they held, and reserve the next attempt on the
-    day it is sent; the first one also stores a new task's opening messages (while this
-    worker owns the task)."""
-    stored = _append_tx(conn, held.task_id, held.worker_id, opening, 0) if opening else []
-    if stored is None:
-        raise LeaseLost(held.task_id)
-    _record_tx(conn, held, failed)
-    model = held.settings.models[model_name]
-    estimate = held.prompt_estimate
-    rid = ledger.reserve(
-        conn,
-        held.ctx,
-        model=model_name,
-        provider=model.provider,
-        tokens=estimate + max_tokens,
-        cost=model.cost(estimate, 0, max_tokens),
-        budget=held.budget,
-        workspace_budget=held.workspace_budget,
-        day=ledger.day_of(queue.now(), held.settings.tz),
-    )
-    return rid, stored
-
-
-def _unsettle_tx(
-    conn: Connection, settings: Settings, reservations: Sequence[int], why: str
-) -> None:
-    for rid in reservations:
-        ledger.settle_unsettled(conn, settings, rid, f"{why}; charged with the reserved estimate")
-
-
-State = tuple[list[StoredMessage], int]  # a task's transcript and how many children it made
-
-
-def load_state(conn: Connection, task: Task) -> State:
-    """The task's transcript and how many sub-tasks it has created (one read). A task that
-    has taken no model step yet has delegated nothing: its children are not counted."""
-    children = queue.count_children(conn, task.id) if task.steps else 0
-    return load_transcript(conn, task.id), children
-
-
-def claim(
-    conn: Connection, worker_id: int, lease_s: float, limit: int = 1, *, run_id: int | None = None
-) -> list[tuple[Task, State]]:
-    """Lease runnable tasks (``queue.claim``) and read each one's state in the same
-    transaction, so a runner starts without a read of its own."""
-    claimed = queue.claim(conn, worker_id, lease_s, limit, run_id=run_id)
-    return [(task, load_state(conn, task)) for task in claimed]
-
-
-def _append_tx(
-    conn: Connection, task_id: int, worker_id: int, msgs: list[ChatMessage], first_seq: int
-) -> list[StoredMessage] | None:
-    """Append to the transcript of a task this worker still owns (None when it does not);
-    ``first_seq`` comes from the runner's copy, which the lease keeps true."""
-    if not queue.touch(conn, task_id, worker_id):
-        return None
-    return append_messages(conn, task_id, msgs, first_seq=first_seq)
-
-
-def _persist_step_tx(
-    conn: Connection,
-    task: Task,
-    worker_id: int,
-    held: Reservation,
-    records: Sequence[CallRecord],
-    message: ChatMessage,
-    seq: int,
-) -> list[StoredMessage] | None:
-    """Ledger rows always (the call was paid for); the transcript only while we own the task
-    (None when we no longer do). A final answer completes the task in the same statement
-    that counts the step."""
-    ids = _record_tx(conn, held, records)
-    try:
-        if message.tool_calls:
-            if not queue.touch(conn, task.id, worker_id, steps_delta=1):
-                return None
-        else:
-            queue.complete(conn, task.id, worker_id, message.content or "", step=True)
-    except LeaseLost:
-        return None
-    call_id = ids[-1] if ids else None
-    return append_messages(conn, task.id, [message], call_id=call_id, first_seq=seq)

@@ -58,9 +58,11 @@ def fire_due(
     *,
     root: Path | None = None,
     budgets: Mapping[str, Budget] | None = None,
+    only: ScheduleConfig | None = None,
 ) -> list[int]:
     """Start the runs that are due at ``now``; returns the new run ids. Runs in the caller's
-    write transaction (the run and the claimed instant commit together).
+    write transaction (the run and the claimed instant commit together); ``only``: just this
+    schedule (the worker fires each in its own transaction, so one cannot hold up another).
 
     For each schedule, the latest instant at or before ``now`` fires when it is newer than the
     schedule's ``last_fire_at``:
@@ -78,17 +80,18 @@ def fire_due(
 
     Schedules are handled in name order so concurrent workers lock rows in the same order.
     """
-    if not settings.schedules:
+    chosen = settings.schedules if only is None else [only]
+    if not chosen:
         return []
     known = dict(
         conn.execute(
             select(schedules.c.name, schedules.c.last_fire_at).where(
-                schedules.c.name.in_([s.name for s in settings.schedules])
+                schedules.c.name.in_([s.name for s in chosen])
             )
         ).all()
     )
     fired: list[int] = []
-    for s in sorted(settings.schedules, key=lambda s: s.name):
+    for s in sorted(chosen, key=lambda s: s.name):
         if s.name not in known:
             _first_seen(conn, s, now)
             continue
@@ -159,8 +162,8 @@ def _write_report(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(build_report(conn, settings, since, instant, budgets), encoding="utf-8")
-    except OSError as exc:  # the instant is consumed; the rest of maintenance goes on
-        log.error("schedule_report_failed", schedule=s.name, path=str(path), error=str(exc))
+    except Exception as exc:  # the instant is consumed; the rest of maintenance goes on
+        log.error("schedule_report_failed", schedule=s.name, path=str(path), error=repr(exc))
         return
     log.info("schedule_report_written", schedule=s.name, path=str(path))
 

@@ -99,6 +99,8 @@ class BudgetConfig(_Frozen):
     default_daily_cost_usd: float | None = Field(default=None, ge=0)
     workspace_daily_tokens: int | None = Field(default=None, ge=0)
     workspace_daily_cost_usd: float | None = Field(default=None, ge=0)
+    # near the end of a budget a call's max_tokens shrinks to the room left, down to this
+    min_output_tokens: int = Field(default=128, ge=1)
 
     def workspace(self) -> Budget:
         """The workspace's daily budget (every agent together)."""
@@ -121,6 +123,7 @@ class WorkerConfig(_Frozen):
     grace_s: float = Field(default=30.0, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_s: float = Field(default=30.0, ge=0)
+    retry_backoff_max_s: float = Field(default=600.0, ge=0)  # the doubling stops here
 
 
 class LocalModelConfig(_Frozen):
@@ -145,7 +148,7 @@ class ToolsConfig(_Frozen):
 
 
 class ScheduleConfig(_Frozen):
-    name: str
+    name: str = Field(max_length=128)  # the schedules table's key
     cron: str
     agent: str | None = None  # default: the chief
     goal: str = ""  # required unless ``report`` is set
@@ -291,6 +294,14 @@ def check_references(
     """Cross-references a schema cannot check: models -> providers, fallbacks, keys;
     schedules (cron expressions, time zones, names)."""
     problems: list[Problem] = []
+    for section, names, longest in (
+        ("providers", settings.providers, 64),
+        ("models", settings.models, 128),
+    ):  # the ledger's columns hold these names
+        for name in names:
+            if len(name) > longest:
+                text = f"name longer than {longest} characters"
+                problems.append(Problem(file, text, f"{section}.{name[:40]}..."))
     for name, model in settings.models.items():
         if model.provider not in settings.providers:
             problems.append(

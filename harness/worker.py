@@ -1,8 +1,13 @@
 """The worker: claims tasks, runs them in N slots, heartbeats leases, drains on SIGTERM.
 
 Start-up takes a fresh epoch (a ``workers`` row). Tasks leased by workers known to be dead
-(stopped, silent for two lease periods, or a vanished process on this host) are taken back at
-once, and their in-flight calls are recorded in the ledger as *unsettled*.
+(stopped, silent for two lease periods, or a vanished process) are taken back at once, and
+their in-flight calls are recorded in the ledger as *unsettled*.
+
+No database error kills a worker (invariant 7): claiming, heartbeats and maintenance back off
+and try again; a task's end (done, failed, released) is written with
+``Store.write_until_done`` and never given up on a transient error. Maintenance is a list of
+duties, each in its own transaction: one that fails is logged and the others go on.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming and lets running tasks finish for up to
 ``worker.grace_s``; what is left is cancelled and its leases released, so another worker
@@ -15,8 +20,8 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import structlog
@@ -25,10 +30,12 @@ from sqlalchemy import Connection
 
 from . import clock, ledger, schedules
 from .errors import LeaseLost
-from .loop import State, TaskRunner, claim
+from .loop import TaskRunner, retry_backoff
 from .runtime import Runtime
+from .settings import ScheduleConfig
+from .steps import State, claim
 from .store import queue, workers
-from .store.queue import Task
+from .store.queue import Lease, Task
 
 log = structlog.get_logger("harness.worker")
 
@@ -52,7 +59,7 @@ class Worker:
     async def run(self) -> None:
         """Work until stopped (signal, ``stop_when`` or, with ``until_idle``, no work left)."""
         st = self.rt.store
-        self.id = await st.write(workers.register_worker, self.concurrency)
+        self.id = await st.write_until_done(workers.register_worker, self.concurrency)
         log.info("worker_started", worker_id=self.id, concurrency=self.concurrency, pid=os.getpid())
         await self.maintain(force=True)
         try:
@@ -64,8 +71,8 @@ class Worker:
                 await self._drain()
                 tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await st.write(workers.stop_worker, self.id)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_WRITE_S):
+                await st.write_until_done(workers.stop_worker, self.id)
             log.info("worker_stopped", worker_id=self.id)
 
     def stop(self) -> None:
@@ -75,34 +82,22 @@ class Worker:
     # -- claiming ----------------------------------------------------------------------------
 
     async def _dispatch(self, tg: TaskGroup) -> None:
-        lease_s = self.rt.settings.worker.lease_s
         idle_max = self.rt.settings.worker.idle_poll_max_s
         delay = 0.01
         while not self._stopping.is_set():
             await self.maintain()
-            if self.stop_when is not None and await self.stop_when():
-                break
-            free = self.concurrency - len(self._running)
-            claimed: list[tuple[Task, State]] | None = []
-            claim_id = self.id
-            if free > 0:
-                try:
-                    claimed = await self.rt.store.write(_claim, self.id, lease_s, free, self.run_id)
-                except Exception:  # the database restarting, a lock timeout: back off, go on
-                    log.exception("worker_claim_failed")
-                    claimed = []
-                    await anyio.sleep(min(delay * 10, idle_max))
-            if claimed is None:
-                await self._new_epoch(seen_dead=claim_id)
+            try:
+                if self.stop_when is not None and await self.stop_when():
+                    break
+                claimed = await self._claim()
+            except Exception:  # the database restarting, a lock timeout: back off, go on
+                log.exception("worker_claim_failed")
+                await anyio.sleep(min(max(delay, 0.1) * 10, idle_max))
                 continue
-            for task, state in claimed:
-                if task.id in self._running:  # never two runners of one task
-                    self._running[task.id].cancel()
-                scope = anyio.CancelScope()
-                self._running[task.id] = scope
-                tg.start_soon(self._work, task, state, scope)
             if claimed:
                 delay = 0.01
+                for task, state in claimed:
+                    self._start(tg, task, state)
                 continue
             if self.until_idle and not self._running and not await self._has_work():
                 break
@@ -111,43 +106,67 @@ class Worker:
                 await self._wake.wait()
             delay = min(delay * 2, idle_max)
 
-    async def _has_work(self) -> bool:
-        return await self.rt.store.read(queue.has_runnable, self.run_id)
+    async def _claim(self) -> list[tuple[Task, State]]:
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            return []
+        claim_id, lease_s = self.id, self.rt.settings.worker.lease_s
+        claimed = await self.rt.store.write(_claim, claim_id, lease_s, free, self.run_id)
+        if claimed is None:
+            await self._new_epoch(seen_dead=claim_id)
+            return []
+        return claimed
 
-    async def _work(self, task: Task, state: State, scope: anyio.CancelScope) -> None:
-        bound = log.bind(run_id=task.run_id, task_id=task.id, agent=task.agent, worker_id=self.id)
+    def _start(self, tg: TaskGroup, task: Task, state: State) -> None:
+        if task.id in self._running:  # never two runners of one task
+            self._running[task.id].cancel()
+        scope = anyio.CancelScope()
+        self._running[task.id] = scope
+        tg.start_soon(self._work, task, state, scope, self.id)
+
+    async def _has_work(self) -> bool:
+        try:
+            return await self.rt.store.read(queue.has_runnable, self.run_id)
+        except Exception:
+            log.exception("worker_idle_check_failed")
+            return True
+
+    async def _work(
+        self, task: Task, state: State, scope: anyio.CancelScope, worker_id: int
+    ) -> None:
+        bound = log.bind(run_id=task.run_id, task_id=task.id, agent=task.agent, worker_id=worker_id)
         bound.info("task_claimed", attempt=task.attempts)
+        lease = Lease(task, worker_id)
         status = None
         try:
             with scope:
-                status = await TaskRunner(self.rt, task, self.id, state).run()
+                status = await TaskRunner(self.rt, task, worker_id, state).run()
         except Exception:  # the loop never dies on a task's exception
             bound.exception("task_crashed")
-            with anyio.CancelScope(shield=True), suppress(LeaseLost):
-                await self.rt.store.write(
-                    queue.fail,
-                    task,
-                    self.id,
-                    "internal error (see worker log)",
-                    retry=True,
-                    backoff_s=self.rt.settings.worker.retry_backoff_s,
-                )
+            await self._end(lease, queue.fail, "internal error (see worker log)", bound)
         finally:
             current = self._running.get(task.id) is scope
             if current:
                 del self._running[task.id]
             # a runner superseded by a re-claim of its task must not release the new claim
             if current and status is None and scope.cancelled_caught:
-                with anyio.CancelScope(shield=True):
-                    await self._release(task, "worker shutting down")
+                await self._end(lease, queue.release, "worker shutting down", bound)
             self._wake.set()
 
-    async def _release(self, task: Task, reason: str) -> None:
+    async def _end(self, lease: Lease, move: Callable[..., Any], reason: str, bound: Any) -> None:
+        """Fail (to retry) or release a task whose runner did not: written whatever the
+        database does meanwhile; a lease lost since is no one's loss."""
+        extra = {}
+        if move is queue.fail:
+            extra = {"retry": True, "backoff_s": retry_backoff(self.rt.settings.worker, 1)}
         try:
-            await self.rt.store.write(queue.release, task.id, self.id, reason)
-            log.info("task_released", task_id=task.id, reason=reason)
+            with anyio.CancelScope(shield=True):
+                await self.rt.store.write_until_done(move, lease, reason, **extra)
+            bound.info("task_released" if move is queue.release else "task_failed", reason=reason)
         except LeaseLost:
             pass
+        except Exception:  # not transient (a bug): the lease expires and the task comes back
+            bound.exception("task_end_not_written", reason=reason)
 
     # -- leases, maintenance, shutdown -------------------------------------------------------
 
@@ -180,24 +199,38 @@ class Worker:
         log.warning("worker_declared_dead", worker_id=self.id, running=len(self._running))
         for scope in self._running.values():
             scope.cancel()
-        self.id = await self.rt.store.write(workers.register_worker, self.concurrency)
+        self.id = await self.rt.store.write_until_done(workers.register_worker, self.concurrency)
         log.info("worker_started", worker_id=self.id, concurrency=self.concurrency, pid=os.getpid())
 
     async def maintain(self, *, force: bool = False) -> None:
-        """Take back orphaned work, wake parents and paused tasks. Cheap, indexed queries."""
+        """Take back orphaned work, wake parents and paused tasks, fire schedules: each duty
+        in its own transaction (in a thread: a report may take a while). A duty that fails is
+        logged and the others go on; it is tried again next time."""
         t = time.monotonic()
         if not force and t - self._last_maintenance < MAINTENANCE_EVERY_S:
             return
         self._last_maintenance = t
         self.rt.reload_team()
-        stale_after = self.rt.settings.worker.lease_s * 2
-        try:
-            n = await self.rt.store.write_in_thread(_maintain, self.rt, stale_after, self.id)
-        except Exception:  # a database hiccup must not stop the worker; try again later
-            log.exception("worker_maintenance_failed")
-            return
-        if n:
-            log.info("worker_maintenance", touched=n)
+        touched = 0
+        for name, duty, args in self._duties():
+            try:
+                touched += await self.rt.store.write_in_thread(duty, *args)
+            except Exception:  # a database hiccup, a bad row: the other duties go on
+                log.exception("maintenance_duty_failed", duty=name)
+        if touched:
+            log.info("worker_maintenance", touched=touched)
+
+    def _duties(self) -> list[tuple[str, Callable[..., int], tuple[Any, ...]]]:
+        rt, stale_after = self.rt, self.rt.settings.worker.lease_s * 2
+        duties: list[tuple[str, Callable[..., int], tuple[Any, ...]]] = [
+            ("settle_orphans", _settle_orphans, (rt, stale_after, self.id)),
+            ("reap_expired", _reap, (stale_after, self.id)),
+            ("wake_waiting", _wake_waiting, ()),
+            ("requeue_paused", _requeue_paused, (rt,)),
+        ]
+        for s in sorted(rt.settings.schedules, key=lambda s: s.name):
+            duties.append((f"schedule {s.name}", _fire, (rt, s)))
+        return duties
 
     async def _drain(self) -> None:
         if not self._running:
@@ -223,6 +256,9 @@ class Worker:
                 self.stop()
 
 
+STOP_WRITE_S = 10.0  # how long a stopping worker tries to record that it stopped
+
+
 def _beat(conn: Connection, worker_id: int, ids: list[int], lease_s: float) -> set[int] | None:
     """Heartbeat and lease renewal; the ids still owned, or None when declared dead."""
     if not workers.beat_worker(conn, worker_id):
@@ -240,18 +276,39 @@ def _claim(
     return claim(conn, worker_id, lease_s, limit, run_id=run_id)
 
 
-def _maintain(conn: Connection, rt: Runtime, stale_after_s: float, me: int) -> int:
+# -- maintenance duties: one transaction each ------------------------------------------------
+
+
+def _dead(conn: Connection, stale_after_s: float, me: int) -> list[int]:
     # never ourselves: a late heartbeat of our own is no reason to take back our work
-    dead = [w for w in workers.dead_workers(conn, stale_after_s) if w != me]
-    n = ledger.settle_orphans(conn, rt.settings, dead)
-    n += queue.reap_expired(conn, dead, exclude=me)
+    return [w for w in workers.dead_workers(conn, stale_after_s) if w != me]
+
+
+def _settle_orphans(conn: Connection, rt: Runtime, stale_after_s: float, me: int) -> int:
+    return ledger.settle_orphans(conn, rt.settings, _dead(conn, stale_after_s, me))
+
+
+def _reap(conn: Connection, stale_after_s: float, me: int) -> int:
+    dead = _dead(conn, stale_after_s, me)
+    n = queue.reap_expired(conn, dead, exclude=me)
     workers.mark_stopped(conn, dead)
-    n += queue.wake_waiting(conn)
+    return n
+
+
+def _wake_waiting(conn: Connection) -> int:
+    return queue.wake_waiting(conn)
+
+
+def _requeue_paused(conn: Connection, rt: Runtime) -> int:
     team, settings = rt.team, rt.settings
     keys = {a: team[a].budget_key(settings) for a in queue.paused_agents(conn) if a in team}
-    n += queue.requeue_paused(conn, keys)
+    return queue.requeue_paused(conn, keys)
+
+
+def _fire(conn: Connection, rt: Runtime, schedule: ScheduleConfig) -> int:
+    team, settings = rt.team, rt.settings
     budgets = {name: team[name].budget(settings) for name in team.names()}
-    n += len(
-        schedules.fire_due(conn, rt.settings, clock.now(), root=rt.workspace.root, budgets=budgets)
+    root = rt.workspace.root
+    return len(
+        schedules.fire_due(conn, settings, clock.now(), root=root, budgets=budgets, only=schedule)
     )
-    return n

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 
 from harness.messages import ChatRequest
@@ -73,9 +75,24 @@ async def work(rt: Runtime, concurrency: int = 4, **kw: Any) -> Worker:
     return w
 
 
+def maintain(rt: Runtime, worker_id: int = 0) -> None:
+    """One pass of a worker's maintenance (every duty, each in its own transaction)."""
+    w = Worker(rt, handle_signals=False, id=worker_id)
+    anyio.run(partial(w.maintain, force=True))
+
+
 async def submit(rt: Runtime, goal: str, agent: str = "arnold") -> tuple[int, int]:
     return await rt.store.write(
         queue.create_run, goal, agent, max_attempts=rt.settings.worker.max_attempts
+    )
+
+
+def no_shrinking(ws_dir: Path) -> None:
+    """Calls never get a shrunk ``max_tokens`` near the end of a budget (for scripted answers
+    with canned usage, which a server's cap would have cut)."""
+    toml = ws_dir / "config/harness.toml"
+    toml.write_text(
+        toml.read_text().replace("[budgets]\n", "[budgets]\nmin_output_tokens = 100000\n")
     )
 
 

@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"agents"},
     {"store"},
     {"provider", "tools", "ledger"},
-    {"runtime"},
+    {"runtime", "steps"},
     {"loop"},
     {"report"},
     {"schedules"},

@@ -9,6 +9,7 @@ import json
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -20,12 +21,13 @@ from harness.cli import app
 from harness.errors import BudgetExceeded
 from harness.ledger import CallContext
 from harness.ledger import reads as ledger_report
+from harness.messages import ChatRequest
 from harness.settings import Settings
 from harness.store import Store, queue, views, workers
 from harness.store.schema import WORKSPACE, calls, reservations, tasks, usage_daily
 from harness.testing import ScriptedProvider
 from harness.usage import Budget, CallOutcome, CallRecord, Usage
-from tests.helpers import runtime, set_front_matter, submit, work
+from tests.helpers import no_shrinking, runtime, set_front_matter, submit, work
 
 SETTINGS = Settings.model_validate(
     {
@@ -51,17 +53,19 @@ def ok(prompt: int, completion: int, cached: int = 0, *, estimated: bool = False
 
 
 def reserve(store: Store, agent: str, tokens: int, budget: Budget, day: str = "2026-11-29") -> int:
-    return store.write_sync(
+    rid, _ = store.write_sync(
         ledger.reserve,
         CallContext(agent, worker_id=1),
+        SETTINGS,
         model="m",
-        provider="p",
-        tokens=tokens,
-        cost=0.0,
+        prompt_tokens=tokens,
+        max_tokens=0,
+        min_tokens=0,
         budget=budget,
         workspace_budget=Budget(),
         day=day,
     )
+    return rid
 
 
 def test_record_sums_exactly_and_prices_cached_input_separately(store: Store) -> None:
@@ -132,10 +136,11 @@ def test_workspace_budget_caps_all_agents_together(store: Store) -> None:
         store.write_sync(
             ledger.reserve,
             CallContext(agent),
+            SETTINGS,
             model="m",
-            provider="p",
-            tokens=n,
-            cost=0.0,
+            prompt_tokens=n,
+            max_tokens=0,
+            min_tokens=0,
             budget=Budget(),
             workspace_budget=Budget(tokens=1000),
             day="2026-11-29",
@@ -184,10 +189,11 @@ def test_orphaned_reservation_is_recorded_as_unsettled(store: Store) -> None:
     store.write_sync(
         ledger.reserve,
         CallContext("veblen", run_id, task_id, wid),
+        SETTINGS,
         model="m",
-        provider="p",
-        tokens=900,
-        cost=0.01,
+        prompt_tokens=400,
+        max_tokens=500,
+        min_tokens=500,
         budget=Budget(tokens=1000),
         workspace_budget=Budget(),
         day="2026-11-29",
@@ -195,9 +201,12 @@ def test_orphaned_reservation_is_recorded_as_unsettled(store: Store) -> None:
     assert store.write_sync(ledger.settle_orphans, SETTINGS, [wid]) == 1
     row = store.read_sync(lambda c: c.execute(select(calls)).mappings().one())
     assert row["outcome"] == "unsettled" and row["prompt_tokens"] == 900 and row["estimated"]
-    assert row["cost_usd"] == 0.01  # the reserved cost (output priced as output), not a reprice
+    # the reserved cost (the output share priced as output), not 900 tokens repriced as input
+    reserved_cost = SETTINGS.models["m"].cost(400, 0, 500)
+    assert row["cost_usd"] == pytest.approx(reserved_cost)
+    assert reserved_cost != pytest.approx(SETTINGS.models["m"].cost(900, 0, 0))
     [r] = store.read_sync(ledger_report.rows, {})
-    assert r["unsettled_calls"] == 1 and r["cost_usd"] == 0.01
+    assert r["unsettled_calls"] == 1 and r["cost_usd"] == pytest.approx(reserved_cost)
     assert (
         store.read_sync(
             lambda c: c.execute(select(func.count()).select_from(reservations)).scalar()
@@ -223,7 +232,8 @@ def test_prune_drops_old_call_rows_but_keeps_roll_ups(store: Store) -> None:
 async def test_paused_task_resumes_by_itself_when_the_next_day_starts(workspace_dir: Path) -> None:
     toml = workspace_dir / "config/harness.toml"
     toml.write_text(toml.read_text().replace('timezone = "UTC"', 'timezone = "Asia/Tokyo"'))
-    set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "3000")
+    # each call uses 2,500: the second cannot fit even a shrunk answer in the 100 left
+    set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "2600")
     tokyo = ZoneInfo("Asia/Tokyo")
     t = [datetime(2026, 11, 29, 23, 0, tzinfo=tokyo).timestamp()]
     clock.use(lambda: t[0])
@@ -233,7 +243,7 @@ async def test_paused_task_resumes_by_itself_when_the_next_day_starts(workspace_
         first, _ = await submit(rt, "one", "veblen")
         await work(rt)
         second, _ = await submit(rt, "two", "veblen")
-        await work(rt)  # 2,500 used + (prompt estimate + 384) would pass 3,000: paused
+        await work(rt)  # 2,500 used + (prompt estimate + the least output) would pass 2,600
         assert (await rt.store.read(views.get_run, first))["status"] == "done"  # type: ignore[index]
         run = await rt.store.read(views.get_run, second)
         assert run is not None and run["status"] == "paused"
@@ -261,17 +271,19 @@ async def test_a_retry_after_midnight_is_reserved_on_the_new_day(workspace_dir: 
 
     toml = workspace_dir / "config/harness.toml"
     toml.write_text(toml.read_text().replace('timezone = "UTC"', 'timezone = "Asia/Tokyo"'))
-    set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "3000")
+    set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "2600")
     tokyo = ZoneInfo("Asia/Tokyo")
     t = [datetime(2026, 11, 29, 23, 59, 59, tzinfo=tokyo).timestamp()]
     spent = Usage(prompt_tokens=2000, completion_tokens=500)  # a long reply, then a 500
 
     class RetriesPastMidnight:
-        async def complete(self, request: object, *, before_attempt: object = None) -> object:
+        async def complete(self, request: ChatRequest, *, attempts: Any = None) -> object:
+            await attempts.before("local", [], prompt_tokens=50, max_tokens=384)
+            attempts.sending()
             t[0] += 2.0  # the failed attempt took two seconds: it is the 30th now
             failed = CallRecord("local", "local", CallOutcome.ERROR, spent, status=500)
             try:  # as OpenAIProvider does: a refusal carries the attempts made
-                await before_attempt("local", [failed])  # type: ignore[operator]
+                await attempts.before("local", [failed], prompt_tokens=50, max_tokens=384)
             except BudgetExceeded as exc:
                 exc.records = [failed]  # type: ignore[attr-defined]
                 raise
@@ -353,6 +365,7 @@ async def test_many_concurrent_tasks_never_take_an_agent_past_its_budget(
     workspace_dir: Path, db_url: str
 ) -> None:
     set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "6000")
+    no_shrinking(workspace_dir)  # canned usage ignores a shrunk max_tokens; a server would not
     usage = Usage(prompt_tokens=300, completion_tokens=100)
     rt, provider = runtime(
         workspace_dir, lambda r: ScriptedProvider.text("ok", usage=usage, delay_s=0.05), db_url

@@ -13,6 +13,7 @@ from harness.messages import ChatRequest
 from harness.store import queue, views
 from harness.store.schema import TaskStatus, calls, notes
 from harness.testing import ScriptedProvider, StepLike
+from harness.usage import Usage
 from tests.helpers import by_agent, runtime, set_front_matter, submit, work
 
 pytestmark = pytest.mark.anyio
@@ -214,19 +215,35 @@ async def test_delegation_limits_are_enforced(workspace_dir: Path) -> None:
 
 async def test_budget_pauses_the_task_and_a_raised_budget_resumes_it(workspace_dir: Path) -> None:
     agent_file = workspace_dir / "agents/veblen.md"
-    set_front_matter(agent_file, "daily_token_budget", "50")
-    rt, provider = runtime(workspace_dir, [ScriptedProvider.text("answer")])
-    run_id, _task_id = await submit(rt, "research", "veblen")
+    set_front_matter(agent_file, "daily_token_budget", "700")
+    spent = Usage(prompt_tokens=500, completion_tokens=150)  # the first run leaves 50
+    rt, provider = runtime(workspace_dir, lambda r: ScriptedProvider.text("answer", usage=spent))
+    await submit(rt, "research", "veblen")
     await work(rt)
-    run = await rt.store.read(views.get_run, run_id)
+    second, _ = await submit(rt, "more research", "veblen")
+    await work(rt)
+    run = await rt.store.read(views.get_run, second)
     assert run is not None and run["status"] == "paused"
     assert "veblen" in run["reason"] and "daily token budget" in run["reason"]
-    assert provider.requests == []  # the call was never sent
+    assert len(provider.requests) == 1  # the second call was never sent
     set_front_matter(agent_file, "daily_token_budget", "100000")
     w = await work(rt)  # maintenance on start reloads the agent and requeues the task
-    run = await rt.store.read(views.get_run, run_id)
+    run = await rt.store.read(views.get_run, second)
     assert run is not None and run["status"] == "done", run
     assert w.id > 0
+
+
+async def test_a_call_larger_than_the_whole_budget_fails_and_says_why(workspace_dir: Path) -> None:
+    """Pausing until tomorrow would pause it forever (and its parent with it): it fails, and
+    the reason names the budget and the call's size."""
+    set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "50")
+    rt, provider = runtime(workspace_dir, [ScriptedProvider.text("answer")])
+    run_id, _ = await submit(rt, "research", "veblen")
+    await work(rt)
+    run = await rt.store.read(views.get_run, run_id)
+    assert run is not None and run["status"] == "failed"
+    assert "daily token budget of 50" in run["error"] and "needs at least" in run["error"]
+    assert provider.requests == []  # never sent
 
 
 async def test_cancel_run_cancels_the_whole_tree(workspace_dir: Path) -> None:

@@ -621,29 +621,54 @@ async def test_json_tools_with_an_unknown_named_tool_fail_clearly(
     assert (info.value.model, info.value.records) == ("m", [])
 
 
-async def test_before_attempt_covers_every_retry_and_can_stop_the_call(
+class _Hooks:
+    """Attempts hooks that note what they hear; ``refuse`` raises before attempt N."""
+
+    def __init__(self, grant: int | None = None, refuse_at: int | None = None) -> None:
+        self.before_calls: list[tuple[str, list[int | None], int, int]] = []
+        self.sent = 0
+        self.grant, self.refuse_at = grant, refuse_at
+
+    async def before(
+        self, model: str, failed: Sequence[CallRecord], *, prompt_tokens: int, max_tokens: int
+    ) -> int:
+        from harness.errors import BudgetExceeded
+
+        self.before_calls.append((model, [r.status for r in failed], prompt_tokens, max_tokens))
+        if self.refuse_at == len(self.before_calls):
+            raise BudgetExceeded("veblen", "daily token budget", 10, 9, 5, "2026-11-29")
+        return max_tokens if self.grant is None else self.grant
+
+    def sending(self) -> None:
+        self.sent += 1
+
+
+async def test_attempt_hooks_cover_every_attempt_and_can_stop_the_call(
     router: respx.Router, clock: FakeClock
 ) -> None:
     from harness.errors import BudgetExceeded
 
-    router.post(URL_A).mock(side_effect=[httpx.Response(500, text="oops"), ok()])
-    seen: list[tuple[str, list[int | None]]] = []
-
-    async def hook(model: str, attempts: Sequence[CallRecord]) -> None:
-        seen.append((model, [r.status for r in attempts]))
-
-    done = await provider_for(router, clock).complete(ask(), before_attempt=hook)
-    assert seen == [("m", [500])]  # not before the first attempt: the caller covered that one
-    assert [r.status for r in done.records] == [500, 200]
+    route = router.post(URL_A).mock(side_effect=[httpx.Response(500, text="oops"), ok()])
+    hooks = _Hooks()
+    done = await provider_for(router, clock).complete(ask(), attempts=hooks)
+    assert [(m, failed) for m, failed, _, _ in hooks.before_calls] == [("m", []), ("m", [500])]
+    assert hooks.sent == 2 and [r.status for r in done.records] == [500, 200]
+    prompt, asked = hooks.before_calls[0][2:]
+    assert prompt > 0 and asked == json.loads(route.calls[0].request.content)["max_tokens"]
 
     router.post(URL_A).mock(side_effect=[httpx.Response(500, text="oops"), ok()])
-
-    async def refuse(model: str, attempts: Sequence[CallRecord]) -> None:
-        raise BudgetExceeded("veblen", "daily token budget", 10, 9, 5, "2026-11-29")
-
+    refusing = _Hooks(refuse_at=2)
     with pytest.raises(BudgetExceeded) as info:
-        await provider_for(router, clock).complete(ask(), before_attempt=refuse)
+        await provider_for(router, clock).complete(ask(), attempts=refusing)
     assert [r.status for r in info.value.records] == [500]  # type: ignore[attr-defined]
+
+
+async def test_a_granted_max_tokens_is_what_the_attempt_asks_for(
+    router: respx.Router, clock: FakeClock
+) -> None:
+    route = router.post(URL_A).mock(side_effect=[ok()])
+    await provider_for(router, clock).complete(ask(), attempts=_Hooks(grant=77))
+    assert json.loads(route.calls[0].request.content)["max_tokens"] == 77
 
 
 def test_a_key_read_from_any_variable_never_reaches_a_log_line(

@@ -14,7 +14,7 @@ from harness import clock, ledger, report
 from harness.ledger import CallContext
 from harness.settings import ModelConfig, ProviderConfig, Settings
 from harness.store import Store, queue
-from harness.store.queue import NewTask
+from harness.store.queue import Lease, NewTask
 from harness.usage import Budget, CallOutcome, CallRecord, Usage
 
 LONDON = ZoneInfo("Europe/London")
@@ -76,7 +76,7 @@ def build_history(store: Store, clk: Clock) -> None:
         run = _run(conn, "Yesterday's question", "arnold")
         task = _claim(conn, run)
         clk.at(-120)
-        queue.complete(conn, task.id, W, "old answer")
+        queue.complete(conn, Lease(task, W), "old answer")
 
     def finished(conn: Connection) -> None:
         clk.at(30)
@@ -89,7 +89,7 @@ def build_history(store: Store, clk: Clock) -> None:
         clk.at(70)
         _call(conn, task, [_ok("gpt", 2000, 300, cached=100, attempt=2)])  # a retry
         clk.at(100)
-        queue.complete(conn, task.id, W, ANSWER)
+        queue.complete(conn, Lease(task, W), ANSWER)
 
     def failed(conn: Connection) -> None:
         clk.at(120)
@@ -97,22 +97,22 @@ def build_history(store: Store, clk: Clock) -> None:
         clk.at(125)
         _call(conn, task, [_ok("gpt", 500, 50)])
         clk.at(150)
-        queue.fail(conn, task, W, "provider gave up after 4 attempts")
+        queue.fail(conn, Lease(task, W), "provider gave up after 4 attempts")
 
     def paused(conn: Connection) -> None:
         clk.at(200)
         task = _claim(conn, _run(conn, "Portfolio review", "simmons"))
         clk.at(210)
-        queue.pause(conn, task.id, W, "out of its daily token budget", NOW + 3600, "[1]")
+        queue.pause(conn, Lease(task, W), "out of its daily token budget", NOW + 3600, "[1]")
 
     def waiting_on_paused_child(conn: Connection) -> None:
         clk.at(300)
         root = _claim(conn, _run(conn, "Write the newsletter", "arnold"))
         clk.at(310)
-        [child_id] = queue.spawn_children(conn, root, W, [NewTask("bradlee", "draft", "c1")])
+        [child_id] = queue.spawn_children(conn, Lease(root, W), [NewTask("bradlee", "draft", "c1")])
         [child] = [t for t in queue.claim(conn, W, 86400, 5) if t.id == child_id]
         clk.at(320)
-        queue.pause(conn, child.id, W, "out of its daily token budget", NOW + 3600, "[1]")
+        queue.pause(conn, Lease(child, W), "out of its daily token budget", NOW + 3600, "[1]")
 
     def running(conn: Connection) -> None:
         clk.at(400)

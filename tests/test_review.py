@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +185,7 @@ def test_a_report_that_cannot_be_written_does_not_block_maintenance(workspace_di
     from sqlalchemy import insert
 
     from harness.store.schema import schedules as schedules_table
-    from harness.worker import _maintain
+    from tests.helpers import maintain
 
     config = workspace_dir / "config/harness.toml"
     config.write_text(
@@ -204,9 +203,7 @@ def test_a_report_that_cannot_be_written_does_not_block_maintenance(workspace_di
         _, task_id = rt.store.write_sync(queue.create_run, "g", "veblen", max_attempts=3)
         rt.store.write_sync(queue.claim, 999, 0.01)  # a worker that then went away
         time.sleep(0.05)
-        # the worker's dispatch loop has no handler for this: the worker would exit here
-        with contextlib.suppress(OSError):
-            rt.store.write_sync(_maintain, rt, 120.0, 1)
+        maintain(rt, 1)  # the report's duty fails; reaping goes on
         task = rt.store.read_sync(queue.get_task, task_id)
         assert task is not None and task.status == TaskStatus.QUEUED  # the lease was reaped
     finally:
@@ -293,7 +290,7 @@ def test_a_workers_own_maintenance_never_reaps_its_own_running_tasks(workspace_d
 
     from sqlalchemy import update
 
-    from harness.worker import _maintain
+    from tests.helpers import maintain
 
     rt, _ = runtime(workspace_dir, [])
     try:
@@ -308,7 +305,7 @@ def test_a_workers_own_maintenance_never_reaps_its_own_running_tasks(workspace_d
                 .values(heartbeat_at=time.time() - 600)
             )
         )
-        rt.store.write_sync(_maintain, rt, 120.0, me)  # its own maintenance runs first
+        maintain(rt, me)  # its own maintenance runs first
         task = rt.store.read_sync(queue.get_task, task_id)
         assert task is not None and task.status == TaskStatus.RUNNING
     finally:
@@ -324,9 +321,10 @@ async def test_retried_attempts_inside_one_call_cannot_take_an_agent_past_its_bu
 ) -> None:
     from harness.messages import ChatMessage
     from harness.usage import CallOutcome, CallRecord, Usage
-    from tests.helpers import set_front_matter
+    from tests.helpers import no_shrinking, set_front_matter
 
     set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "1000")
+    no_shrinking(workspace_dir)  # the canned attempts below spend 384 whatever is granted
     spent = Usage(prompt_tokens=200, completion_tokens=384)  # cut at max_tokens (384)
 
     def rec(outcome: CallOutcome, attempt: int) -> CallRecord:
@@ -363,7 +361,7 @@ async def test_each_retry_settles_the_failed_attempt_so_one_reservation_is_held_
 ) -> None:
     """A worker killed during a retry leaves one unsettled row, not one per attempt: the
     failed attempts are already in the ledger as errors with what they really cost."""
-    from harness import loop
+    from harness import steps
     from harness.messages import ChatMessage
     from harness.usage import CallOutcome, CallRecord, Usage
 
@@ -383,7 +381,7 @@ async def test_each_retry_settles_the_failed_attempt_so_one_reservation_is_held_
         ],
     )
     seen: list[tuple[int, int]] = []  # (reservations held, error rows) after each retry's tx
-    real = loop._next_attempt_tx
+    real = steps._next_attempt_tx
 
     def spy(conn: Any, *args: Any, **kwargs: Any) -> Any:
         rid = real(conn, *args, **kwargs)
@@ -393,7 +391,7 @@ async def test_each_retry_settles_the_failed_attempt_so_one_reservation_is_held_
         seen.append((held, errors))
         return rid
 
-    monkeypatch.setattr(loop, "_next_attempt_tx", spy)
+    monkeypatch.setattr(steps, "_next_attempt_tx", spy)
     rt, _ = runtime(workspace_dir, [completion])
     await submit(rt, "question", "veblen")
     await work(rt)
@@ -434,24 +432,26 @@ def test_a_late_answer_does_not_deadlock_with_a_new_reservation(
     ok = CallRecord("p", "m", CallOutcome.OK, Usage(10, 5))
 
     def reserve(worker_id: int) -> int:
-        return s.write_sync(
+        rid, _ = s.write_sync(
             ledger.reserve,
             CallContext("veblen", worker_id=worker_id),
+            settings,
             model="m",
-            provider="p",
-            tokens=100,
-            cost=0.0,
+            prompt_tokens=100,
+            max_tokens=0,
+            min_tokens=0,
             budget=Budget(tokens=10_000),
             workspace_budget=Budget(tokens=100_000),
             day=day,
         )
+        return rid
 
     s.write_sync(ledger.record, CallContext("arnold"), [ok], settings)  # the day's first call
     in_flight = reserve(1)  # worker 1's veblen call...
     s.write_sync(ledger.settle_orphans, settings, [1])  # ...worker 1 looked dead (paused)
 
     took_agent_row, go_on = threading.Event(), threading.Event()
-    real_take = ledger.writes._take
+    real_take = ledger.budgets._take
 
     def take(conn: Any, d: str, agent: str, *args: Any) -> Any:
         if agent == "*" and not go_on.is_set():
@@ -459,7 +459,7 @@ def test_a_late_answer_does_not_deadlock_with_a_new_reservation(
             go_on.wait(5)
         return real_take(conn, d, agent, *args)
 
-    monkeypatch.setattr(ledger.writes, "_take", take)
+    monkeypatch.setattr(ledger.budgets, "_take", take)
     errors: list[BaseException] = []
 
     def new_call() -> None:  # worker 2 starts another veblen call

@@ -15,6 +15,7 @@ from harness import clock, schedules
 from harness.errors import ConfigError
 from harness.settings import ScheduleConfig, Settings, load_settings, validate_schedules
 from harness.store import Store, queue
+from harness.store.queue import Lease
 from harness.store.schema import runs
 from harness.store.schema import schedules as schedules_table
 
@@ -180,7 +181,7 @@ def test_missed_instants_fire_at_most_once_after_downtime(sqlite_store: Store) -
 def _finish(store: Store, run_id: int) -> None:
     def work(conn: Connection) -> None:
         [task] = queue.claim(conn, 1, 60, run_id=run_id)
-        queue.complete(conn, task.id, 1, "done")
+        queue.complete(conn, Lease(task, 1), "done")
 
     store.write_sync(work)
 
@@ -250,8 +251,7 @@ def test_each_instant_fires_once_with_concurrent_workers(db_url: str) -> None:
 
 def test_the_worker_fires_schedules_during_maintenance(workspace_dir: Path) -> None:
     from harness import clock
-    from harness.worker import _maintain
-    from tests.helpers import runtime
+    from tests.helpers import maintain, runtime
 
     config = workspace_dir / "config/harness.toml"
     config.write_text(
@@ -267,9 +267,9 @@ def test_the_worker_fires_schedules_during_maintenance(workspace_dir: Path) -> N
                 insert(schedules_table).values(name="minutely", last_fire_at=now - HOUR)
             )
         )
-        assert rt.store.write_sync(_maintain, rt, 120.0, 0) >= 1
+        maintain(rt)
         assert len(scheduled_runs(rt.store, "minutely")) == 1
-        rt.store.write_sync(_maintain, rt, 120.0, 0)
+        maintain(rt)
         assert len(scheduled_runs(rt.store, "minutely")) == 1
     finally:
         clock.use(None)

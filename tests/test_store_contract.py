@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from harness.errors import LeaseLost
 from harness.store import Store, queue, workers
-from harness.store.queue import NewTask
+from harness.store.queue import Lease, NewTask
 from harness.store.schema import TaskStatus, tasks
 from harness.store.schema import workers as workers_table
 
@@ -77,25 +77,25 @@ def test_a_sqlite_claim_fetches_the_picked_tasks_by_primary_key(
 
 def test_transitions_are_guarded_by_the_lease(store: Store) -> None:
     tid = _run(store)
-    store.write_sync(queue.claim, 1, 60)
+    [task] = store.write_sync(queue.claim, 1, 60)
     with pytest.raises(LeaseLost):
-        store.write_sync(queue.complete, tid, 2, "not mine")
-    store.write_sync(queue.complete, tid, 1, "answer")
+        store.write_sync(queue.complete, Lease(task, 2), "not mine")
+    store.write_sync(queue.complete, Lease(task, 1), "answer")
     with pytest.raises(LeaseLost):  # completes once
-        store.write_sync(queue.complete, tid, 1, "again")
-    task = store.read_sync(queue.get_task, tid)
-    assert task is not None and task.status == TaskStatus.DONE and task.result == "answer"
+        store.write_sync(queue.complete, Lease(task, 1), "again")
+    done = store.read_sync(queue.get_task, tid)
+    assert done is not None and done.status == TaskStatus.DONE and done.result == "answer"
 
 
 def test_expired_lease_is_reclaimed_and_attempts_run_out(store: Store) -> None:
     tid = _run(store, max_attempts=2)
-    store.write_sync(queue.claim, 1, 0.01)
+    [first] = store.write_sync(queue.claim, 1, 0.01)
     time.sleep(0.05)
     assert store.write_sync(queue.reap_expired) == 1
     [again] = store.write_sync(queue.claim, 2, 0.01)
     assert again.id == tid and again.attempts == 2
     with pytest.raises(LeaseLost):  # the first worker lost it
-        store.write_sync(queue.complete, tid, 1, "late")
+        store.write_sync(queue.complete, Lease(first, 1), "late")
     time.sleep(0.05)
     store.write_sync(queue.reap_expired)
     task = store.read_sync(queue.get_task, tid)
@@ -116,21 +116,22 @@ def test_failed_task_retries_after_backoff_then_dead_letters(store: Store) -> No
     tid = _run(store, max_attempts=2)
     [task] = store.write_sync(queue.claim, 1, 60)
     assert (
-        store.write_sync(queue.fail, task, 1, "boom", retry=True, backoff_s=0.3)
+        store.write_sync(queue.fail, Lease(task, 1), "boom", retry=True, backoff_s=0.3)
         == TaskStatus.QUEUED
     )
     assert store.write_sync(queue.claim, 1, 60) == []  # not before the backoff
     time.sleep(0.35)
     [task] = store.write_sync(queue.claim, 1, 60)
-    assert store.write_sync(queue.fail, task, 1, "boom again", retry=True) == TaskStatus.FAILED
+    failed = store.write_sync(queue.fail, Lease(task, 1), "boom again", retry=True)
+    assert failed == TaskStatus.FAILED
     done = store.read_sync(queue.get_task, tid)
     assert done is not None and done.error == "boom again" and done.attempts == 2
 
 
 def test_release_gives_the_task_back_without_charging_an_attempt(store: Store) -> None:
     tid = _run(store)
-    store.write_sync(queue.claim, 1, 60)
-    store.write_sync(queue.release, tid, 1, "shutting down")
+    [claimed] = store.write_sync(queue.claim, 1, 60)
+    store.write_sync(queue.release, Lease(claimed, 1), "shutting down")
     [task] = store.write_sync(queue.claim, 2, 60)
     assert task.id == tid and task.attempts == 1
 
@@ -139,45 +140,45 @@ def test_children_wake_their_parent_once_all_are_settled(store: Store) -> None:
     pid = _run(store)
     [parent] = store.write_sync(queue.claim, 1, 60)
     kids = [NewTask("veblen", "a", "call-1"), NewTask("simmons", "b", "call-2")]
-    ids = store.write_sync(queue.spawn_children, parent, 1, kids)
+    ids = store.write_sync(queue.spawn_children, Lease(parent, 1), kids)
     assert _status(store, pid) == TaskStatus.WAITING
     # idempotent per tool call: a resumed parent does not create them twice
     claimed = store.write_sync(queue.claim, 2, 60, 5)
     assert sorted(t.id for t in claimed) == sorted(ids)
     assert all(t.depth == 1 for t in claimed)
     first, second = claimed
-    store.write_sync(queue.complete, first.id, 2, "one")
+    store.write_sync(queue.complete, Lease(first, 2), "one")
     assert _status(store, pid) == TaskStatus.WAITING
-    store.write_sync(queue.fail, second, 2, "broke")
+    store.write_sync(queue.fail, Lease(second, 2), "broke")
     assert _status(store, pid) == TaskStatus.QUEUED
     [again] = store.write_sync(queue.claim, 1, 60)
     assert again.id == pid
-    assert store.write_sync(queue.spawn_children, again, 1, kids) == ids  # no duplicates
+    assert store.write_sync(queue.spawn_children, Lease(again, 1), kids) == ids  # no duplicates
 
 
 def test_pause_then_requeue_on_next_day_or_budget_change(store: Store) -> None:
-    tid = _run(store)
-    store.write_sync(queue.claim, 1, 60)
-    store.write_sync(queue.pause, tid, 1, "out of budget", time.time() + 3600, "[100]")
+    _run(store)
+    [claimed] = store.write_sync(queue.claim, 1, 60)
+    store.write_sync(queue.pause, Lease(claimed, 1), "out of budget", time.time() + 3600, "[100]")
     assert store.write_sync(queue.requeue_paused, {"arnold": "[100]"}) == 0
     assert store.read_sync(queue.paused_agents) == ["arnold"]
     assert store.write_sync(queue.requeue_paused, {"arnold": "[200]"}) == 1
     [task] = store.write_sync(queue.claim, 1, 60)
     assert task.attempts == 1  # a pause is not a failed attempt
-    store.write_sync(queue.pause, tid, 1, "out of budget", time.time() - 1, "[200]")
+    store.write_sync(queue.pause, Lease(task, 1), "out of budget", time.time() - 1, "[200]")
     assert store.write_sync(queue.requeue_paused, {}) == 1  # the day turned
 
 
 def test_cancel_run_cancels_the_tree_and_running_work_notices(store: Store) -> None:
     pid = _run(store)
     [parent] = store.write_sync(queue.claim, 1, 60)
-    [kid] = store.write_sync(queue.spawn_children, parent, 1, [NewTask("veblen", "x", "c1")])
-    store.write_sync(queue.claim, 2, 60)
+    [kid] = store.write_sync(queue.spawn_children, Lease(parent, 1), [NewTask("veblen", "x", "c1")])
+    [child] = store.write_sync(queue.claim, 2, 60)
     assert store.write_sync(queue.cancel_run, parent.run_id) == 2
     assert {_status(store, pid), _status(store, kid)} == {TaskStatus.CANCELLED}
-    assert not store.write_sync(queue.touch, kid, 2)
+    assert not store.write_sync(queue.touch, Lease(child, 2))
     with pytest.raises(LeaseLost):
-        store.write_sync(queue.complete, kid, 2, "too late")
+        store.write_sync(queue.complete, Lease(child, 2), "too late")
 
 
 def test_dead_worker_on_this_host_is_detected_at_once(store: Store) -> None:
@@ -214,7 +215,7 @@ def test_concurrent_threads_never_claim_a_task_twice(store: Store) -> None:
             if not got:
                 return
             for t in got:
-                store.write_sync(queue.complete, t.id, worker_id, "ok")
+                store.write_sync(queue.complete, Lease(t, worker_id), "ok")
             with lock:
                 seen.extend(t.id for t in got)
 
@@ -234,7 +235,7 @@ def _claim_in_process(url: str, worker_id: int, out: multiprocessing.Queue) -> N
         if not batch:
             break
         for t in batch:
-            s.write_sync(queue.complete, t.id, worker_id, "ok")
+            s.write_sync(queue.complete, Lease(t, worker_id), "ok")
         got.extend(t.id for t in batch)
     s.close()
     out.put(got)

@@ -233,21 +233,21 @@ def _reserve(st: Store, settings: Any, task_id: int, worker_id: int) -> int:
     ctx = ledger.CallContext("veblen", 1, task_id, worker_id)
     day = ledger.day_of(time.time(), settings.tz)
     budget = Budget()
-    return int(
-        st.write_sync(
-            lambda c: ledger.reserve(
-                c,
-                ctx,
-                model="local",
-                provider="local",
-                tokens=500,
-                cost=0.0,
-                budget=budget,
-                workspace_budget=budget,
-                day=day,
-            )
+    rid, _ = st.write_sync(
+        lambda c: ledger.reserve(
+            c,
+            ctx,
+            settings,
+            model="local",
+            prompt_tokens=500,
+            max_tokens=0,
+            min_tokens=0,
+            budget=budget,
+            workspace_budget=budget,
+            day=day,
         )
     )
+    return rid
 
 
 def test_a_late_answer_from_a_worker_declared_dead_is_charged_once(workspace_dir: Path) -> None:

@@ -1,26 +1,32 @@
-"""The token ledger: one row per model call attempt, daily roll-ups, reservations, budgets.
+"""The token ledger's writes: one row per model call attempt, daily and per-run roll-ups,
+reservations settled or charged as *unsettled*.
 
 Writes happen inside the caller's transaction so that a call row, its roll-ups and the
-transcript message it produced commit together (invariant 1). Budgets are enforced by
-reserving the worst case before a call with a guarded UPDATE on the day's roll-up row, so
-concurrent calls can never take an agent past its budget (invariant 2).
+transcript message it produced commit together (invariant 1). Reserving is
+:mod:`.budgets`'s (invariant 2).
+
+Lock order. On PostgreSQL two transactions that lock the same rows in different orders can
+deadlock, and the victim is rolled back (a live step's answer with it). Every ledger write
+therefore takes its rows in one global order: reservations (by id), then call rows, then the
+runs' roll-ups (by run id), then the days' roll-ups (by day, each day's agents before the
+workspace row ``*``, which is also the order :mod:`.budgets` reserves in), and only then any
+task row (the queue's). Roll-up changes are gathered in :class:`_RollUps` and written at the
+end of each function, in that order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 
 from .. import clock
-from ..errors import BudgetExceeded
 from ..settings import Settings
-from ..store.engine import insert_ignore, run
+from ..store.engine import insert_ignore, is_postgres, run
 from ..store.schema import USAGE_COUNTERS, WORKSPACE, calls, reservations, runs, usage_daily
-from ..usage import Budget, CallOutcome, CallRecord, Usage
+from ..usage import CallOutcome, CallRecord, Usage
 from .days import day_of
 
 
@@ -38,20 +44,6 @@ def _ensure_rows(conn: Connection, day: str, agents: Sequence[str]) -> None:
     run(conn, insert_ignore(conn, usage_daily), [{"day": day, "agent": a} for a in agents])
 
 
-_USED = select(
-    usage_daily.c.prompt_tokens + usage_daily.c.completion_tokens,
-    usage_daily.c.cost_usd,
-    usage_daily.c.reserved_tokens,
-    usage_daily.c.reserved_cost,
-).where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
-
-
-def _used(conn: Connection, day: str, agent: str) -> tuple[int, float, int, float]:
-    """Tokens used, cost, tokens and cost reserved."""
-    row = run(conn, _USED, {"p_day": day, "p_agent": agent}).fetchone()
-    return (int(row[0]), float(row[1]), int(row[2]), float(row[3])) if row else (0, 0.0, 0, 0.0)
-
-
 def _update_day_row(conn: Connection, stmt: Any, params: dict[str, Any]) -> bool:
     """Run an UPDATE of one (``p_day``, ``p_agent``) roll-up row; when it matched none, make
     sure the row exists (the day's first call) and run it again. True when a row changed."""
@@ -61,93 +53,6 @@ def _update_day_row(conn: Connection, stmt: Any, params: dict[str, Any]) -> bool
     return bool(run(conn, stmt, params).rowcount == 1)
 
 
-@cache
-def _take_statement(limit_tokens: bool, limit_cost: bool) -> Any:
-    """The guarded reservation UPDATE, built once per kind of budget."""
-    u = usage_daily.c
-    n: Any = bindparam("n")
-    c: Any = bindparam("c")
-    cond = [u.day == bindparam("p_day"), u.agent == bindparam("p_agent")]
-    if limit_tokens:
-        used = u.prompt_tokens + u.completion_tokens + u.reserved_tokens
-        cond.append(used + n <= bindparam("max_tokens"))
-    if limit_cost:
-        cond.append(u.cost_usd + u.reserved_cost + c <= bindparam("max_cost"))
-    return (
-        update(usage_daily)
-        .where(and_(*cond))
-        .values(reserved_tokens=u.reserved_tokens + n, reserved_cost=u.reserved_cost + c)
-    )
-
-
-def _take(
-    conn: Connection, day: str, agent: str, budget: Budget, tokens: int, cost: float
-) -> BudgetExceeded | None:
-    """Add a reservation to one roll-up row if it stays within budget (guarded UPDATE)."""
-    stmt = _take_statement(budget.tokens is not None, budget.cost_usd is not None)
-    params = {
-        "p_day": day,
-        "p_agent": agent,
-        "n": tokens,
-        "c": cost,
-        "max_tokens": budget.tokens,
-        "max_cost": budget.cost_usd,
-    }
-    if _update_day_row(conn, stmt, params):
-        return None
-    used, used_cost, reserved, reserved_cost = _used(conn, day, agent)
-    who = "workspace" if agent == WORKSPACE else agent
-    if budget.tokens is not None and used + reserved + tokens > budget.tokens:
-        return BudgetExceeded(
-            who, "daily token budget", budget.tokens, used + reserved, tokens, day
-        )
-    limit = budget.cost_usd or 0.0
-    return BudgetExceeded(
-        who, "daily cost budget (USD)", limit, used_cost + reserved_cost, cost, day
-    )
-
-
-def reserve(
-    conn: Connection,
-    ctx: CallContext,
-    *,
-    model: str,
-    provider: str,
-    tokens: int,
-    cost: float,
-    budget: Budget,
-    workspace_budget: Budget,
-    day: str,
-) -> int:
-    """Reserve ``tokens``/``cost`` for one call. Returns the reservation id.
-
-    Raises BudgetExceeded when the agent's or the workspace's daily budget cannot cover it;
-    the caller must then roll back its transaction (``Store.write`` does), reserving nothing.
-    """
-    for who, limit in ((ctx.agent, budget), (WORKSPACE, workspace_budget)):
-        refused = _take(conn, day, who, limit, tokens, cost)
-        if refused is not None:
-            raise refused  # the caller's transaction rolls back what was taken so far
-    rid = run(
-        conn,
-        _INSERT_RESERVATION,
-        {
-            "day": day,
-            "agent": ctx.agent,
-            "run_id": ctx.run_id,
-            "task_id": ctx.task_id,
-            "worker_id": ctx.worker_id,
-            "model": model,
-            "provider": provider,
-            "tokens": tokens,
-            "cost": cost,
-            "created_at": clock.now(),
-        },
-    ).fetchone()[0]
-    return int(rid)
-
-
-_INSERT_RESERVATION = insert(reservations).returning(reservations.c.id)
 _RELEASE = (
     delete(reservations)
     .where(reservations.c.id == bindparam("p_id"))
@@ -175,35 +80,47 @@ _ADJUST_DAY = (
     .values(_add_to(usage_daily, _DAY_COUNTERS))
 )
 _NO_CHANGE = {f"d_{name}": 0 for name in _DAY_COUNTERS}
+_RUN_COUNTERS = (*USAGE_COUNTERS, "cost_usd")
+_ROLL_UP_RUN = (
+    update(runs).where(runs.c.id == bindparam("p_run")).values(_add_to(runs, _RUN_COUNTERS))
+)
+_NO_RUN_CHANGE = {f"d_{name}": 0 for name in _RUN_COUNTERS}
 
 
-class _DayChanges:
-    """Changes to days' roll-up rows, summed per (day, agent) and written with one UPDATE per
-    row (a settled call gives back its reservation and adds its usage in one statement)."""
+class _RollUps:
+    """Changes to roll-up rows, summed per row and written with one UPDATE per row, in the
+    global lock order: runs by id, then days by (day, agents before the workspace, agent)."""
 
     def __init__(self) -> None:
-        self._rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._days: dict[tuple[str, str], dict[str, Any]] = {}
+        self._runs: dict[int, dict[str, Any]] = {}
 
     def add(self, day: str, agents: Sequence[str], deltas: dict[str, Any]) -> None:
         for agent in agents:
-            row = self._rows.setdefault((day, agent), dict(_NO_CHANGE))
-            for key, value in deltas.items():
-                row[key] += value
+            _sum_into(self._days.setdefault((day, agent), dict(_NO_CHANGE)), deltas)
+
+    def add_run(self, run_id: int, deltas: dict[str, Any]) -> None:
+        _sum_into(self._runs.setdefault(run_id, dict(_NO_RUN_CHANGE)), deltas)
 
     def write(self, conn: Connection) -> None:
-        # the agents' rows before the workspace's: the order reserve() locks them in, so two
-        # transactions never wait on each other's rows (no deadlock on PostgreSQL)
-        for day, agent in sorted(self._rows, key=lambda k: (k[1] == WORKSPACE, k)):
-            params = {**self._rows[(day, agent)], "p_day": day, "p_agent": agent}
+        for run_id in sorted(self._runs):
+            run(conn, _ROLL_UP_RUN, {"p_run": run_id, **self._runs[run_id]})
+        for day, agent in sorted(self._days, key=lambda k: (k[0], k[1] == WORKSPACE, k[1])):
+            params = {**self._days[(day, agent)], "p_day": day, "p_agent": agent}
             _update_day_row(conn, _ADJUST_DAY, params)
 
 
-def _give_back(changes: _DayChanges, day: str, agent: str, tokens: int, cost: float) -> None:
+def _sum_into(row: dict[str, Any], deltas: dict[str, Any]) -> None:
+    for key, value in deltas.items():
+        row[key] += value
+
+
+def _give_back(changes: _RollUps, day: str, agent: str, tokens: int, cost: float) -> None:
     deltas = {"d_reserved_tokens": -tokens, "d_reserved_cost": -cost}
     changes.add(day, (agent, WORKSPACE), deltas)
 
 
-def _release(conn: Connection, reservation_id: int, changes: _DayChanges) -> bool:
+def _release(conn: Connection, reservation_id: int, changes: _RollUps) -> bool:
     row = run(conn, _RELEASE, {"p_id": reservation_id}).fetchone()
     if row is None:
         return False
@@ -215,7 +132,7 @@ def _release(conn: Connection, reservation_id: int, changes: _DayChanges) -> boo
 def release(conn: Connection, reservation_id: int) -> bool:
     """Drop a reservation (the call was never sent, or has been settled). False when it was
     gone already (settled as unsettled after its worker was declared dead)."""
-    changes = _DayChanges()
+    changes = _RollUps()
     released = _release(conn, reservation_id, changes)
     changes.write(conn)
     return released
@@ -233,9 +150,9 @@ def record(
 ) -> list[int]:
     """Write one ledger row per call record, update the roll-ups (agent/day, workspace/day,
     run) and settle the reservation, all in the caller's transaction. Returns the row ids."""
-    changes = _DayChanges()
+    changes = _RollUps()
     held = [] if reservation_id is None else [reservation_id]
-    for rid in [*held, *extra_reservations]:
+    for rid in sorted([*held, *extra_reservations]):  # the global lock order
         if not _release(conn, rid, changes):
             _unrecord_unsettled(conn, rid, changes)
     ts = clock.now() if ts is None else ts
@@ -245,7 +162,7 @@ def record(
     return ids
 
 
-def _unrecord_unsettled(conn: Connection, reservation_id: int, changes: _DayChanges) -> None:
+def _unrecord_unsettled(conn: Connection, reservation_id: int, changes: _RollUps) -> None:
     """Remove the unsettled row that stood in for a call whose real answer has now arrived
     (its worker was only paused, not dead), so the call is charged once, with actual usage."""
     row = (
@@ -265,7 +182,7 @@ def _unrecord_unsettled(conn: Connection, reservation_id: int, changes: _DayChan
     rec = CallRecord(row["provider"], row["model"], CallOutcome.UNSETTLED, usage)
     changes.add(row["day"], (row["agent"], WORKSPACE), _deltas(rec, -row["cost_usd"], sign=-1))
     if row["run_id"] is not None:
-        _roll_up_run(conn, row["run_id"], usage, -row["cost_usd"], sign=-1)
+        changes.add_run(row["run_id"], _usage_deltas(usage, -row["cost_usd"], sign=-1))
 
 
 def _cost(settings: Settings, model: str, usage: Usage) -> float:
@@ -282,7 +199,7 @@ def _record_one(
     settings: Settings,
     ts: float,
     day: str,
-    changes: _DayChanges,
+    changes: _RollUps,
     reservation_id: int | None = None,
     cost: float | None = None,
 ) -> int:
@@ -315,16 +232,11 @@ def _record_one(
     row_id = run(conn, _INSERT_CALL, row).fetchone()[0]
     changes.add(day, (ctx.agent, WORKSPACE), _deltas(rec, cost))
     if ctx.run_id is not None:
-        _roll_up_run(conn, ctx.run_id, u, cost)
+        changes.add_run(ctx.run_id, _usage_deltas(u, cost, 1))
     return int(row_id)
 
 
 _INSERT_CALL = insert(calls).returning(calls.c.id)
-_ROLL_UP_RUN = (
-    update(runs)
-    .where(runs.c.id == bindparam("p_run"))
-    .values(_add_to(runs, (*USAGE_COUNTERS, "cost_usd")))
-)
 
 
 def _usage_deltas(u: Usage, cost: float, sign: int) -> dict[str, Any]:
@@ -349,38 +261,42 @@ def _deltas(rec: CallRecord, cost: float, sign: int = 1) -> dict[str, Any]:
     }
 
 
-def _roll_up_run(conn: Connection, run_id: int, u: Usage, cost: float, sign: int = 1) -> None:
-    run(conn, _ROLL_UP_RUN, {"p_run": run_id, **_usage_deltas(u, cost, sign)})
-
-
 def settle_orphans(conn: Connection, settings: Settings, worker_ids: Sequence[int]) -> int:
     """Record calls that were in flight when their worker died, as *unsettled* rows charged
     with their reserved estimate (so the ledger shows them instead of losing them)."""
     if not worker_ids:
         return 0
-    orphans = conn.execute(
-        select(reservations.c.id).where(reservations.c.worker_id.in_(list(worker_ids)))
-    ).scalars()
-    why = "in flight when its worker died; charged with the reserved estimate"
-    return sum(settle_unsettled(conn, settings, rid, why) for rid in list(orphans))
+    orphans = select(reservations.c.id).where(reservations.c.worker_id.in_(list(worker_ids)))
+    if is_postgres(conn):
+        orphans = orphans.order_by(reservations.c.id).with_for_update()
+    ids = list(conn.execute(orphans).scalars())
+    why = "in flight when its worker died"
+    return settle_unsettled(conn, settings, ids, why)
 
 
-def settle_unsettled(conn: Connection, settings: Settings, reservation_id: int, why: str) -> bool:
-    """Turn a reservation into an *unsettled* ledger row charged with its estimate: the call
+def settle_unsettled(
+    conn: Connection, settings: Settings, reservation_ids: Sequence[int], why: str
+) -> int:
+    """Turn reservations into *unsettled* ledger rows charged with their estimates: each call
     may have reached the server, but its answer was never recorded (the worker died, or the
-    call was cancelled mid-flight). A late answer replaces it (see ``record``)."""
-    r = (
-        conn.execute(
-            delete(reservations)
-            .where(reservations.c.id == reservation_id)
-            .returning(*reservations.c)
-        )
-        .mappings()
-        .first()
-    )
-    if r is None:
-        return False
-    changes = _DayChanges()
+    call was cancelled mid-flight). A late answer replaces it (see ``record``). Returns how
+    many were settled (a reservation gone already is skipped)."""
+    changes = _RollUps()
+    settled = 0
+    for rid in sorted(reservation_ids):
+        taken = delete(reservations).where(reservations.c.id == rid).returning(*reservations.c)
+        row = conn.execute(taken).mappings().first()
+        if row is None:
+            continue
+        _unsettled_row(conn, settings, row, why, changes)
+        settled += 1
+    changes.write(conn)
+    return settled
+
+
+def _unsettled_row(
+    conn: Connection, settings: Settings, r: Any, why: str, changes: _RollUps
+) -> None:
     _give_back(changes, r["day"], r["agent"], r["tokens"], r["cost"])
     ctx = CallContext(agent=r["agent"], run_id=r["run_id"], task_id=r["task_id"])
     rec = CallRecord(
@@ -388,19 +304,11 @@ def settle_unsettled(conn: Connection, settings: Settings, reservation_id: int, 
         model=r["model"],
         outcome=CallOutcome.UNSETTLED,
         usage=Usage(prompt_tokens=r["tokens"], estimated=True),
-        error=why,
+        error=f"{why}; charged with the reserved estimate",
     )
     day = day_of(r["created_at"], settings.tz)
     # the reserved worst case, priced as reserved (its output share at the output price)
     _record_one(conn, ctx, rec, settings, r["created_at"], day, changes, r["id"], cost=r["cost"])
-    changes.write(conn)
-    return True
-
-
-def today_use(conn: Connection, agent: str, day: str) -> tuple[int, float]:
-    """Tokens and cost an agent has used on ``day`` (one indexed lookup)."""
-    used, cost, _, _ = _used(conn, day, agent)
-    return used, cost
 
 
 def prune(conn: Connection, before_day: str) -> int:

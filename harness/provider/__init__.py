@@ -8,7 +8,7 @@ per-minute budgets), ``jsontools`` (tools for models without native tool calls) 
 ``tokens`` (estimates). ``local``: the embedded llama.cpp server.
 """
 
-from .base import AttemptHook, Completion, Provider
+from .base import Attempts, Completion, Provider
 from .openai import OpenAIProvider, usage_from_wire
 
-__all__ = ["AttemptHook", "Completion", "OpenAIProvider", "Provider", "usage_from_wire"]
+__all__ = ["Attempts", "Completion", "OpenAIProvider", "Provider", "usage_from_wire"]

@@ -6,14 +6,14 @@ endpoint; :class:`harness.testing.ScriptedProvider` is the scripted double for t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..messages import ChatMessage, ChatRequest
 from ..usage import CallRecord, Usage
 
-__all__ = ["AttemptHook", "Completion", "Provider"]
+__all__ = ["Attempts", "Completion", "Provider"]
 
 
 @dataclass(frozen=True)
@@ -27,19 +27,32 @@ class Completion:
     records: list[CallRecord]  # one per attempt that reached a server, failed ones too
 
 
-AttemptHook = Callable[[str, Sequence[CallRecord]], Awaitable[None]]
-"""``before_attempt(model, attempts)``: awaited before every attempt after a completion's first
-one (a retry or a fallback) with the failed attempts so far that reached a server, so a caller
-can record them and reserve budget for the next; may raise a ControlSignal
-(e.g. BudgetExceeded), which stops the completion with the attempts made so far attached as
-``signal.records``."""
+class Attempts(Protocol):
+    """What a caller hears about each attempt of one completion: the ledger's hooks.
+
+    ``before(model, failed, prompt_tokens=, max_tokens=)`` is awaited before every attempt,
+    the first included, with the failed attempts so far that reached a server (records), the
+    estimated prompt of what is sent and its ``max_tokens``, so the caller can record the
+    failures and reserve budget for the next attempt. It returns the ``max_tokens`` the attempt
+    may use (at most the one asked; the provider sends that), and may raise a ControlSignal
+    (e.g. BudgetExceeded), which stops the completion with the attempts made so far attached
+    as ``signal.records``.
+    ``sending()`` is called when an attempt leaves this process (after pacing and the
+    concurrency limit): until then, a cancelled call cannot have reached a server.
+    """
+
+    async def before(
+        self, model: str, failed: Sequence[CallRecord], *, prompt_tokens: int, max_tokens: int
+    ) -> int: ...
+
+    def sending(self) -> None: ...
 
 
 class Provider(Protocol):
     """Anything that answers chat requests: the HTTP client, or a scripted double."""
 
     async def complete(
-        self, request: ChatRequest, *, before_attempt: AttemptHook | None = None
+        self, request: ChatRequest, *, attempts: Attempts | None = None
     ) -> Completion: ...
 
     async def aclose(self) -> None: ...

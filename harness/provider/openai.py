@@ -38,7 +38,7 @@ from ..messages import ChatMessage, ChatRequest, WireUsage
 from ..settings import ModelConfig, Settings
 from ..usage import CallOutcome, CallRecord, Usage
 from . import jsontools
-from .base import AttemptHook, Completion
+from .base import Attempts, Completion
 from .pacing import Clock, Sleep, backoff_delay
 from .tokens import estimate_completion_tokens, estimate_prompt_tokens
 from .transport import AttemptError, ProviderClient, Reply, TransportFactory
@@ -90,8 +90,7 @@ class _Call:
     records: list[CallRecord]  # shared across the whole fallback chain
     format_failures: int = 0
     attempts: int = 0
-    before_attempt: AttemptHook | None = None
-    first: bool = True  # the completion's very first attempt (covered by the caller)
+    hooks: Attempts | None = None
 
     @property
     def reserve(self) -> int:
@@ -158,15 +157,14 @@ class OpenAIProvider:
         return names
 
     async def complete(
-        self, request: ChatRequest, *, before_attempt: AttemptHook | None = None
+        self, request: ChatRequest, *, attempts: Attempts | None = None
     ) -> Completion:
         """Answer ``request``; raise ProviderError once every model in the chain failed."""
         records: list[CallRecord] = []
         failure: _ModelFailed | None = None
         for name in self.chain(request.model):
             call = self._prepare(name, request, records)
-            call.before_attempt = before_attempt
-            call.first = failure is None
+            call.hooks = attempts
             if failure is not None:
                 log.warning(
                     "model_fallback",
@@ -218,17 +216,15 @@ class OpenAIProvider:
 
         A plain loop rather than a retry library: this is every call's hot path, and the
         policy is small (retry a retryable AttemptError until ``_should_stop``, waiting
-        ``delay_s``). Anything else, cancellation included, propagates at once.
+        ``delay_s``). Anything else, cancellation included, propagates at once. A retry is
+        announced to the caller's hooks (the failure recorded, the retry reserved) before the
+        backoff: a call cancelled while it waits holds only a reservation that never left.
         """
         number = 0
         while True:
             number += 1
-            if call.before_attempt is not None and not (call.first and number == 1):
-                try:
-                    await call.before_attempt(call.name, list(call.records))
-                except ControlSignal as signal:
-                    signal.records = list(call.records)  # type: ignore[attr-defined]
-                    raise
+            if number == 1:
+                await self._before(call)
             try:
                 return await self._attempt(call, number)
             except AttemptError as exc:
@@ -245,12 +241,32 @@ class OpenAIProvider:
                     raise _ModelFailed(call, exc) from None
                 delay = exc.delay_s or 0.0
                 self._log_retry(call, number, exc, delay)
+            await self._before(call)
             await self._sleep(delay)
+
+    @staticmethod
+    async def _before(call: _Call) -> None:
+        """The caller's hook before an attempt: it may shrink ``max_tokens`` to the budget
+        left (the attempt then asks for no more), or stop the call."""
+        if call.hooks is None:
+            return
+        asked = int(call.payload["max_tokens"])
+        try:
+            granted = await call.hooks.before(
+                call.name, list(call.records), prompt_tokens=call.prompt_estimate, max_tokens=asked
+            )
+        except ControlSignal as signal:
+            signal.records = list(call.records)  # type: ignore[attr-defined]
+            raise
+        call.payload["max_tokens"] = min(granted, asked)
 
     async def _attempt(self, call: _Call, number: int) -> Completion:
         call.attempts = number
+        sending = call.hooks.sending if call.hooks is not None else None
         try:
-            reply = await call.client.send(call.payload, stream=call.stream, tokens=call.reserve)
+            reply = await call.client.send(
+                call.payload, stream=call.stream, tokens=call.reserve, on_send=sending
+            )
         except AttemptError as exc:
             call.format_failures += exc.kind == "format"
             self._backoff(call, number, exc)

@@ -286,9 +286,17 @@ class ProviderClient:
 
     # -- one attempt -------------------------------------------------------------------
 
-    async def send(self, payload: dict[str, Any], *, stream: bool, tokens: int) -> Reply:
+    async def send(
+        self,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        tokens: int,
+        on_send: Callable[[], None] | None = None,
+    ) -> Reply:
         """Send one request once, after its turn (``tokens``: its worst case, for the
-        tokens-per-minute budget), and return the reply, or raise AttemptError."""
+        tokens-per-minute budget), and return the reply, or raise AttemptError. ``on_send``
+        is called when the request leaves (after pacing and the concurrency limit)."""
         await self.pacer.wait_turn(tokens)
         limiter = self.limiter()
         try:  # a free slot is taken without a trip through the event loop (the common case)
@@ -297,6 +305,8 @@ class ProviderClient:
             await limiter.acquire()
         try:
             await self.pacer.wait_paused()
+            if on_send is not None:
+                on_send()
             started = self._clock()
             try:
                 if stream:

@@ -21,6 +21,8 @@ store's share of an agent step.
 
 from __future__ import annotations
 
+import os
+import random
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -30,8 +32,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
+import structlog
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from . import engine as db
 from .notes import add_note, find_notes
@@ -44,13 +47,41 @@ TxFn = Callable[Concatenate[Connection, P], T]
 
 
 CHECKPOINT_EVERY = 500  # inline SQLite commits between two checkpoints (in a thread)
+WAL_LIMIT_BYTES = db.WAL_LIMIT_BYTES
+RETRY_MAX_DELAY_S = 5.0  # the longest wait between two tries of a write that must not be lost
+
+log = structlog.get_logger("harness.store")
+
+
+def _driver_transient() -> tuple[type[BaseException], ...]:
+    try:
+        import psycopg
+    except ImportError:  # a SQLite-only installation
+        return ()
+    return (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+_DRIVER_TRANSIENT = _driver_transient()
+
+
+def transient(exc: BaseException) -> bool:
+    """A database error worth waiting out: the server unreachable or restarting, a dropped
+    connection, a deadlock or serialization victim (PostgreSQL rolled it back), SQLite busy
+    or locked past its timeout. Not: constraint violations, missing tables, corruption."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sqlite3.OperationalError) or (
+        isinstance(exc, OperationalError) and isinstance(exc.orig, sqlite3.OperationalError)
+    ):
+        return _locked(exc)
+    return isinstance(exc, (OperationalError, InterfaceError, *_DRIVER_TRANSIENT))
 
 
 class _Busy(Exception):
     """The inline connection met a lock; the caller goes to a thread."""
 
 
-def _locked(exc: Exception) -> bool:
+def _locked(exc: BaseException) -> bool:
     """SQLITE_BUSY or SQLITE_LOCKED (another connection holds what is needed)."""
     text = str(exc)
     return "locked" in text or "busy" in text
@@ -135,6 +166,29 @@ class Store:
                 return out
         return await self.write_in_thread(fn, *args, **kwargs)
 
+    async def write_until_done(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Like ``write``, tried again while the database has a transient problem (see
+        :func:`transient`), waiting up to ``RETRY_MAX_DELAY_S`` between tries: for writes that
+        must not be lost (an answer received, a task's end). Other errors propagate; so does
+        cancellation (shield the call to outlast it)."""
+        tries = 0
+        while True:
+            try:
+                return await self.write(fn, *args, **kwargs)
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                tries += 1
+                delay = min(RETRY_MAX_DELAY_S, 0.05 * 2**tries) * (0.5 + random.random() / 2)
+                log.warning(
+                    "store_write_retry",
+                    write=getattr(fn, "__name__", "?"),
+                    tries=tries,
+                    delay_s=round(delay, 3),
+                    error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                )
+                await anyio.sleep(delay)
+
     async def write_in_thread(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Like ``write``, but always in a worker thread: for transactions that may run long
         (the worker's maintenance, which can write a morning report), never on the loop."""
@@ -190,12 +244,29 @@ class Store:
         return conn, driver
 
     def _checkpoint(self) -> None:
-        """Copy the WAL into the database file without blocking writers (PASSIVE)."""
+        """Copy the WAL into the database file without blocking writers (PASSIVE); when the
+        WAL has grown past ``WAL_LIMIT_BYTES`` anyway (readers kept PASSIVE from finishing),
+        truncate it at a moment without readers (TRUNCATE). With the connections'
+        ``journal_size_limit`` this bounds the WAL of a worker that writes all night."""
         raw = self.engine.raw_connection()  # outside any transaction, as a checkpoint must be
         try:
-            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            cursor = raw.cursor()
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if self.wal_bytes() > WAL_LIMIT_BYTES:
+                # TRUNCATE holds new writers while it waits for readers: give up at once if
+                # there are any (it is tried again at the next checkpoint)
+                cursor.execute("PRAGMA busy_timeout=20")
+                cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                cursor.execute(f"PRAGMA busy_timeout={db.BUSY_TIMEOUT_MS}")
         finally:
             raw.close()
+
+    def wal_bytes(self) -> int:
+        """The size of the SQLite WAL file (0 without one)."""
+        try:
+            return os.path.getsize(f"{self.engine.url.database}-wal")
+        except OSError:
+            return 0
 
     # -- notes (the NotesStore protocol used by the notes tools) ---------------------------
 

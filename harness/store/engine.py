@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, Executable, Insert, Table, create_eng
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError
 
+from .. import clock
 from ..errors import ConfigError, Problem
 from .migrations import HEAD_REVISION
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
+WAL_LIMIT_BYTES = 64 * 2**20  # a reset WAL is cut back to this (journal_size_limit)
 
 
 def make_engine(url: str) -> Engine:
@@ -88,6 +90,7 @@ def _tune_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -97,6 +100,18 @@ def _tune_sqlite(engine: Engine) -> None:
             return  # begun by the store's inline path (it chose how; see harness.store)
         read_only = conn.get_execution_options().get("read_only", False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+_DB_NOW = text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+
+
+def lease_now(conn: Connection) -> float:
+    """The clock leases and worker heartbeats are measured with: the database's on
+    PostgreSQL (one clock for every machine sharing the queue, so they need no clock
+    agreement), this process's on SQLite (one machine)."""
+    if is_postgres(conn):
+        return float(conn.execute(_DB_NOW).scalar_one())
+    return clock.now()
 
 
 def driver(conn: Connection) -> Any:

@@ -1,9 +1,15 @@
 """Queue transitions on the task store. Each takes an open write transaction (``Connection``).
 
 Every status change is one guarded UPDATE whose row count is checked (invariant 4): a task is
-moved only from the states it may leave, and a running task only by the worker that leases it.
-Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and a guarded ``UPDATE ... RETURNING`` inside
-a ``BEGIN IMMEDIATE`` transaction on SQLite.
+moved only from the states it may leave, and a running task only under the :class:`Lease` of
+the claim that holds it (worker and claim number: a worker that claims its own reaped task
+again cannot have an old runner pass as the owner). Claims use ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL and a guarded ``UPDATE ... RETURNING`` inside a ``BEGIN IMMEDIATE`` transaction on
+SQLite.
+
+Lease times (expiry, heartbeats) come from the database's clock on PostgreSQL, so several
+machines need no clock agreement for correctness (:func:`lease_now`); other times are the
+process's clock (:mod:`harness.clock`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from sqlalchemy import (
 
 from .. import clock
 from ..errors import LeaseLost
-from .engine import is_postgres, run
+from .engine import is_postgres, lease_now, run
 from .schema import TERMINAL, TaskStatus, runs, tasks
 
 ACTIVE = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING, TaskStatus.PAUSED)
@@ -50,6 +56,7 @@ class Task:
     max_attempts: int
     steps: int
     priority: int
+    claims: int = 0
     status_reason: str | None = None
     result: str | None = None
     error: str | None = None
@@ -64,6 +71,22 @@ class Task:
         values = list(values)
         values[_STATUS] = TaskStatus(values[_STATUS])
         return cls(*values)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One claim of a task by a worker: the snapshot taken at the claim, and who holds it.
+    Every write of the claim is fenced by (task, worker, claim number)."""
+
+    task: Task
+    worker_id: int
+
+    @property
+    def task_id(self) -> int:
+        return self.task.id
+
+    def params(self) -> dict[str, int]:
+        return {"task_id": self.task.id, "worker_id": self.worker_id, "claim": self.task.claims}
 
 
 _TASK_FIELDS = tuple(f.name for f in fields(Task))
@@ -148,6 +171,7 @@ def _claim_statements(postgres: bool, one_run: bool) -> Any:
             lease_owner=bindparam("w"),
             lease_expires_at=bindparam("exp"),
             attempts=tasks.c.attempts + 1,
+            claims=tasks.c.claims + 1,
             started_at=func.coalesce(tasks.c.started_at, t),
             updated_at=t,
             status_reason=None,
@@ -163,7 +187,8 @@ def claim(
     """Lease up to ``limit`` runnable queued tasks to ``worker_id`` (highest priority first),
     optionally only tasks of one run."""
     t = now()
-    params: dict[str, Any] = {"t": t, "exp": t + lease_s, "w": worker_id, "limit": limit}
+    exp = lease_now(conn) + lease_s
+    params: dict[str, Any] = {"t": t, "exp": exp, "w": worker_id, "limit": limit}
     if run_id is not None:
         params["p_run"] = run_id
     stmt = _claim_statements(is_postgres(conn), run_id is not None)
@@ -184,17 +209,19 @@ def heartbeat(
             tasks.c.lease_owner == worker_id,
             tasks.c.status == TaskStatus.RUNNING,
         )
-        .values(lease_expires_at=now() + lease_s)
+        .values(lease_expires_at=lease_now(conn) + lease_s)
         .returning(tasks.c.id)
     )
     return {r[0] for r in conn.execute(stmt)}
 
 
-def _owned(task_id: Any, worker_id: Any) -> Any:
+def _owned() -> Any:
+    """The lease's task, still running under this very claim (parameters of ``Lease.params``)."""
     return and_(
-        tasks.c.id == task_id,
+        tasks.c.id == bindparam("task_id"),
         tasks.c.status == TaskStatus.RUNNING,
-        tasks.c.lease_owner == worker_id,
+        tasks.c.lease_owner == bindparam("worker_id"),
+        tasks.c.claims == bindparam("claim"),
     )
 
 
@@ -206,21 +233,14 @@ def _move_statement(keys: tuple[str, ...], uncharge: bool, step: bool) -> Any:
         values["attempts"] = tasks.c.attempts - 1
     if step:  # the move comes with the step that led to it (see ``touch``)
         values["steps"] = tasks.c.steps + 1
-    owned = _owned(bindparam("task_id"), bindparam("worker_id"))
-    return update(tasks).where(owned).values(values).returning(tasks.c.parent_id)
+    return update(tasks).where(_owned()).values(values).returning(tasks.c.parent_id)
 
 
 def _move(
-    conn: Connection,
-    task_id: int,
-    worker_id: int,
-    *,
-    uncharge: bool = False,
-    step: bool = False,
-    **values: Any,
+    conn: Connection, lease: Lease, *, uncharge: bool = False, step: bool = False, **values: Any
 ) -> int | None:
-    """Guarded transition out of ``running`` by the lease owner; LeaseLost when not owned.
-    Returns the task's parent id."""
+    """Guarded transition out of ``running`` under ``lease``; LeaseLost when it no longer
+    holds. Returns the task's parent id."""
     t = now()
     values.setdefault("updated_at", t)
     if values.get("status") in TERMINAL:
@@ -229,86 +249,74 @@ def _move(
         values.update(lease_owner=None, lease_expires_at=None)
     stmt = _move_statement(tuple(sorted(values)), uncharge, step)
     params = {f"v_{k}": v for k, v in values.items()}
-    moved = run(conn, stmt, {"task_id": task_id, "worker_id": worker_id, **params}).fetchall()
+    moved = run(conn, stmt, {**lease.params(), **params}).fetchall()
     if len(moved) != 1:
-        raise LeaseLost(task_id)
+        raise LeaseLost(lease.task_id)
     parent_id: int | None = moved[0][0]
     return parent_id
 
 
 _TOUCH = (
     update(tasks)
-    .where(_owned(bindparam("task_id"), bindparam("worker_id")))
+    .where(_owned())
     .values(updated_at=bindparam("t"), steps=tasks.c.steps + bindparam("delta"))
 )
 
 
-def touch(conn: Connection, task_id: int, worker_id: int, steps_delta: int = 0) -> bool:
-    """Check (and record) that this worker still owns the running task. True when owned."""
-    params = {"task_id": task_id, "worker_id": worker_id, "t": now(), "delta": steps_delta}
+def touch(conn: Connection, lease: Lease, steps_delta: int = 0) -> bool:
+    """Check (and record) that ``lease`` still holds its running task. True when it does."""
+    params = {**lease.params(), "t": now(), "delta": steps_delta}
     return bool(run(conn, _TOUCH, params).rowcount == 1)
 
 
-def complete(
-    conn: Connection, task_id: int, worker_id: int, result: str, *, step: bool = False
-) -> None:
+def complete(conn: Connection, lease: Lease, result: str, *, step: bool = False) -> None:
     """The task is done with ``result`` (``step``: counting the model step that gave it)."""
-    parent_id = _move(
-        conn, task_id, worker_id, step=step, status=TaskStatus.DONE, result=result, error=None
-    )
+    parent_id = _move(conn, lease, step=step, status=TaskStatus.DONE, result=result, error=None)
     if parent_id is not None:
         wake_parent(conn, parent_id)
 
 
 def fail(
-    conn: Connection,
-    task: Task,
-    worker_id: int,
-    error: str,
-    *,
-    retry: bool = False,
-    backoff_s: float = 0.0,
+    conn: Connection, lease: Lease, error: str, *, retry: bool = False, backoff_s: float = 0.0
 ) -> TaskStatus:
     """Fail a task. With ``retry`` and attempts left it is queued again after ``backoff_s``;
     otherwise it is dead-lettered as ``failed`` with the error and attempt count kept."""
+    task = lease.task
     if retry and task.attempts < task.max_attempts:
         _move(
             conn,
-            task.id,
-            worker_id,
+            lease,
             status=TaskStatus.QUEUED,
             not_before=now() + backoff_s,
             error=error,
             status_reason=f"retrying after attempt {task.attempts}: {error}",
         )
         return TaskStatus.QUEUED
-    parent_id = _move(conn, task.id, worker_id, status=TaskStatus.FAILED, error=error)
+    parent_id = _move(conn, lease, status=TaskStatus.FAILED, error=error)
     if parent_id is not None:
         wake_parent(conn, parent_id)
     return TaskStatus.FAILED
 
 
-def release(conn: Connection, task_id: int, worker_id: int, reason: str) -> None:
-    """Give a running task back to the queue at once, without charging an attempt."""
+def release(conn: Connection, lease: Lease, reason: str, *, delay_s: float = 0.0) -> None:
+    """Give a running task back to the queue (runnable again after ``delay_s``), without
+    charging an attempt."""
     _move(
         conn,
-        task_id,
-        worker_id,
+        lease,
         status=TaskStatus.QUEUED,
         uncharge=True,
         status_reason=reason,
+        not_before=now() + delay_s,
     )
 
 
-def pause(
-    conn: Connection, task_id: int, worker_id: int, reason: str, until: float, budget_key: str
-) -> None:
+def pause(conn: Connection, lease: Lease, reason: str, until: float, budget_key: str) -> None:
     """Park a task that is out of budget until ``until`` (the next day) or until its agent's
     budget differs from ``budget_key`` (see ``requeue_paused``)."""
     _move(
         conn,
-        task_id,
-        worker_id,
+        lease,
         status=TaskStatus.PAUSED,
         status_reason=reason,
         not_before=until,
@@ -317,14 +325,13 @@ def pause(
     )
 
 
-def spawn_children(
-    conn: Connection, parent: Task, worker_id: int, children: Iterable[NewTask]
-) -> list[int]:
+def spawn_children(conn: Connection, lease: Lease, children: Iterable[NewTask]) -> list[int]:
     """Create child tasks (idempotent per parent tool call) and make the parent wait.
 
     Children and the parent's move to ``waiting`` commit together, so a crash leaves either
     both or neither. Returns the ids of all children of the given calls.
     """
+    parent = lease.task
     t = now()
     ids: list[int] = []
     for child in children:
@@ -352,8 +359,7 @@ def spawn_children(
         ids.append(int(existing))
     _move(
         conn,
-        parent.id,
-        worker_id,
+        lease,
         status=TaskStatus.WAITING,
         status_reason=f"waiting for {len(ids)} sub-task(s)",
         uncharge=True,
@@ -405,7 +411,7 @@ def reap_expired(
     heartbeat is late, and its runners are still going; other workers reap them instead.
     """
     t = now()
-    expired = tasks.c.lease_expires_at < t
+    expired = tasks.c.lease_expires_at < lease_now(conn)
     if exclude is not None:
         expired = and_(expired, tasks.c.lease_owner != exclude)
     orphan = or_(expired, tasks.c.lease_owner.in_(list(dead_workers)))

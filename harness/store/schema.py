@@ -72,6 +72,7 @@ workers = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),  # the epoch: fresh per start
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
+    Column("node", String(128)),  # boot id, PID namespace and start time (see store.workers)
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
     Column("stopped_at", Float),
@@ -108,6 +109,9 @@ tasks = Table(
     Column("max_attempts", Integer, nullable=False, default=3),
     Column("lease_owner", Integer),
     Column("lease_expires_at", Float),
+    # claims so far: (lease_owner, claims) fences every write of one claim, so a worker that
+    # claims its own reaped task again cannot have two runners pass as the owner
+    Column("claims", Integer, nullable=False, default=0, server_default="0"),
     Column("not_before", Float, nullable=False, default=0.0),
     Column("pause_budget", Text),  # the budget (JSON) that paused it; a change wakes it
     Column("steps", Integer, nullable=False, default=0),

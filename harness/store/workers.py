@@ -1,15 +1,25 @@
 """Worker epochs: one ``workers`` row per worker start, whose id owns leases; heartbeats;
-telling live workers from dead ones. Functions of a connection."""
+telling live workers from dead ones. Functions of a connection.
+
+A worker is known dead when it stopped, when it has been silent past a stale limit (measured
+on the database's clock on PostgreSQL, see ``engine.lease_now``), or when its process is gone.
+The last is checked by PID only where PIDs mean the same thing as ours: the row's ``node``
+names the kernel boot, the PID namespace and the process's start time, so containers that
+share a hostname (host networking) never take each other for dead, and a reused PID is not
+taken for the old process. Elsewhere heartbeats alone decide.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlalchemy import Connection, and_, insert, select, update
 
 from .. import clock
+from .engine import lease_now
 from .schema import workers
 
 __all__ = [
@@ -17,9 +27,32 @@ __all__ = [
     "dead_workers",
     "is_alive",
     "mark_stopped",
+    "node",
     "register_worker",
     "stop_worker",
 ]
+
+
+def _start_ticks(pid: int | str) -> str | None:
+    """A process's start time in clock ticks since boot (``/proc/PID/stat`` field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[
+        19
+    ]  # fields after the command name, which may hold spaces
+
+
+def node() -> str | None:
+    """``boot id:PID namespace:start ticks`` of this process, or None where /proc does not say."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    start = _start_ticks("self")
+    return f"{boot}:{namespace}:{start}" if start else None
 
 
 def register_worker(conn: Connection, concurrency: int) -> int:
@@ -29,8 +62,9 @@ def register_worker(conn: Connection, concurrency: int) -> int:
         insert(workers).values(
             host=socket.gethostname(),
             pid=os.getpid(),
+            node=node(),
             started_at=t,
-            heartbeat_at=t,
+            heartbeat_at=lease_now(conn),
             concurrency=concurrency,
         )
     )
@@ -43,7 +77,7 @@ def beat_worker(conn: Connection, worker_id: int) -> bool:
     result = conn.execute(
         update(workers)
         .where(workers.c.id == worker_id, workers.c.stopped_at.is_(None))
-        .values(heartbeat_at=clock.now())
+        .values(heartbeat_at=lease_now(conn))
     )
     return result.rowcount == 1
 
@@ -68,23 +102,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _process_gone(host: str, pid: int, their_node: str | None, mine: str | None) -> bool:
+    """Whether the process of a worker row is known to be gone, from this process's view."""
+    if pid == os.getpid() and their_node == mine:
+        return False
+    if their_node is None or mine is None:  # no /proc: the old rule, by hostname
+        return host == socket.gethostname() and pid != os.getpid() and not _pid_alive(pid)
+    boot, namespace, start = their_node.split(":")
+    my_boot, my_namespace, _ = mine.split(":")
+    if (boot, namespace) != (my_boot, my_namespace):
+        return False  # another machine, boot or PID namespace: heartbeats decide
+    return _start_ticks(pid) != start  # gone, or the PID now names another process
+
+
 def dead_workers(conn: Connection, stale_after_s: float) -> list[int]:
-    """Workers known to be gone: stopped, silent past ``stale_after_s``, or (on this host)
-    whose process no longer exists. Their leases can be taken back at once."""
+    """Workers known to be gone: stopped, silent past ``stale_after_s``, or whose process is
+    gone (see the module docstring). Their leases can be taken back at once."""
     rows = conn.execute(
         select(
             workers.c.id,
             workers.c.host,
             workers.c.pid,
+            workers.c.node,
             workers.c.heartbeat_at,
             workers.c.stopped_at,
         ).where(workers.c.stopped_at.is_(None) | (workers.c.stopped_at > clock.now() - 86400))
     ).all()
-    host = socket.gethostname()
-    cutoff = clock.now() - stale_after_s
+    cutoff = lease_now(conn) - stale_after_s
+    mine = node()
     dead = []
     for r in rows:
-        gone = r.host == host and r.pid != os.getpid() and not _pid_alive(r.pid)
+        gone = _process_gone(r.host, r.pid, r.node, mine)
         if r.stopped_at is not None or r.heartbeat_at < cutoff or gone:
             dead.append(r.id)
     return dead

@@ -25,19 +25,21 @@ realistic numbers. Running out of script raises :class:`ScriptExhausted` (an Ass
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeAlias, Union, cast
 
 import anyio
 
 from ..errors import ControlSignal, ProviderError
 from ..messages import ChatMessage, ChatRequest, FunctionCall, ToolCall
-from ..provider.base import AttemptHook, Completion
+from ..provider.base import Attempts, Completion
 from ..provider.tokens import estimate_completion_tokens, estimate_prompt_tokens
 from ..usage import CallOutcome, CallRecord, Usage
 
-__all__ = ["ScriptExhausted", "ScriptedProvider", "Step", "StepLike"]
+__all__ = ["DEFAULT_MAX_TOKENS", "ScriptExhausted", "ScriptedProvider", "Step", "StepLike"]
+
+DEFAULT_MAX_TOKENS = 1024  # what a request without max_tokens reserves (a config's default)
 
 
 @dataclass(frozen=True)
@@ -186,31 +188,55 @@ class ScriptedProvider:
     # -- the Provider interface --------------------------------------------------------
 
     async def complete(
-        self, request: ChatRequest, *, before_attempt: AttemptHook | None = None
+        self, request: ChatRequest, *, attempts: Attempts | None = None
     ) -> Completion:
-        """Answer ``request`` with the next step (recording the request first).
+        """Answer ``request`` with the next step (recording the request as it goes out).
 
-        A scripted :class:`Completion` with several records stands for retries or fallbacks:
-        like the real provider, ``before_attempt`` is awaited before the 2nd, 3rd... attempt,
-        and a ControlSignal it raises carries the attempts made so far as ``.records``.
+        Like the real provider, ``attempts.before`` is awaited before every attempt (a scripted
+        :class:`Completion` with several records stands for retries or fallbacks: once per
+        record) and a ControlSignal it raises carries the attempts made so far as
+        ``.records``; ``attempts.sending()`` is called as each attempt goes out. A step is
+        consumed only once its first attempt may go. A granted ``max_tokens`` below the
+        request's (near the end of a budget) caps the answer's completion tokens, as a server
+        would.
         """
-        self.requests.append(request)
+        cap = await self._before(attempts, request, request.model, [])
+        self.requests.append(request)  # it goes out: a refused call is never sent
         step = self._resolve(self._next(request), request)
         if isinstance(step, Completion):
             for n in range(2, len(step.records) + 1):
-                if before_attempt is not None:
-                    try:
-                        await before_attempt(step.records[n - 1].model, step.records[: n - 1])
-                    except ControlSignal as signal:
-                        signal.records = step.records[: n - 1]  # type: ignore[attr-defined]
-                        raise
+                await self._before(
+                    attempts, request, step.records[n - 1].model, step.records[: n - 1]
+                )
             self.completions.append(step)
             return step
         if step.delay_s:
             await anyio.sleep(step.delay_s)
-        completion = self._answer(step, request)
+        completion = self._answer(step, request, cap)
         self.completions.append(completion)
         return completion
+
+    async def _before(
+        self,
+        attempts: Attempts | None,
+        request: ChatRequest,
+        model: str,
+        failed: Sequence[CallRecord],
+    ) -> int | None:
+        if attempts is None:
+            return None
+        try:
+            cap = await attempts.before(
+                model,
+                failed,
+                prompt_tokens=estimate_prompt_tokens(request),
+                max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
+            )
+        except ControlSignal as signal:
+            signal.records = list(failed)  # type: ignore[attr-defined]
+            raise
+        attempts.sending()
+        return cap
 
     async def aclose(self) -> None:
         self.closed = True
@@ -265,13 +291,16 @@ class ScriptedProvider:
             ]
         return exc
 
-    def _answer(self, step: Step, request: ChatRequest) -> Completion:
+    def _answer(self, step: Step, request: ChatRequest, cap: int | None = None) -> Completion:
         message = self._with_ids(step.message)
         usage = step.usage or Usage(
             prompt_tokens=estimate_prompt_tokens(request),
             completion_tokens=estimate_completion_tokens(message),
             estimated=self.estimated,
         )
+        shrunk = cap is not None and cap < (request.max_tokens or DEFAULT_MAX_TOKENS)
+        if shrunk and cap is not None and usage.completion_tokens > cap:  # a server stops there
+            usage = replace(usage, completion_tokens=cap)
         model = step.model or request.model
         record = CallRecord(
             provider=self.provider,

@@ -15,11 +15,13 @@ to read. Control-flow signals (:class:`~harness.errors.ControlSignal`) and cance
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, overload
 
-import anyio.to_thread
+import anyio.from_thread
+import anyio.lowlevel
 import pydantic_core
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -332,7 +335,7 @@ class ToolRegistry:
             if inspect.iscoroutinefunction(t.fn):
                 value = await t.fn(**kwargs)
             else:
-                value = await anyio.to_thread.run_sync(lambda: t.fn(**kwargs))
+                value = await run_blocking(t.fn, kwargs, name=name)
                 if inspect.isawaitable(value):
                     value = await value
             return ToolResult(True, _to_text(value))
@@ -340,9 +343,36 @@ class ToolRegistry:
             raise
         except ToolError as exc:
             return ToolResult(False, f"tool {name!r} failed: {exc}")
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # a tool's own exit (argparse and click call sys.exit) is that tool's failure,
+            # never the worker's; the runtime's cancellation is not caught here
             log.warning("tool_crashed", tool=name, error=type(exc).__name__, exc_info=True)
             return ToolResult(False, f"tool {name!r} crashed: {type(exc).__name__}: {exc}")
+
+
+async def run_blocking(fn: Callable[..., Any], kwargs: dict[str, Any], *, name: str) -> Any:
+    """Run a synchronous tool in a daemon thread of its own and wait for it. When the wait is
+    cancelled (the task's wall-clock limit, a lost lease, shutdown) the thread is abandoned at
+    once: it cannot hold the task, its worker slot or the process's exit. (Python cannot kill
+    a thread; a tool that must be stopped hard should run its work in a subprocess.)"""
+    done = anyio.Event()
+    outcome: list[Any] = []
+    token = anyio.lowlevel.current_token()
+
+    def target() -> None:
+        try:
+            outcome.append((True, fn(**kwargs)))
+        except BaseException as exc:  # handed to the waiting task, which decides
+            outcome.append((False, exc))
+        with contextlib.suppress(Exception):  # the loop may be gone (abandoned at exit)
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=target, name=f"tool {name}", daemon=True).start()
+    await done.wait()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 # ------------------------------------------------------------------ decorator and discovery
@@ -391,7 +421,7 @@ def tool(
     return wrap if fn is None else wrap(fn)
 
 
-def _import_error(path: Path, exc: Exception) -> ConfigError:
+def _import_error(path: Path, exc: BaseException) -> ConfigError:
     if isinstance(exc, SyntaxError):
         return ConfigError(Problem(str(path), f"syntax error: {exc.msg}", line=exc.lineno))
     line = None
@@ -430,7 +460,7 @@ def load_workspace_tools(tools_dir: Path, registry: ToolRegistry) -> list[str]:
         except ConfigError:  # from @tool itself: it already names the file and line
             sys.modules.pop(module_name, None)
             raise
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() at import too
             sys.modules.pop(module_name, None)
             raise _import_error(path, exc) from exc
         finally:

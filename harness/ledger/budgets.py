@@ -1,0 +1,190 @@
+"""Budgets: the worst case of a call is reserved before it is sent (invariant 2).
+
+A reservation adds the call's prompt estimate + ``max_tokens`` (and their cost) to the
+``reserved`` counters of the agent's and the workspace's roll-up rows of the day, with a
+guarded UPDATE each (``used + reserved + n <= budget``), so concurrent calls can never take a
+budget past its limit. The rows are always taken in one order (the agent's, then the
+workspace's), the order every ledger write uses.
+
+Near the end of a budget the call gets the room that is left: when the whole worst case does
+not fit but the prompt and at least ``min_tokens`` of output do, ``max_tokens`` is shrunk to
+the room left (the call still cannot exceed the budget: the provider sends the shrunk value).
+A refusal tells why (:class:`~harness.errors.BudgetExceeded`): the call alone is larger than
+the whole budget, the room is held by calls in flight, or the day's budget is spent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
+
+from .. import clock
+from ..errors import BudgetExceeded
+from ..settings import ModelConfig, Settings
+from ..store.engine import insert_ignore, run
+from ..store.schema import WORKSPACE, reservations, usage_daily
+from ..usage import Budget
+from .writes import CallContext
+
+__all__ = ["reserve", "today_use"]
+
+Rows = Sequence[tuple[str, Budget]]  # (agent or WORKSPACE, its budget), in locking order
+
+
+def reserve(
+    conn: Connection,
+    ctx: CallContext,
+    settings: Settings,
+    *,
+    model: str,
+    prompt_tokens: int,
+    max_tokens: int,
+    min_tokens: int,
+    budget: Budget,
+    workspace_budget: Budget,
+    day: str,
+) -> tuple[int, int]:
+    """Reserve one call on ``day``; returns ``(reservation id, max_tokens granted)``.
+
+    Raises BudgetExceeded when the budgets cannot cover the prompt and ``min_tokens``; the
+    caller must then roll back its transaction (``Store.write`` does), reserving nothing.
+    """
+    cfg = settings.models[model]
+    rows: Rows = ((ctx.agent, budget), (WORKSPACE, workspace_budget))
+    granted = max_tokens
+    if not _take_all(conn, day, rows, prompt_tokens, granted, cfg):
+        granted = min(max_tokens, _room(conn, day, rows, prompt_tokens, cfg))
+        if granted < min_tokens or not _take_all(conn, day, rows, prompt_tokens, granted, cfg):
+            raise _refusal(conn, day, rows, prompt_tokens, min_tokens, cfg, ctx.agent)
+    values = {
+        "day": day,
+        "agent": ctx.agent,
+        "run_id": ctx.run_id,
+        "task_id": ctx.task_id,
+        "worker_id": ctx.worker_id,
+        "model": model,
+        "provider": cfg.provider,
+        "tokens": prompt_tokens + granted,
+        "cost": cfg.cost(prompt_tokens, 0, granted),
+        "created_at": clock.now(),
+    }
+    return int(run(conn, _INSERT_RESERVATION, values).fetchone()[0]), granted
+
+
+_INSERT_RESERVATION = insert(reservations).returning(reservations.c.id)
+
+
+@cache
+def _take_statement(limit_tokens: bool, limit_cost: bool) -> Any:
+    """The guarded reservation UPDATE, built once per kind of budget (``n`` may be negative:
+    a take given back)."""
+    u = usage_daily.c
+    n: Any = bindparam("n")
+    c: Any = bindparam("c")
+    cond = [u.day == bindparam("p_day"), u.agent == bindparam("p_agent")]
+    if limit_tokens:
+        used = u.prompt_tokens + u.completion_tokens + u.reserved_tokens
+        cond.append(used + n <= bindparam("max_tokens"))
+    if limit_cost:
+        cond.append(u.cost_usd + u.reserved_cost + c <= bindparam("max_cost"))
+    return (
+        update(usage_daily)
+        .where(and_(*cond))
+        .values(reserved_tokens=u.reserved_tokens + n, reserved_cost=u.reserved_cost + c)
+    )
+
+
+def _take(conn: Connection, day: str, who: str, budget: Budget, tokens: int, cost: float) -> bool:
+    """Add a reservation to one roll-up row if it stays within budget (creating the day's row
+    when it is the day's first call). True when taken."""
+    stmt = _take_statement(budget.tokens is not None, budget.cost_usd is not None)
+    params = {"p_day": day, "p_agent": who, "n": tokens, "c": cost}
+    params |= {"max_tokens": budget.tokens, "max_cost": budget.cost_usd}
+    if run(conn, stmt, params).rowcount == 1:
+        return True
+    run(conn, insert_ignore(conn, usage_daily), [{"day": day, "agent": who}])
+    return bool(run(conn, stmt, params).rowcount == 1)
+
+
+def _take_all(
+    conn: Connection, day: str, rows: Rows, prompt: int, out: int, cfg: ModelConfig
+) -> bool:
+    """Take ``prompt + out`` on every row, or on none (what was taken is given back)."""
+    tokens, cost = prompt + out, cfg.cost(prompt, 0, out)
+    taken: list[str] = []
+    for who, budget in rows:
+        if not _take(conn, day, who, budget, tokens, cost):
+            for back in taken:
+                _take(conn, day, back, Budget(), -tokens, -cost)
+            return False
+        taken.append(who)
+    return True
+
+
+_USED = select(
+    usage_daily.c.prompt_tokens + usage_daily.c.completion_tokens,
+    usage_daily.c.cost_usd,
+    usage_daily.c.reserved_tokens,
+    usage_daily.c.reserved_cost,
+).where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
+
+
+def _used(conn: Connection, day: str, who: str) -> tuple[int, float, int, float]:
+    """Tokens used, cost, tokens and cost reserved."""
+    row = run(conn, _USED, {"p_day": day, "p_agent": who}).fetchone()
+    return (int(row[0]), float(row[1]), int(row[2]), float(row[3])) if row else (0, 0.0, 0, 0.0)
+
+
+def _room(conn: Connection, day: str, rows: Rows, prompt: int, cfg: ModelConfig) -> int:
+    """The most output tokens a call with ``prompt`` could reserve now (negative: none)."""
+    room = math.inf
+    per_token = cfg.cost(0, 0, 1)
+    for who, budget in rows:
+        used, cost, reserved, reserved_cost = _used(conn, day, who)
+        if budget.tokens is not None:
+            room = min(room, budget.tokens - used - reserved - prompt)
+        if budget.cost_usd is not None:
+            left = budget.cost_usd - cost - reserved_cost - cfg.cost(prompt, 0, 0)
+            if per_token:
+                room = min(room, math.floor(left / per_token))
+            elif left < 0:  # output is free, but the prompt alone does not fit
+                room = -1
+    return -1 if room == -math.inf else int(min(room, 2**62))
+
+
+def _refusal(
+    conn: Connection,
+    day: str,
+    rows: Rows,
+    prompt: int,
+    min_tokens: int,
+    cfg: ModelConfig,
+    agent: str,
+) -> BudgetExceeded:
+    """Why a call of ``prompt`` and at least ``min_tokens`` of output cannot be reserved."""
+    need, need_cost = prompt + min_tokens, cfg.cost(prompt, 0, min_tokens)
+    for who, budget in rows:
+        used, cost, reserved, reserved_cost = _used(conn, day, who)
+        name = "workspace" if who == WORKSPACE else who
+        if budget.tokens is not None and used + reserved + need > budget.tokens:
+            limit_tokens = budget.tokens
+            return BudgetExceeded(
+                name, "daily token budget", limit_tokens, used, need, day, reserved
+            )
+        if budget.cost_usd is not None and cost + reserved_cost + need_cost > budget.cost_usd:
+            limit = budget.cost_usd
+            return BudgetExceeded(
+                name, "daily cost budget (USD)", limit, cost, need_cost, day, reserved_cost
+            )
+    # room was freed between the refusal and this look (another call settled): try again soon
+    return BudgetExceeded(agent, "daily budget", math.inf, 0, need, day, reserved=1)
+
+
+def today_use(conn: Connection, agent: str, day: str) -> tuple[int, float]:
+    """Tokens and cost an agent has used on ``day`` (one indexed lookup)."""
+    used, cost, _, _ = _used(conn, day, agent)
+    return used, cost

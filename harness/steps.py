@@ -1,0 +1,239 @@
+"""The transactions of a task's steps: the budget held for a call, the answer persisted with
+its ledger rows, tool results appended, a claim with the task's state.
+
+Every write is fenced by the task's :class:`~harness.store.queue.Lease` (worker and claim
+number), the reservation included: a runner that lost its lease cannot reserve or make a paid
+call. Ledger rows are written whether or not the lease still holds (the call was paid for);
+the transcript only while it does. Each transaction function acts only through its connection
+(``Store.write`` may run it twice).
+
+Writes that must not be lost (an answer received, a failure recorded) go through
+``Store.write_until_done``: a transient database error (a restart, a dropped connection, a
+lock past its timeout) is waited out and the same write tried again, so no answer is dropped
+and no step paid twice because the database blipped (invariant 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import anyio
+from sqlalchemy import Connection
+
+from . import ledger
+from .agents import AgentSpec
+from .errors import LeaseLost
+from .messages import ChatMessage
+from .settings import Settings
+from .store import Store, queue
+from .store.queue import Lease, Task
+from .store.transcripts import StoredMessage, append_messages, load_transcript
+from .usage import CallRecord
+
+__all__ = ["Reservation", "State", "append", "claim", "load_state", "persist_step"]
+
+
+class Reservation:
+    """The budget held for one model call (invariant 2); the provider's ``Attempts`` hooks.
+
+    Before every attempt (:meth:`before`) its worst case is reserved, in the transaction that
+    records the attempts failed so far and releases what they held: a task holds one
+    reservation at a time, and a worker that dies mid-call leaves at most one behind. Near
+    the end of a budget the attempt gets the room left (``max_tokens`` shrunk, never below
+    ``budgets.min_output_tokens``). After the call its records settle the reservation
+    (:func:`persist_step`, :meth:`record_failure`); if it ends otherwise (cancelled, the
+    answer not storable) it is charged as an *unsettled* call only when the attempt may have
+    reached a server (:meth:`sending` was called), and released when it never left.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        lease: Lease,
+        agent: AgentSpec,
+        *,
+        opening: Sequence[ChatMessage] = (),
+        on_opening: Callable[[list[StoredMessage]], None] | None = None,
+    ) -> None:
+        task = lease.task
+        self.store, self.settings, self.lease = store, settings, lease
+        self.ctx = ledger.CallContext(agent.name, task.run_id, task.id, lease.worker_id)
+        self.budget, self.workspace_budget = agent.budget(settings), settings.budgets.workspace()
+        self.opening = list(opening)  # a new task's first messages: stored with the first take
+        self.on_opening = on_opening
+        self.ids: list[int] = []  # the reservation taken and not yet settled
+        self.settled = 0  # how many of the call's attempts are in the ledger already
+        self.sent = False  # whether the attempt holding the reservation has left
+
+    def unrecorded(self, records: Sequence[CallRecord]) -> Sequence[CallRecord]:
+        """The attempts among ``records`` not in the ledger yet."""
+        return records[self.settled :]
+
+    async def before(
+        self, model: str, failed: Sequence[CallRecord], *, prompt_tokens: int, max_tokens: int
+    ) -> int:
+        """Reserve the next attempt on ``model`` (recording ``failed``); returns the
+        ``max_tokens`` granted. Raises BudgetExceeded (nothing written) or LeaseLost."""
+        least = min(max_tokens, self.settings.budgets.min_output_tokens)
+        ask = (model, prompt_tokens, max_tokens, least)
+        new = list(self.unrecorded(failed))
+        rid, granted, stored = await self.store.write_until_done(
+            _next_attempt_tx, self, new, ask, self.opening
+        )
+        self.ids, self.settled, self.sent = [rid], len(failed), False
+        if self.opening:
+            self.opening = []
+            if self.on_opening is not None:
+                self.on_opening(stored)
+        return granted
+
+    def sending(self) -> None:
+        self.sent = True
+
+    async def record_failure(self, records: Sequence[CallRecord]) -> None:
+        """The call failed for good: record its attempts, settle the reservation."""
+        with anyio.CancelScope(shield=True):  # paid attempts are recorded, whatever comes
+            await self.store.write_until_done(_record_tx, self, self.unrecorded(records))
+
+    async def unsettle(self, why: str) -> None:
+        """The call ended without a recorded answer: charge the reservation as *unsettled*
+        if the attempt left this process, else give it back."""
+        if not self.ids:
+            return
+        with anyio.CancelScope(shield=True):
+            if self.sent:
+                await self.store.write_until_done(_unsettle_tx, self.settings, self.ids, why)
+            else:
+                await self.store.write_until_done(_release_tx, self.ids)
+        self.ids = []
+
+
+def _record_tx(conn: Connection, held: Reservation, records: Sequence[CallRecord]) -> list[int]:
+    """Record a call's attempts and settle the reservation held for it."""
+    return ledger.record(conn, held.ctx, records, held.settings, extra_reservations=held.ids)
+
+
+def _next_attempt_tx(
+    conn: Connection,
+    held: Reservation,
+    failed: Sequence[CallRecord],
+    ask: tuple[str, int, int, int],
+    opening: list[ChatMessage],
+) -> tuple[int, int, list[StoredMessage]]:
+    """Record failed attempts, settling what they held; reserve the next attempt on the day
+    it is sent; check the lease (and store a new task's opening) last: the ledger's rows are
+    taken before the task's, the global lock order (see ``ledger.writes``)."""
+    model, prompt_tokens, max_tokens, least = ask
+    _record_tx(conn, held, failed)
+    rid, granted = ledger.reserve(
+        conn,
+        held.ctx,
+        held.settings,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        min_tokens=least,
+        budget=held.budget,
+        workspace_budget=held.workspace_budget,
+        day=ledger.day_of(queue.now(), held.settings.tz),
+    )
+    stored = _append_tx(conn, held.lease, opening, 0) if opening else []
+    if stored is None or (not opening and not queue.touch(conn, held.lease)):
+        raise LeaseLost(held.lease.task_id)  # rolls the reservation back: nothing is sent
+    return rid, granted, stored
+
+
+def _unsettle_tx(
+    conn: Connection, settings: Settings, reservations: Sequence[int], why: str
+) -> None:
+    ledger.settle_unsettled(conn, settings, reservations, why)
+
+
+def _release_tx(conn: Connection, reservations: Sequence[int]) -> None:
+    for rid in sorted(reservations):
+        ledger.release(conn, rid)
+
+
+def _append_tx(
+    conn: Connection, lease: Lease, msgs: list[ChatMessage], first_seq: int
+) -> list[StoredMessage] | None:
+    """Append to the transcript of a task this lease still holds (None when it does not);
+    ``first_seq`` comes from the runner's copy, which the lease keeps true."""
+    if not queue.touch(conn, lease):
+        return None
+    return append_messages(conn, lease.task_id, msgs, first_seq=first_seq)
+
+
+async def append(
+    store: Store, lease: Lease, msgs: list[ChatMessage], first_seq: int
+) -> list[StoredMessage]:
+    """Append tool results (or other messages) to the transcript; LeaseLost when the lease
+    no longer holds."""
+    appended = await store.write_until_done(_append_tx, lease, msgs, first_seq)
+    if appended is None:
+        raise LeaseLost(lease.task_id)
+    return appended
+
+
+def _persist_step_tx(
+    conn: Connection,
+    held: Reservation,
+    records: Sequence[CallRecord],
+    message: ChatMessage,
+    seq: int,
+) -> list[StoredMessage] | None:
+    """Ledger rows always (the call was paid for); the transcript only while the lease holds
+    (None when it does not). A final answer completes the task in the same statement that
+    counts the step."""
+    ids = _record_tx(conn, held, records)
+    try:
+        if message.tool_calls:
+            if not queue.touch(conn, held.lease, steps_delta=1):
+                return None
+        else:
+            queue.complete(conn, held.lease, message.content or "", step=True)
+    except LeaseLost:
+        return None
+    call_id = ids[-1] if ids else None
+    return append_messages(conn, held.lease.task_id, [message], call_id=call_id, first_seq=seq)
+
+
+async def persist_step(
+    held: Reservation, records: Sequence[CallRecord], message: ChatMessage, seq: int
+) -> list[StoredMessage]:
+    """Persist an answer with its ledger rows and the settled reservation, in one
+    transaction, before anything acts on it (invariant 1). Shielded from cancellation and
+    tried again through database blips: an answer that arrived is never dropped. Raises
+    LeaseLost when the task is no longer ours (the ledger rows are written all the same)."""
+    try:
+        with anyio.CancelScope(shield=True):
+            appended = await held.store.write_until_done(
+                _persist_step_tx, held, records, message, seq
+            )
+    except Exception:
+        await held.unsettle("answered, but the answer could not be stored")
+        raise
+    held.ids = []
+    if appended is None:
+        raise LeaseLost(held.lease.task_id)
+    return appended
+
+
+State = tuple[list[StoredMessage], int]  # a task's transcript and how many children it made
+
+
+def load_state(conn: Connection, task: Task) -> State:
+    """The task's transcript and how many sub-tasks it has created (one read). A task that
+    has taken no model step yet has delegated nothing: its children are not counted."""
+    children = queue.count_children(conn, task.id) if task.steps else 0
+    return load_transcript(conn, task.id), children
+
+
+def claim(
+    conn: Connection, worker_id: int, lease_s: float, limit: int = 1, *, run_id: int | None = None
+) -> list[tuple[Task, State]]:
+    """Lease runnable tasks (``queue.claim``) and read each one's state in the same
+    transaction, so a runner starts without a read of its own."""
+    claimed = queue.claim(conn, worker_id, lease_s, limit, run_id=run_id)
+    return [(task, load_state(conn, task)) for task in claimed]
