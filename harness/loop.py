@@ -208,12 +208,13 @@ class TaskRunner:
         request = self._request()
         held = Reservation(self, request)
         await self._reserve(held, request.model)
-        self.rt.emit("model_call", task_id=self.task.id, agent=self.agent.name)
+        self.rt.emit("model_call", task_id=self.task.id, agent=self.agent.name, request=request)
         try:
             completion = await self.rt.provider.complete(
                 request, before_attempt=partial(self._reserve, held)
             )
         except (ProviderError, BudgetExceeded) as exc:
+            self.rt.emit("model_failed", task_id=self.task.id, agent=self.agent.name, error=exc)
             await held.record_failure(getattr(exc, "records", []))
             raise
         except BaseException:
@@ -223,8 +224,9 @@ class TaskRunner:
             raise
         await self._persist_step(held, completion)
         self.rt.emit(
-            "model_done", task_id=self.task.id, agent=self.agent.name, usage=completion.usage
-        )
+            "model_done", task_id=self.task.id, agent=self.agent.name, usage=completion.usage,
+            completion=completion,
+        )  # fmt: skip
         return not completion.message.tool_calls
 
     async def _reserve(
@@ -313,9 +315,11 @@ class TaskRunner:
         for call in pending:
             if call.function.name == DELEGATE:
                 continue
+            self.rt.emit("tool_start", task_id=self.task.id, tool=call.function.name, call=call)
             res = await self.rt.tools.call(
                 call.function.name, call.function.arguments, ctx, allowed=allowed, max_chars=cap
             )
+            self.rt.emit("tool_done", task_id=self.task.id, tool=call.function.name, ok=res.ok)
             self.log.info("tool_called", tool=call.function.name, ok=res.ok)
             results.append(_tool_message(call, res.content))
         if results:

@@ -117,6 +117,7 @@ class Worker:
     async def _work(self, task: Task, state: State, scope: anyio.CancelScope) -> None:
         bound = log.bind(run_id=task.run_id, task_id=task.id, agent=task.agent, worker_id=self.id)
         bound.info("task_claimed", attempt=task.attempts)
+        self.rt.emit("task_started", task=task, worker_id=self.id)
         status = None
         try:
             with scope:
@@ -133,6 +134,7 @@ class Worker:
                     backoff_s=self.rt.settings.worker.retry_backoff_s,
                 )
         finally:
+            self.rt.emit("task_finished", task=task, status=status)
             current = self._running.get(task.id) is scope
             if current:
                 del self._running[task.id]

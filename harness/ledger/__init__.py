@@ -5,7 +5,7 @@
 CLI, the report and the dashboard show. ``days``: the calendar (days in the workspace's zone).
 """
 
-from .days import day_after_start, day_of, days_back, next_day_start
+from .days import day_after_start, day_of, day_range, days_back, next_day_start
 from .reads import forecast, rows
 from .writes import (
     CallContext,
@@ -22,6 +22,7 @@ __all__ = [
     "CallContext",
     "day_after_start",
     "day_of",
+    "day_range",
     "days_back",
     "forecast",
     "next_day_start",

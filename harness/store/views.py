@@ -6,7 +6,7 @@ The shapes are the documented ``--json`` output (docs/cli.md); change them only 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -86,18 +86,19 @@ def list_runs(
     conn: Connection,
     *,
     limit: int = 50,
-    status: str | None = None,
+    status: str | Collection[str] | None = None,
     agent: str | None = None,
     schedule: str | None = None,
     since: float | None = None,
     until: float | None = None,
 ) -> list[dict[str, Any]]:
     """The ``limit`` most recent runs, newest first; optionally only those whose status (the
-    root task's) is ``status``, handed to ``agent``, started by ``schedule``, or created in
-    ``since <= t <= until`` (epoch seconds)."""
+    root task's) is ``status`` (or one of several), handed to ``agent``, started by
+    ``schedule``, or created in ``since <= t <= until`` (epoch seconds)."""
     q = _run_query()
     if status:
-        q = q.where(q.selected_columns.status == status)
+        wanted = [status] if isinstance(status, str) else sorted(status)
+        q = q.where(q.selected_columns.status.in_(wanted))
     if agent:
         q = q.where(runs.c.agent == agent)
     if schedule:
@@ -117,6 +118,11 @@ def get_run(conn: Connection, run_id: int) -> dict[str, Any] | None:
     run = _run_dict(conn, row)
     run["tasks"] = task_tree(conn, run_id)
     return run
+
+
+def run_created_at(conn: Connection, run_id: int) -> float | None:
+    """When run ``run_id`` was submitted (epoch seconds; None when there is no such run)."""
+    return conn.execute(select(runs.c.created_at).where(runs.c.id == run_id)).scalar()
 
 
 def task_usage(conn: Connection, run_id: int) -> dict[int, dict[str, Any]]:
