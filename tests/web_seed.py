@@ -1,0 +1,107 @@
+"""A workspace whose database holds real runs, for the dashboard's tests: a delegated run
+(done), a failed run, a run paused for budget, a scheduled run and a run whose model wrote
+HTML, all worked by a Worker against the fake OpenAI-compatible server (and, for the HTML,
+the scripted provider)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from harness import clock, schedules
+from harness.provider import OpenAIProvider
+from harness.runtime import Runtime, build_runtime
+from harness.settings import load_workspace
+from harness.store import Store
+from harness.testing import ScriptedProvider
+from harness.testing.fakeserver import FakeConfig, FakeServer
+from tests.helpers import set_front_matter, submit, work
+
+CONFIG = """
+database_url = "sqlite:///var/harness.db"
+timezone = "UTC"
+default_model = "fake"
+chief = "arnold"
+[providers.fake]
+base_url = "{up}"
+backoff_base_s = 0.001
+[providers.broken]
+base_url = "{down}"
+max_retries = 0
+[models.fake]
+provider = "fake"
+id = "fake-model"
+max_tokens = 64
+price_input = 1.0
+price_output = 2.0
+[models.down]
+provider = "broken"
+id = "fake-model"
+max_tokens = 64
+[worker]
+retry_backoff_s = 0
+max_attempts = 2
+[[schedules]]
+name = "nightly"
+cron = "0 3 * * *"
+agent = "veblen"
+goal = "Summarise the night's reading."
+"""
+
+HTML = '<img src=x onerror="alert(1)"><script>alert(2)</script><b>bold?</b>'
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """Where the seeded workspace is, and which run is which."""
+
+    ws: Path
+    delegated: int
+    failed: int
+    paused: int
+    scheduled: int
+    html: int
+
+
+def configure(ws: Path, up: str, down: str) -> None:
+    (ws / "config/harness.toml").write_text(CONFIG.format(up=up, down=down))
+    arnold = ws / "agents/arnold.md"
+    set_front_matter(arnold, "delegates_to", "[veblen, bradlee, gulbenkian, simmons]")
+    set_front_matter(arnold, "min_delegations", "3")  # the fake server calls one tool a step
+    set_front_matter(arnold, "delegation_rounds", "3")
+    set_front_matter(ws / "agents/gulbenkian.md", "model", "down")
+    set_front_matter(ws / "agents/simmons.md", "daily_token_budget", "60")
+
+
+def runtime(ws: Path, provider: object | None = None) -> Runtime:
+    workspace = load_workspace(ws)
+    store = Store.open(workspace.database_url())
+    chosen = provider or OpenAIProvider(workspace.settings)
+    return build_runtime(workspace, provider=chosen, store=store)  # type: ignore[arg-type]
+
+
+async def _seed(ws: Path) -> Seeded:
+    async with FakeServer(FakeConfig()) as up, FakeServer(FakeConfig(p_500=1.0)) as down:
+        configure(ws, up.base_url, down.base_url)
+        rt = runtime(ws)
+        delegated = (await submit(rt, "Brief me on HBM supply for 2027."))[0]
+        failed = (await submit(rt, "Model the inference economy.", "gulbenkian"))[0]
+        paused = (await submit(rt, "Rebalance the portfolio.", "simmons"))[0]
+        now = clock.now()
+        await rt.store.write(schedules.fire_due, rt.settings, now - 86400)  # first seen
+        [scheduled] = await rt.store.write(schedules.fire_due, rt.settings, now)
+        await work(rt)
+        await rt.aclose()
+    scripted = ScriptedProvider([f"Here is my answer: {HTML}"])
+    rt = runtime(ws, scripted)
+    html = (await submit(rt, f"Render this: {HTML}", "bradlee"))[0]
+    await work(rt)
+    await rt.aclose()
+    return Seeded(ws, delegated, failed, paused, scheduled, html)
+
+
+def seed(ws: Path) -> Seeded:
+    """Run the seeding runs in ``ws`` (a copy of the default workspace)."""
+    return anyio.run(_seed, ws)
