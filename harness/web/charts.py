@@ -82,9 +82,16 @@ def short_number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def stacked(days: Sequence[str], values: Mapping[str, Mapping[str, float]]) -> StackedChart:
-    """Bars for ``days`` (ISO dates, in order) stacking ``values[series][day]``."""
-    names = sorted(values)
+def stacked(
+    days: Sequence[str],
+    values: Mapping[str, Mapping[str, float]],
+    palette: Sequence[str] = (),
+) -> StackedChart:
+    """Bars for ``days`` (ISO dates, in order) stacking ``values[series][day]``; a series
+    with nothing to show is left out. Colours follow ``palette`` (every name that could
+    appear, e.g. the whole team), so a series has the same colour on every page."""
+    everyone = sorted({*palette, *values})
+    names = [n for n in everyone if any(values[n].get(d, 0.0) > 0 for d in days)]
     totals = [sum(values[n].get(d, 0.0) for n in names) for d in days]
     top = nice_ceiling(max(totals, default=0.0))
     left, right, plot_top, bottom = LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM
@@ -103,8 +110,8 @@ def stacked(days: Sequence[str], values: Mapping[str, Mapping[str, float]]) -> S
             base[i] -= h
             x = left + i * slot + (slot - bar_w) / 2
             bars.append(Bar(name, day, v, round(x, 2), round(base[i], 2), round(bar_w, 2),
-                            round(h, 2), colour(name, names)))  # fmt: skip
-        series.append((name, colour(name, names), bars))
+                            round(h, 2), colour(name, everyone)))  # fmt: skip
+        series.append((name, colour(name, everyone), bars))
     ticks = [(round(bottom - top * k / 4 * scale, 2), short_number(top * k / 4)) for k in range(5)]
     every = max(1, math.ceil(len(days) / 10))
     labels = [(round(left + i * slot + slot / 2, 2), d[5:]) for i, d in enumerate(days)

@@ -98,7 +98,9 @@ def ledger_page(
         series = values.setdefault(r[key], {})
         series[r["day"]] = series.get(r["day"], 0.0) + r[field]
     return {
-        "chart": stacked(days_between(since, until), values),
+        "chart": stacked(
+            days_between(since, until), values, settings.models if by == "model" else budgets
+        ),  # fmt: skip
         "table": _agent_model_table(detail),
         "forecast": reads.forecast(conn, budgets, settings.tz),
     }
