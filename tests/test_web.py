@@ -23,8 +23,10 @@ from tests.conftest import REPO
 from tests.web_seed import HTML, Seeded, runtime, seed
 
 LOCAL = "http://127.0.0.1"
-PAGES = ["/", "/parts/overview", "/ledger", "/ledger?by=model&measure=cost", "/runs",
-         "/runs?status=failed", "/parts/runs", "/schedules", "/report", "/report?since=7d"]  # fmt: skip
+PAGES = [
+    *("/", "/parts/overview", "/ledger", "/ledger?by=model&measure=cost", "/runs"),
+    *("/runs?status=failed", "/parts/runs", "/schedules", "/report", "/report?since=7d"),
+]
 
 
 def copy_workspace(dest: Path) -> Path:
@@ -128,8 +130,8 @@ def test_a_transcript_shows_tool_calls_and_results(web: TestClient, seeded: Seed
 def test_model_written_html_is_escaped_everywhere(web: TestClient, seeded: Seeded) -> None:
     run = web.get(f"/api/runs/{seeded.html}").json()
     task = run["tasks"][0]["id"]
-    for path in ("/", "/runs", f"/runs/{seeded.html}", f"/runs/{seeded.html}/tasks/{task}",
-                 "/report?since=7d"):  # fmt: skip
+    paths = ("/", "/runs", f"/runs/{seeded.html}", f"/runs/{seeded.html}/tasks/{task}")
+    for path in (*paths, "/report?since=7d"):
         page = html(web, path)
         assert "<script>alert" not in page and "<img src=x" not in page, path
     page = html(web, f"/runs/{seeded.html}/tasks/{task}")
@@ -160,8 +162,8 @@ def test_the_api_has_the_cli_json_shapes(web: TestClient, seeded: Seeded) -> Non
     assert by_model == cli_json(ws, "ledger", "--by", "model", "--since", "7d", "--json")
     assert by_model and all("model" in r for r in by_model)
     forecast = web.get("/api/ledger?forecast=1").json()
-    assert [f["agent"] for f in forecast] == [f["agent"] for f in cli_json(ws, "ledger",
-                                                                          "--forecast", "--json")]  # fmt: skip
+    cli_forecast = cli_json(ws, "ledger", "--forecast", "--json")
+    assert [f["agent"] for f in forecast] == [f["agent"] for f in cli_forecast]
     assert web.get("/api/schedules").json() == cli_json(ws, "schedules", "list", "--json")
     workers = web.get("/api/workers").json()
     assert set(workers) == {"running", "workers"} and workers["running"] == []
@@ -174,8 +176,8 @@ def test_ledger_csv_download_matches_the_cli(web: TestClient, seeded: Seeded) ->
     r = web.get("/api/ledger.csv?since=7d")
     assert r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
-    res = CliRunner().invoke(cli_app, ["--workspace", str(seeded.ws), "ledger", "--since", "7d",
-                                       "--csv"])  # fmt: skip
+    args = ["--workspace", str(seeded.ws), "ledger", "--since", "7d", "--csv"]
+    res = CliRunner().invoke(cli_app, args)
     assert r.text.replace("\r\n", "\n") == res.stdout.replace("\r\n", "\n")
     assert r.text.splitlines()[0].startswith("day,agent,calls,prompt_tokens")
 
@@ -224,8 +226,9 @@ def test_read_only_offers_no_action_and_refuses_them(fresh: Seeded) -> None:
     assert st.read_sync(views.get_run, fresh.paused)["status"] == "paused"  # type: ignore[index]
 
 
-def test_a_token_guards_everything_and_never_shows(fresh: Seeded,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_token_guards_everything_and_never_shows(
+    fresh: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
     secret = "s3cret-token-value"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-live-key-never-shown")
     guard = Guard.for_bind("0.0.0.0", secret)

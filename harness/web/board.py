@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,6 @@ from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from .. import __version__
 from ..runtime import Runtime
 from ..usage import Budget
 from .charts import colour
@@ -50,7 +50,7 @@ class Dashboard:
             signed_in=self.guard.token is not None,
             workspace=self.rt.workspace.root.name,
             team=self.rt.team.names(),
-            version=__version__,
+            version=version("harness"),
             **context,
         )
         return HTMLResponse(html, status_code=status)

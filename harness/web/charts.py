@@ -91,7 +91,7 @@ def stacked(
     with nothing to show is left out. Colours follow ``palette`` (every name that could
     appear, e.g. the whole team), so a series has the same colour on every page."""
     everyone = sorted({*palette, *values})
-    names = [n for n in everyone if any(values[n].get(d, 0.0) > 0 for d in days)]
+    names = [n for n in everyone if any(values.get(n, {}).get(d, 0.0) > 0 for d in days)]
     totals = [sum(values[n].get(d, 0.0) for n in names) for d in days]
     top = nice_ceiling(max(totals, default=0.0))
     left, right, plot_top, bottom = LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM

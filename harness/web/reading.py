@@ -93,14 +93,13 @@ def ledger_page(
     detail = reads.rows(conn, budgets, since=since, until=until, by_model=True)
     key = "model" if by == "model" else "agent"
     field = "cost_usd" if measure == "cost" else "total_tokens"
+    palette = sorted(settings.models) if by == "model" else sorted(budgets)
     values: dict[str, dict[str, float]] = {}
     for r in detail:
         series = values.setdefault(r[key], {})
         series[r["day"]] = series.get(r["day"], 0.0) + r[field]
     return {
-        "chart": stacked(
-            days_between(since, until), values, settings.models if by == "model" else budgets
-        ),  # fmt: skip
+        "chart": stacked(days_between(since, until), values, palette),
         "table": _agent_model_table(detail),
         "forecast": reads.forecast(conn, budgets, settings.tz),
     }
