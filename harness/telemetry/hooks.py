@@ -65,6 +65,7 @@ async def attached(
     server = None
     if counted is not None and metrics is not None:
         server, _thread = start_http_server(metrics[1], addr=metrics[0], registry=counted.registry)
+        counted.address = (metrics[0], server.server_port)
         log.info("metrics_serving", host=metrics[0], port=server.server_port)
     traces = None
     if tracing_enabled():

@@ -207,6 +207,7 @@ class EventMetrics:
         self.task_seconds = Histogram(*task_args, buckets=TASK_BUCKETS, registry=reg)
         reg.register(_Gauges(store, settings, budgets))
         self._started: dict[int, float] = {}
+        self.address: tuple[str, int] | None = None  # where they are served, once they are
 
     def on_event(self, event: str, data: dict[str, Any]) -> None:
         handler = getattr(self, f"_on_{event}", None)
