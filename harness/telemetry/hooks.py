@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from prometheus_client import start_http_server
 
+from ..errors import ConfigError, Problem
 from ..runtime import Runtime
 from .metrics import EventMetrics
 
@@ -69,8 +70,11 @@ async def attached(
         log.info("metrics_serving", host=metrics[0], port=server.server_port)
     traces = None
     if tracing_enabled():
-        from .tracing import Tracing  # the optional extra, imported only when used
-
+        try:
+            from .tracing import Tracing  # the optional extra, imported only when used
+        except ImportError as exc:
+            why = f"traces need the OpenTelemetry packages: pip install 'harness[otel]' ({exc})"
+            raise ConfigError(Problem("OTEL_EXPORTER_OTLP_ENDPOINT", why)) from exc
         traces = Tracing.from_env(rt)
     before = rt.on_event
     rt.on_event = fan_out(before, counted.on_event if counted else None,
