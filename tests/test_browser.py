@@ -49,7 +49,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """The seeded workspace served by ``harness serve``, with a worker stuck on a slow model
     call (so one run is live), all as processes."""
     tmp = tmp_path_factory.mktemp("browser")
-    seeded = seed(copy_workspace(tmp / "ws"))
+    seeded = seed(copy_workspace(tmp / "ws"), history=20)  # a ledger with a past
     procs = Procs(tmp)
     try:
         slow = procs.fake("--ttft-s", "120")
@@ -109,10 +109,20 @@ def page(browser: Any) -> Iterator[Any]:
     errors: list[str] = []
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
+    pg.on("dialog", lambda d: _refuse(d, errors))
     yield pg
     context.close()
     assert errors == []
+
+
+def _refuse(dialog: Any, errors: list[str]) -> None:
+    errors.append(f"dialog: {dialog.message}")  # an alert() is a script that ran
+    dialog.dismiss()
+
+
+def _accept(dialog: Any, seen: list[str]) -> None:
+    seen.append(dialog.message)
+    dialog.accept()
 
 
 def shot(page: Any, name: str) -> None:
@@ -179,7 +189,7 @@ def test_cancel_a_live_run_from_its_page(site: Site, browser: Any) -> None:
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     pg.on("pageerror", lambda e: errors.append(str(e)))
     confirmations: list[str] = []
-    pg.on("dialog", lambda d: (confirmations.append(d.message), d.accept()))
+    pg.on("dialog", lambda d: _accept(d, confirmations))
     pg.goto(site.url + f"/runs/{site.live_run}")
     assert pg.locator("#run-live .run-head .badge").inner_text() == "running"
     pg.locator("#cancel-run").click()

@@ -5,6 +5,7 @@ the scripted provider)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,8 @@ def configure(ws: Path, up: str, down: str) -> None:
     set_front_matter(arnold, "delegation_rounds", "3")
     set_front_matter(ws / "agents/gulbenkian.md", "model", "down")
     set_front_matter(ws / "agents/simmons.md", "daily_token_budget", "60")
+    set_front_matter(ws / "agents/veblen.md", "daily_token_budget", "1500")
+    set_front_matter(ws / "agents/bradlee.md", "daily_token_budget", "1200")
 
 
 def runtime(ws: Path, provider: object | None = None) -> Runtime:
@@ -82,10 +85,25 @@ def runtime(ws: Path, provider: object | None = None) -> Runtime:
     return build_runtime(workspace, provider=chosen, store=store)  # type: ignore[arg-type]
 
 
-async def _seed(ws: Path) -> Seeded:
+async def _history(rt: Runtime, days: int) -> None:
+    """Runs on each of the ``days`` days before today (the clock moved back), for a ledger
+    with a past."""
+    agents = ("veblen", "bradlee", "arnold")
+    try:
+        for back in range(days, 0, -1):
+            clock.use(lambda back=back: time.time() - back * 86400)
+            for i in range(1 + back % 3):
+                await submit(rt, f"Notes for day -{back}, part {i + 1}.", agents[(back + i) % 3])
+            await work(rt)
+    finally:
+        clock.use(None)
+
+
+async def _seed(ws: Path, history: int) -> Seeded:
     async with FakeServer(FakeConfig()) as up, FakeServer(FakeConfig(p_500=1.0)) as down:
         configure(ws, up.base_url, down.base_url)
         rt = runtime(ws)
+        await _history(rt, history)
         delegated = (await submit(rt, "Brief me on HBM supply for 2027."))[0]
         failed = (await submit(rt, "Model the inference economy.", "gulbenkian"))[0]
         paused = (await submit(rt, "Rebalance the portfolio.", "simmons"))[0]
@@ -102,6 +120,7 @@ async def _seed(ws: Path) -> Seeded:
     return Seeded(ws, delegated, failed, paused, scheduled, html)
 
 
-def seed(ws: Path) -> Seeded:
-    """Run the seeding runs in ``ws`` (a copy of the default workspace)."""
-    return anyio.run(_seed, ws)
+def seed(ws: Path, history: int = 0) -> Seeded:
+    """Run the seeding runs in ``ws`` (a copy of the default workspace), after ``history``
+    days of earlier runs."""
+    return anyio.run(_seed, ws, history)
