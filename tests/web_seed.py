@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -85,13 +86,17 @@ def runtime(ws: Path, provider: object | None = None) -> Runtime:
     return build_runtime(workspace, provider=chosen, store=store)  # type: ignore[arg-type]
 
 
+def _days_ago(days: int) -> float:
+    return time.time() - days * 86400
+
+
 async def _history(rt: Runtime, days: int) -> None:
     """Runs on each of the ``days`` days before today (the clock moved back), for a ledger
     with a past."""
     agents = ("veblen", "bradlee", "arnold")
     try:
         for back in range(days, 0, -1):
-            clock.use(lambda back=back: time.time() - back * 86400)
+            clock.use(partial(_days_ago, back))
             for i in range(1 + back % 3):
                 await submit(rt, f"Notes for day -{back}, part {i + 1}.", agents[(back + i) % 3])
             await work(rt)
