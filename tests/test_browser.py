@@ -27,7 +27,8 @@ pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-DOCS = REPO / "docs"
+# screenshots land in the test's temp folder; DASHBOARD_SHOTS=docs refreshes the README's
+SHOTS = os.environ.get("DASHBOARD_SHOTS")
 
 
 @dataclass
@@ -125,11 +126,15 @@ def _accept(dialog: Any, seen: list[str]) -> None:
     dialog.accept()
 
 
-def shot(page: Any, name: str) -> None:
-    page.screenshot(path=str(DOCS / name), full_page=True)
+def shot(page: Any, name: str, tmp: Path) -> None:
+    folder = REPO / SHOTS if SHOTS else tmp
+    page.screenshot(path=str(folder / name), full_page=True)
+    assert (folder / name).stat().st_size > 10_000  # a picture, not a blank
 
 
-def test_overview_shows_every_agent_against_its_budget(site: Site, page: Any) -> None:
+def test_overview_shows_every_agent_against_its_budget(
+    site: Site, page: Any, tmp_path: Path
+) -> None:
     page.goto(site.url + "/")
     rows = page.locator("tr.agent-row")
     assert rows.count() == 5
@@ -139,10 +144,10 @@ def test_overview_shows_every_agent_against_its_budget(site: Site, page: Any) ->
     with page.expect_response(lambda r: "/parts/overview" in r.url):  # it updates itself
         pass
     assert page.locator("tr.agent-row").count() == 5  # and is whole after the swap
-    shot(page, "dashboard-overview.png")
+    shot(page, "dashboard-overview.png", tmp_path)
 
 
-def test_ledger_chart_draws_one_series_per_agent(site: Site, page: Any) -> None:
+def test_ledger_chart_draws_one_series_per_agent(site: Site, page: Any, tmp_path: Path) -> None:
     page.goto(site.url + "/ledger")
     series = page.locator("#ledger-chart g.series")
     names = sorted(series.nth(i).get_attribute("data-series") for i in range(series.count()))
@@ -151,10 +156,12 @@ def test_ledger_chart_draws_one_series_per_agent(site: Site, page: Any) -> None:
         box = series.nth(i).locator("rect").first.bounding_box()
         assert box is not None and box["height"] > 0 and box["width"] > 0  # really drawn
     assert page.locator(".legend span").count() == 3
-    shot(page, "dashboard-ledger.png")
+    shot(page, "dashboard-ledger.png", tmp_path)
 
 
-def test_run_page_tree_expands_and_a_transcript_opens(site: Site, page: Any) -> None:
+def test_run_page_tree_expands_and_a_transcript_opens(
+    site: Site, page: Any, tmp_path: Path
+) -> None:
     page.goto(site.url + f"/runs/{site.seeded.delegated}")
     details = page.locator("details.task")
     assert details.count() == 4
@@ -172,7 +179,7 @@ def test_run_page_tree_expands_and_a_transcript_opens(site: Site, page: Any) -> 
     root.locator("> summary a.open-transcript").click()  # the root's: delegate calls
     page.wait_for_selector("#transcript .msg.role-tool")
     assert page.locator("#transcript .call").count() == 3
-    shot(page, "dashboard-run.png")
+    shot(page, "dashboard-run.png", tmp_path)
 
 
 def test_model_html_is_inert_in_the_browser(site: Site, page: Any) -> None:
