@@ -16,10 +16,15 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,local,postgres,bench]'
+	$(BIN)/pip install -q -e '.[dev,local,postgres,bench,otel]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-setup: $(STAMP)
+# the browser tests drive Debian's chromium (playwright's own download cannot work here)
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+setup: $(STAMP) $(CHROMIUM)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -213,10 +213,11 @@ class TaskRunner:
             opening=self.unsaved,
             on_opening=self._opening_stored,
         )
-        self.rt.emit("model_call", task_id=self.task.id, agent=self.agent.name)
+        self.rt.emit("model_call", task_id=self.task.id, agent=self.agent.name, request=request)
         try:
             completion = await self.rt.provider.complete(request, attempts=held)
         except (ProviderError, ControlSignal) as exc:  # paid attempts are recorded all the same
+            self.rt.emit("model_failed", task_id=self.task.id, agent=self.agent.name, error=exc)
             await held.record_failure(getattr(exc, "records", []))
             raise
         except BaseException:
@@ -225,8 +226,13 @@ class TaskRunner:
             await held.unsettle("cancelled while in flight")
             raise
         await self._persist_step(held, completion)
+        usage = completion.usage
         self.rt.emit(
-            "model_done", task_id=self.task.id, agent=self.agent.name, usage=completion.usage
+            "model_done",
+            task_id=self.task.id,
+            agent=self.agent.name,
+            usage=usage,
+            completion=completion,
         )
         return not completion.message.tool_calls
 
@@ -296,9 +302,11 @@ class TaskRunner:
         for call in pending:
             if call.function.name == DELEGATE:
                 continue
+            self.rt.emit("tool_start", task_id=self.task.id, tool=call.function.name, call=call)
             res = await self.rt.tools.call(
                 call.function.name, call.function.arguments, ctx, allowed=allowed, max_chars=cap
             )
+            self.rt.emit("tool_done", task_id=self.task.id, tool=call.function.name, ok=res.ok)
             self.log.info("tool_called", tool=call.function.name, ok=res.ok)
             results.append(_tool_message(call, res.content))
         if results:

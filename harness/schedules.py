@@ -30,6 +30,8 @@ from .usage import Budget
 
 log = structlog.get_logger("harness.schedules")
 
+OVERDUE_AFTER_S = 120.0  # an instant still unhandled this long after it passed is overdue
+
 __all__ = ["describe", "fire_due", "latest_fire", "next_fire", "zone"]
 
 
@@ -189,7 +191,9 @@ def describe(conn: Connection, settings: Settings, now: float) -> list[dict[str,
     ``last_fire_at`` is the last instant handled (fired, or skipped for overlap), or the moment
     the schedule was first seen when it has not fired yet; ``last_run_id`` is its latest run.
     Times are ISO 8601 in the schedule's time zone; ``next_fire_at`` is the first instant after
-    ``now`` that would fire (null when the expression is invalid).
+    ``now`` that would fire (null when the expression is invalid). ``overdue`` is true when an
+    instant passed more than ``OVERDUE_AFTER_S`` ago without being handled: no worker is
+    running maintenance (each does every few seconds).
     """
     rows = {
         r.name: r
@@ -208,12 +212,14 @@ def describe(conn: Connection, settings: Settings, now: float) -> list[dict[str,
 
 def _describe_one(s: ScheduleConfig, settings: Settings, now: float, row: Any) -> dict[str, Any]:
     tz_name = s.timezone or settings.timezone
+    last = row.last_fire_at if row is not None else None
     try:
         tz: ZoneInfo | None = zone(s, settings)
-        after = max(now, row.last_fire_at) if row is not None and row.last_fire_at else now
+        after = max(now, last) if last else now
         nxt: float | None = next_fire(s, settings, after)
+        due = latest_fire(s, settings, now)
     except (*cron.CRON_ERRORS, ZoneInfoNotFoundError):
-        tz, nxt = None, None
+        tz, nxt, due = None, None, None
 
     def iso(ts: float | None) -> str | None:
         if ts is None or tz is None:
@@ -231,4 +237,5 @@ def _describe_one(s: ScheduleConfig, settings: Settings, now: float, row: Any) -
         "next_fire_at": iso(nxt),
         "last_run_id": row.last_run_id if row is not None else None,
         "last_run_status": row.status if row is not None else None,
+        "overdue": due is not None and last is not None and last < due <= now - OVERDUE_AFTER_S,
     }

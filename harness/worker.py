@@ -137,6 +137,7 @@ class Worker:
         bound = log.bind(run_id=task.run_id, task_id=task.id, agent=task.agent, worker_id=worker_id)
         bound.info("task_claimed", attempt=task.attempts)
         lease = Lease(task, worker_id)
+        self.rt.emit("task_started", task=task, worker_id=worker_id)
         status = None
         try:
             with scope:
@@ -145,6 +146,7 @@ class Worker:
             bound.exception("task_crashed")
             await self._end(lease, queue.fail, "internal error (see worker log)", bound)
         finally:
+            self.rt.emit("task_finished", task=task, status=status)
             current = self._running.get(task.id) is scope
             if current:
                 del self._running[task.id]

@@ -32,6 +32,8 @@ LAYERS: list[set[str]] = [
     {"report"},
     {"schedules"},
     {"worker"},
+    {"telemetry"},  # metrics and traces of a runtime's events (and of the database)
+    {"web"},  # the dashboard; below cli, which serves it (harness serve)
     {"cli", "testing"},
     {"__init__", "__main__"},  # the public face: re-exports, lazily
 ]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from harness import cli
 from harness.cli import app
-from harness.cli.ops import parse_since
+from harness.clock import parse_since
 from harness.errors import ConfigError
 
 runner = CliRunner()

@@ -28,4 +28,7 @@ def test_wheel_carries_the_default_workspace_and_migrations(tmp_path: Path) -> N
                 assert f"harness/workspace/{part}/{src.name}" in names, src
     assert "harness/store/migrations/versions/0001_initial_schema.py" in names
     assert "harness/py.typed" in names
+    for served in ("templates/base.html", "static/app.css", "static/vendor/htmx-2.0.11.min.js",
+                   "static/vendor/htmx-LICENSE.txt"):  # fmt: skip
+        assert f"harness/web/{served}" in names, served  # the dashboard's files
     assert not any(n.startswith(("tests/", "bench/")) for n in names)

@@ -326,6 +326,7 @@ def test_describe_lists_schedules_with_next_instant(sqlite_store: Store) -> None
             "next_fire_at": "2024-06-02T06:00:00+01:00",
             "last_run_id": run_id,
             "last_run_status": "queued",
+            "overdue": False,
         },
         {
             "name": "hourly",
@@ -338,8 +339,24 @@ def test_describe_lists_schedules_with_next_instant(sqlite_store: Store) -> None
             "next_fire_at": "2024-06-01T06:00:00+00:00",
             "last_run_id": hourly_id,
             "last_run_status": "queued",
+            "overdue": False,
         },
     ]
+
+
+def test_describe_says_overdue_when_no_worker_handled_an_instant(sqlite_store: Store) -> None:
+    st = make_settings(daily("hourly", cron="0 * * * *", timezone=None))
+    sqlite_store.write_sync(schedules.fire_due, st, at(2024, 6, 1, 5))  # first seen
+
+    def overdue(when: float) -> bool:
+        [info] = sqlite_store.read_sync(schedules.describe, st, when)
+        return bool(info["overdue"])
+
+    assert not overdue(at(2024, 6, 1, 5, 30))  # no instant passed since
+    assert not overdue(at(2024, 6, 1, 6, 1))  # 05:00 UTC just passed: a worker has time
+    assert overdue(at(2024, 6, 1, 6, 10))  # ten minutes on, still unhandled
+    sqlite_store.write_sync(schedules.fire_due, st, at(2024, 6, 1, 6, 10))
+    assert not overdue(at(2024, 6, 1, 6, 11))  # handled
 
 
 def test_a_report_schedule_writes_the_morning_report_instead_of_a_run(

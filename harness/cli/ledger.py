@@ -122,22 +122,12 @@ def ledger(
 def _range(
     day: str | None, since: str | None, until: str | None, today: str
 ) -> tuple[str | None, str | None]:
-    from datetime import date
+    from ..ledger import day_range
 
-    from ..ledger import days_back
-
-    if day:
-        day = today if day == "today" else day
-        since = until = day
-    if since and since.endswith("d") and since[:-1].isdigit():
-        since = days_back(today, int(since[:-1]) - 1)
-    for name, value in (("--day/--since", since), ("--until", until)):
-        if value:
-            try:
-                date.fromisoformat(value)
-            except ValueError:
-                fail(f"{name}: not a date (YYYY-MM-DD): {value!r}")
-    return since, until
+    try:
+        return day_range(today, day=day, since=since, until=until)
+    except ValueError as exc:
+        fail(f"--day/--since/--until: {exc}")
 
 
 def _forecast_table(console: Console, data: list[dict[str, Any]]) -> None:

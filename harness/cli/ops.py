@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from zoneinfo import ZoneInfo
 
 import typer
 
+from ..clock import parse_since
 from ._common import JsonOpt, budgets, err, fail, opened_store, out, print_json, workspace
 
 if TYPE_CHECKING:
@@ -21,26 +19,6 @@ schedules_app = typer.Typer(
     help="Cron schedules (the schedules section of config/harness.toml).",
     no_args_is_help=True,
 )
-
-UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_since(text: str, now: float, tz: ZoneInfo) -> float:
-    """``12h``, ``2d``, ``30m``, ``1w`` before ``now``, or an ISO date/time (in ``tz`` when it
-    has no offset). Raises ValueError with a readable message."""
-    m = re.fullmatch(r"(\d+)\s*([mhdw])", text.strip())
-    if m:
-        return now - int(m.group(1)) * UNITS[m.group(2)]
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"not a duration (12h, 2d) or ISO date/time: {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=tz)
-    start = when.timestamp()
-    if start > now:
-        raise ValueError(f"{text!r} is in the future")
-    return start
 
 
 @schedules_app.command("list")

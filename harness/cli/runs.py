@@ -84,18 +84,24 @@ def worker(
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Exit when nothing is left to run.")
     ] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve this worker's Prometheus metrics on this port.")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "127.0.0.1",
 ) -> None:
     """Run tasks until stopped (SIGTERM/SIGINT drain gracefully; a second signal exits at once)."""
     import anyio
 
     from ..runtime import open_runtime
+    from ..telemetry import attached
     from ..worker import Worker
 
     ws = workspace()
     slots = concurrency or ws.settings.worker.concurrency
+    metrics = (metrics_host, metrics_port) if metrics_port is not None else None
 
     async def main() -> None:
-        async with open_runtime(ws) as rt:
+        async with open_runtime(ws) as rt, attached(rt, metrics=metrics):
             await Worker(rt, slots, until_idle=until_idle).run()
 
     anyio.run(main)
@@ -159,10 +165,11 @@ async def _work(
 
     from ..runtime import open_runtime
     from ..store import queue, views
+    from ..telemetry import attached
     from ..worker import Worker
     from . import display
 
-    async with open_runtime(ws) as rt:
+    async with open_runtime(ws) as rt, attached(rt):
         store = rt.store
         max_attempts = rt.settings.worker.max_attempts
         run_id, _ = await store.write(queue.create_run, goal, agent, max_attempts=max_attempts)

@@ -6,7 +6,7 @@ run, or for a breakdown by model, aggregates the call rows instead (indexed by r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Integer, cast, func, select
 
 from .. import clock
 from ..store.schema import WORKSPACE, calls, usage_daily
+from ..store.views import histogram
 from ..usage import Budget
 from .days import day_of, next_day_start
 
@@ -166,3 +167,12 @@ def forecast(
             }
         )
     return out
+
+
+def call_latency(conn: Connection, bounds: Sequence[float]) -> list[dict[str, Any]]:
+    """Per agent and model, a histogram of call latency in seconds (every attempt that reached
+    a server and was answered; unsettled ones have no latency): ``{"agent", "model", "count",
+    "sum", "buckets"}``, ``buckets`` cumulative over ``bounds`` (see ``views.histogram``)."""
+    seconds = calls.c.latency_ms / 1000.0
+    answered = calls.c.outcome != "unsettled"
+    return histogram(conn, seconds, [calls.c.agent, calls.c.model], bounds, answered)

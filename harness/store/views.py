@@ -6,13 +6,14 @@ The shapes are the documented ``--json`` output (docs/cli.md); change them only 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, case, func, select
 
 from .. import clock
-from .schema import TaskStatus, calls, runs, tasks, workers
+from .schema import TERMINAL, TaskStatus, calls, messages, runs, tasks, workers
 from .transcripts import load_transcript
 
 TOKEN_FIELDS = ("calls", "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
@@ -81,9 +82,32 @@ def _paused_reason(conn: Connection, run_id: int) -> str | None:
     return f"task {row.id} ({row.agent}) is paused: {row.status_reason}"
 
 
-def list_runs(conn: Connection, *, limit: int = 50) -> list[dict[str, Any]]:
-    """The ``limit`` most recent runs, newest first."""
-    rows = conn.execute(_run_query().order_by(runs.c.id.desc()).limit(limit)).mappings().all()
+def list_runs(
+    conn: Connection,
+    *,
+    limit: int = 50,
+    status: str | Collection[str] | None = None,
+    agent: str | None = None,
+    schedule: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> list[dict[str, Any]]:
+    """The ``limit`` most recent runs, newest first; optionally only those whose status (the
+    root task's) is ``status`` (or one of several), handed to ``agent``, started by
+    ``schedule``, or created in ``since <= t <= until`` (epoch seconds)."""
+    q = _run_query()
+    if status:
+        wanted = [status] if isinstance(status, str) else sorted(status)
+        q = q.where(q.selected_columns.status.in_(wanted))
+    if agent:
+        q = q.where(runs.c.agent == agent)
+    if schedule:
+        q = q.where(runs.c.schedule == schedule)
+    if since is not None:
+        q = q.where(runs.c.created_at >= since)
+    if until is not None:
+        q = q.where(runs.c.created_at <= until)
+    rows = conn.execute(q.order_by(runs.c.id.desc()).limit(limit)).mappings().all()
     return [_run_dict(conn, r) for r in rows]
 
 
@@ -94,6 +118,11 @@ def get_run(conn: Connection, run_id: int) -> dict[str, Any] | None:
     run = _run_dict(conn, row)
     run["tasks"] = task_tree(conn, run_id)
     return run
+
+
+def run_created_at(conn: Connection, run_id: int) -> float | None:
+    """When run ``run_id`` was submitted (epoch seconds; None when there is no such run)."""
+    return conn.execute(select(runs.c.created_at).where(runs.c.id == run_id)).scalar()
 
 
 def task_usage(conn: Connection, run_id: int) -> dict[int, dict[str, Any]]:
@@ -211,3 +240,59 @@ def live_work(conn: Connection) -> dict[str, Any]:
             for w in alive
         ],
     }
+
+
+def task_counts(conn: Connection) -> list[dict[str, Any]]:
+    """How many tasks each agent has in each status: ``[{"agent", "status", "tasks"}]``,
+    sorted (the dashboard's queue depth, ``/metrics``)."""
+    rows = conn.execute(
+        select(tasks.c.agent, tasks.c.status, func.count().label("n"))
+        .group_by(tasks.c.agent, tasks.c.status)
+        .order_by(tasks.c.agent, tasks.c.status)
+    ).all()
+    return [{"agent": r.agent, "status": r.status, "tasks": int(r.n)} for r in rows]
+
+
+def tool_counts(conn: Connection) -> dict[str, int]:
+    """How many tool results every transcript holds, per tool name (delegations included)."""
+    rows = conn.execute(
+        select(messages.c.name, func.count())
+        .where(messages.c.role == "tool")
+        .group_by(messages.c.name)
+        .order_by(messages.c.name)
+    ).all()
+    return {str(name or "?"): int(n) for name, n in rows}
+
+
+def task_durations(conn: Connection, bounds: Sequence[float]) -> list[dict[str, Any]]:
+    """Per agent, a histogram of how long finished tasks took (first start to finish, time
+    spent waiting for sub-tasks included): ``{"agent", "count", "sum", "buckets"}`` where
+    ``buckets[i]`` counts tasks that took at most ``bounds[i]`` seconds (cumulative)."""
+    took = tasks.c.finished_at - tasks.c.started_at
+    finished = tasks.c.status.in_([s.value for s in TERMINAL]) & tasks.c.started_at.is_not(None)
+    return histogram(conn, took, [tasks.c.agent], bounds, finished)
+
+
+def histogram(
+    conn: Connection, value: Any, keys: Sequence[Any], bounds: Sequence[float], where: Any
+) -> list[dict[str, Any]]:
+    """A cumulative histogram of ``value`` per ``keys`` in one query (see task_durations)."""
+    cols = [func.sum(case((value <= b, 1), else_=0)) for b in bounds]
+    q = (
+        select(*keys, func.count(), func.coalesce(func.sum(value), 0.0), *cols)
+        .where(where)
+        .group_by(*keys)
+        .order_by(*keys)
+    )
+    out = []
+    for row in conn.execute(q).all():
+        n = len(keys)
+        out.append(
+            {
+                **{k.name: row[i] for i, k in enumerate(keys)},
+                "count": int(row[n]),
+                "sum": float(row[n + 1]),
+                "buckets": [int(c or 0) for c in row[n + 2 :]],
+            }
+        )
+    return out
