@@ -10,11 +10,15 @@ the transcript only while it does. Each transaction function acts only through i
 Writes that must not be lost (an answer received, a failure recorded) go through
 ``Store.write_until_done``: a transient database error (a restart, a dropped connection, a
 lock past its timeout) is waited out and the same write tried again, so no answer is dropped
-and no step paid twice because the database blipped (invariant 7).
+and no step paid twice because the database blipped (invariant 7). A try that may have
+committed although the error said otherwise (a connection dropped at COMMIT) is not applied
+twice: the ledger finds the rows it wrote (by reservation), a reservation is found by its
+key, and messages by their numbers.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -26,11 +30,20 @@ from .errors import LeaseLost
 from .messages import ChatMessage
 from .settings import Settings
 from .store import Store, queue
+from .store.access import RETRYING
 from .store.queue import Lease, Task
 from .store.transcripts import StoredMessage, append_messages, load_transcript
 from .usage import CallRecord
 
-__all__ = ["Reservation", "State", "append", "claim", "load_state", "persist_step"]
+__all__ = [
+    "Reservation",
+    "State",
+    "append",
+    "claim",
+    "load_state",
+    "load_transcript",
+    "persist_step",
+]
 
 
 class Reservation:
@@ -78,8 +91,9 @@ class Reservation:
         least = min(max_tokens, self.settings.budgets.min_output_tokens)
         ask = (model, prompt_tokens, max_tokens, least)
         new = list(self.unrecorded(failed))
+        key = uuid.uuid4().hex  # one per attempt: a retried write finds what it took
         rid, granted, stored = await self.store.write_until_done(
-            _next_attempt_tx, self, new, ask, self.opening
+            _next_attempt_tx, self, new, ask, self.opening, key
         )
         self.ids, self.settled, self.sent = [rid], len(failed), False
         if self.opening:
@@ -120,6 +134,7 @@ def _next_attempt_tx(
     failed: Sequence[CallRecord],
     ask: tuple[str, int, int, int],
     opening: list[ChatMessage],
+    key: str,
 ) -> tuple[int, int, list[StoredMessage]]:
     """Record failed attempts, settling what they held; reserve the next attempt on the day
     it is sent; check the lease (and store a new task's opening) last: the ledger's rows are
@@ -137,6 +152,7 @@ def _next_attempt_tx(
         budget=held.budget,
         workspace_budget=held.workspace_budget,
         day=ledger.day_of(queue.now(), held.settings.tz),
+        key=key,
     )
     stored = _append_tx(conn, held.lease, opening, 0) if opening else []
     if stored is None or (not opening and not queue.touch(conn, held.lease)):
@@ -155,6 +171,12 @@ def _release_tx(conn: Connection, reservations: Sequence[int]) -> None:
         ledger.release(conn, rid)
 
 
+def _written(conn: Connection, lease: Lease, first_seq: int) -> list[StoredMessage]:
+    """Messages from ``first_seq`` on that an earlier try of this write committed, when it is
+    being retried after a commit whose outcome was unknown (else none are looked for)."""
+    return load_transcript(conn, lease.task_id, first_seq) if RETRYING.get() else []
+
+
 def _append_tx(
     conn: Connection, lease: Lease, msgs: list[ChatMessage], first_seq: int
 ) -> list[StoredMessage] | None:
@@ -162,7 +184,9 @@ def _append_tx(
     ``first_seq`` comes from the runner's copy, which the lease keeps true."""
     if not queue.touch(conn, lease):
         return None
-    return append_messages(conn, lease.task_id, msgs, first_seq=first_seq)
+    return _written(conn, lease, first_seq) or append_messages(
+        conn, lease.task_id, msgs, first_seq=first_seq
+    )
 
 
 async def append(
@@ -187,6 +211,8 @@ def _persist_step_tx(
     (None when it does not). A final answer completes the task in the same statement that
     counts the step."""
     ids = _record_tx(conn, held, records)
+    if done := _written(conn, held.lease, seq):  # an earlier try committed all of it
+        return done
     try:
         if message.tool_calls:
             if not queue.touch(conn, held.lease, steps_delta=1):

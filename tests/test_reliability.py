@@ -103,6 +103,47 @@ async def test_an_answer_is_stored_after_database_blips_and_never_sent_twice(
     await rt.aclose()
 
 
+def lost_acks(store: Store, fns: tuple[Callable[..., Any], ...]) -> list[str]:
+    """Make the first write of each of ``fns`` commit, then fail as a connection dropped at
+    COMMIT does (the outcome unknown to the caller)."""
+    real = store.write
+    lost: list[str] = []
+
+    async def write(f: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await real(f, *args, **kwargs)
+        if f in fns and f.__name__ not in lost:
+            lost.append(f.__name__)
+            raise sqlite3.OperationalError("database is locked")  # committed all the same
+        return result
+
+    store.write = write  # type: ignore[method-assign,assignment]
+    return lost
+
+
+@pytest.mark.anyio
+async def test_a_write_retried_after_an_unknown_commit_applies_once(workspace_dir: Path) -> None:
+    set_front_matter(workspace_dir / "agents/veblen.md", "tools", "[note_read]")
+    rt, provider = runtime(
+        workspace_dir, [ScriptedProvider.tool_call("note_read", {}), ScriptedProvider.text("done")]
+    )
+    fns = (steps._next_attempt_tx, steps._persist_step_tx, steps._append_tx)
+    lost = lost_acks(rt.store, fns)
+    _, task_id = await submit(rt, "question", "veblen")
+    await work(rt)
+    assert sorted(lost) == sorted(f.__name__ for f in fns)  # each was retried once
+    task = rt.store.read_sync(queue.get_task, task_id)
+    assert task is not None and task.status == TaskStatus.DONE and task.result == "done"
+    assert len(provider.requests) == 2
+    assert _count(rt.store, calls, calls.c.outcome == "ok") == 2  # each answer once
+    assert _count(rt.store, reservations) == 0  # no second reservation left behind
+    roles = [m.message.role for m in rt.store.read_sync(steps.load_transcript, task_id)]
+    assert roles == ["system", "user", "assistant", "tool", "assistant"]
+    assert _used(rt.store, "veblen") == sum(
+        r.usage.total_tokens for c in provider.completions for r in c.records
+    )
+    await rt.aclose()
+
+
 @pytest.mark.anyio
 async def test_a_bug_in_the_failure_path_is_logged_and_the_worker_goes_on(
     workspace_dir: Path, monkeypatch: pytest.MonkeyPatch

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, and_, bindparam, insert, select, update
 from .. import clock
 from ..errors import BudgetExceeded
 from ..settings import ModelConfig, Settings
+from ..store.access import RETRYING
 from ..store.engine import insert_ignore, run
 from ..store.schema import WORKSPACE, reservations, usage_daily
 from ..usage import Budget
@@ -47,12 +48,19 @@ def reserve(
     budget: Budget,
     workspace_budget: Budget,
     day: str,
+    key: str | None = None,
 ) -> tuple[int, int]:
     """Reserve one call on ``day``; returns ``(reservation id, max_tokens granted)``.
 
     Raises BudgetExceeded when the budgets cannot cover the prompt and ``min_tokens``; the
     caller must then roll back its transaction (``Store.write`` does), reserving nothing.
+    ``key`` (unique, the caller's) makes a retried write find the reservation an earlier
+    try took, if that try committed.
     """
+    if key is not None and RETRYING.get():
+        taken = run(conn, _BY_KEY, {"p_key": key}).fetchone()
+        if taken is not None:
+            return int(taken[0]), int(taken[1]) - prompt_tokens
     cfg = settings.models[model]
     rows: Rows = ((ctx.agent, budget), (WORKSPACE, workspace_budget))
     granted = max_tokens
@@ -71,11 +79,15 @@ def reserve(
         "tokens": prompt_tokens + granted,
         "cost": cfg.cost(prompt_tokens, 0, granted),
         "created_at": clock.now(),
+        "key": key,
     }
     return int(run(conn, _INSERT_RESERVATION, values).fetchone()[0]), granted
 
 
 _INSERT_RESERVATION = insert(reservations).returning(reservations.c.id)
+_BY_KEY = select(reservations.c.id, reservations.c.tokens).where(
+    reservations.c.key == bindparam("p_key")
+)
 
 
 @cache

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 
 from .. import clock
 from ..settings import Settings
+from ..store.access import RETRYING
 from ..store.engine import insert_ignore, is_postgres, run
 from ..store.schema import USAGE_COUNTERS, WORKSPACE, calls, reservations, runs, usage_daily
 from ..usage import CallOutcome, CallRecord, Usage
@@ -149,17 +150,36 @@ def record(
     extra_reservations: Sequence[int] = (),
 ) -> list[int]:
     """Write one ledger row per call record, update the roll-ups (agent/day, workspace/day,
-    run) and settle the reservation, all in the caller's transaction. Returns the row ids."""
+    run) and settle the reservation, all in the caller's transaction. Returns the row ids.
+
+    The rows carry the reservation they settle. A write retried after a commit whose outcome
+    was unknown (``RETRYING``) finds its reservation gone and the rows it wrote: it writes
+    nothing again and returns their ids."""
     changes = _RollUps()
-    held = [] if reservation_id is None else [reservation_id]
-    for rid in sorted([*held, *extra_reservations]):  # the global lock order
-        if not _release(conn, rid, changes):
-            _unrecord_unsettled(conn, rid, changes)
+    held = sorted([*([] if reservation_id is None else [reservation_id]), *extra_reservations])
+    for rid in held:  # the global lock order
+        if _release(conn, rid, changes):
+            continue
+        if RETRYING.get() and (done := _settled_rows(conn, rid)):
+            return done
+        _unrecord_unsettled(conn, rid, changes)
     ts = clock.now() if ts is None else ts
     day = day_of(ts, settings.tz)
-    ids = [_record_one(conn, ctx, rec, settings, ts, day, changes) for rec in records]
+    key = held[-1] if held else None
+    ids = [_record_one(conn, ctx, rec, settings, ts, day, changes, key) for rec in records]
     changes.write(conn)
     return ids
+
+
+_SETTLED_ROWS = (
+    select(calls.c.id)
+    .where(calls.c.reservation_id == bindparam("p_id"), calls.c.outcome != CallOutcome.UNSETTLED)
+    .order_by(calls.c.id)
+)
+
+
+def _settled_rows(conn: Connection, reservation_id: int) -> list[int]:
+    return [int(r[0]) for r in run(conn, _SETTLED_ROWS, {"p_id": reservation_id}).fetchall()]
 
 
 def _unrecord_unsettled(conn: Connection, reservation_id: int, changes: _RollUps) -> None:

@@ -26,6 +26,7 @@ import random
 import sqlite3
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime
 from functools import partial
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -51,6 +52,12 @@ WAL_LIMIT_BYTES = db.WAL_LIMIT_BYTES
 RETRY_MAX_DELAY_S = 5.0  # the longest wait between two tries of a write that must not be lost
 
 log = structlog.get_logger("harness.store")
+
+#: True while ``Store.write_until_done`` runs a write again after a transient error. The
+#: earlier try may have committed (a connection dropped at COMMIT leaves its outcome
+#: unknown): writes that must apply once look for what that try wrote (see ``ledger`` and
+#: ``steps``). Worker threads see it too (anyio copies the context).
+RETRYING: ContextVar[bool] = ContextVar("harness_store_retrying", default=False)
 
 
 def _driver_transient() -> tuple[type[BaseException], ...]:
@@ -98,9 +105,20 @@ def _transact(
         out = fn(conn, *args, **kwargs)
         conn.commit() if conn.in_transaction() else driver.commit()
     except BaseException:  # a failed COMMIT too: the connection must not keep the lock
-        conn.rollback() if conn.in_transaction() else driver.rollback()
+        _roll_back(conn, driver)
         raise
     return out
+
+
+def _roll_back(conn: Connection, driver: Any) -> None:
+    """Roll back; a connection the server or the network dropped (psycopg marks it broken,
+    or the rollback fails) is thrown away instead, so the next try gets a fresh one."""
+    try:
+        if getattr(driver, "broken", False):
+            raise ConnectionError("broken connection")
+        conn.rollback() if conn.in_transaction() else driver.rollback()
+    except Exception:
+        conn.invalidate()
 
 
 class Store:
@@ -170,9 +188,11 @@ class Store:
         """Like ``write``, tried again while the database has a transient problem (see
         :func:`transient`), waiting up to ``RETRY_MAX_DELAY_S`` between tries: for writes that
         must not be lost (an answer received, a task's end). Other errors propagate; so does
-        cancellation (shield the call to outlast it)."""
+        cancellation (shield the call to outlast it). A try after the first runs with
+        :data:`RETRYING` set."""
         tries = 0
         while True:
+            token = RETRYING.set(tries > 0)
             try:
                 return await self.write(fn, *args, **kwargs)
             except Exception as exc:
@@ -185,9 +205,11 @@ class Store:
                     write=getattr(fn, "__name__", "?"),
                     tries=tries,
                     delay_s=round(delay, 3),
-                    error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                    error=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}",
                 )
                 await anyio.sleep(delay)
+            finally:
+                RETRYING.reset(token)
 
     async def write_in_thread(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Like ``write``, but always in a worker thread: for transactions that may run long

@@ -168,8 +168,11 @@ calls = Table(
     Column("estimated", Boolean, nullable=False, default=False),
     Column("outcome", String(16), nullable=False),
     Column("error", Text),
-    Column("reservation_id", Integer),  # set on unsettled rows: a late answer replaces them
+    # the reservation the call settled: an unsettled row is replaced by the late answer; a
+    # write retried after a commit whose outcome was unknown finds the rows it wrote
+    Column("reservation_id", Integer),
     Index(None, "day", "agent"),
+    Index(None, "reservation_id"),
     Index(None, "task_id"),
     Index(None, "run_id"),
     Index(None, "ts"),
@@ -201,7 +204,9 @@ reservations = Table(
     Column("tokens", Integer, nullable=False),
     Column("cost", Float, nullable=False, default=0.0),
     Column("created_at", Float, nullable=False),
+    Column("key", String(32)),  # the caller's: a retried reservation finds the one it took
     Index(None, "worker_id"),
+    Index(None, "key", unique=True),
     sqlite_autoincrement=True,  # never reuse an id: a stale holder must not free another's
 )
 

@@ -36,15 +36,16 @@ _TRANSCRIPT = (
         messages.c.call_id,
         messages.c.created_at,
     )
-    .where(messages.c.task_id == bindparam("p_task"))
+    .where(messages.c.task_id == bindparam("p_task"), messages.c.seq >= bindparam("p_from"))
     .order_by(messages.c.seq)
 )
 
 
-def load_transcript(conn: Connection, task_id: int) -> list[StoredMessage]:
+def load_transcript(conn: Connection, task_id: int, from_seq: int = 0) -> list[StoredMessage]:
+    """A task's messages in order (those numbered ``from_seq`` and after)."""
     out = []
     for seq, role, content, tool_calls, tool_call_id, name, call_id, created_at in run(
-        conn, _TRANSCRIPT, {"p_task": task_id}
+        conn, _TRANSCRIPT, {"p_task": task_id, "p_from": from_seq}
     ):
         calls = [ToolCall.model_validate(c) for c in json.loads(tool_calls)] if tool_calls else None
         msg = ChatMessage(
