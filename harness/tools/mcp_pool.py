@@ -1,0 +1,135 @@
+"""The MCP servers of a workspace as one :class:`~harness.tools.base.ToolSource`.
+
+Building a pool starts nothing: it only claims the names ``<server>__<tool>`` and
+``<server>__*`` of the configured servers, so agent files validate at once. Servers start
+when a task first needs their tools (:meth:`McpPool.tools`), or for ``harness mcp list``
+(:meth:`McpPool.status`), side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from contextlib import suppress
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+
+from ..errors import ConfigError, Problem, ToolsUnavailable
+from ..settings import CONFIG_FILE, Workspace
+from .base import Tool, ToolRegistry
+from .mcp import McpServer
+from .mcp_watch import Secrets
+
+__all__ = ["McpPool", "attach_mcp"]
+
+
+class McpPool:
+    """The configured MCP servers of one process (each started at most once at a time)."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        secrets = Secrets()
+        log_dir = workspace.var_dir / "mcp"
+        self.servers = {
+            name: McpServer(name, cfg, root=workspace.root, log_dir=log_dir, secrets=secrets)
+            for name, cfg in sorted(workspace.settings.mcp.servers.items())
+        }
+
+    def server_of(self, name: str) -> McpServer | None:
+        """The server a tool name (or ``<server>__*``) belongs to, if any."""
+        prefix, sep, rest = name.partition("__")
+        return self.servers.get(prefix) if sep and rest else None
+
+    def claims(self, name: str) -> bool:
+        return self.server_of(name) is not None
+
+    async def tools(self, names: Collection[str]) -> list[Tool]:
+        """The tools ``names`` stand for; the servers they need start side by side. Raises
+        the first server's ToolsUnavailable when one cannot serve."""
+        wanted: dict[str, list[str]] = {}
+        for name in names:
+            server = self.server_of(name)
+            if server is not None:
+                wanted.setdefault(server.name, []).append(name)
+        found: dict[str, list[Tool] | ToolsUnavailable] = {}
+
+        async def fetch(server: McpServer, names: list[str]) -> None:
+            try:
+                found[server.name] = await server.tools(names)
+            except ToolsUnavailable as exc:
+                found[server.name] = exc
+
+        async with anyio.create_task_group() as tg:
+            for name, server_names in wanted.items():
+                tg.start_soon(fetch, self.servers[name], server_names)
+        out: list[Tool] = []
+        for name in sorted(found):
+            result = found[name]
+            if isinstance(result, ToolsUnavailable):
+                raise result
+            out += result
+        return out
+
+    async def status(self) -> list[dict[str, Any]]:
+        """Each server started (side by side), with its status and tools after filtering:
+        the rows of ``harness mcp list --json``."""
+        async with anyio.create_task_group() as tg:
+            for server in self.servers.values():
+                tg.start_soon(_start_quietly, server)
+        return [_row(server) for server in self.servers.values()]
+
+    async def aclose(self) -> None:
+        """Stop every server this pool started (side by side)."""
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for server in self.servers.values():
+                    tg.start_soon(server.aclose)
+
+
+async def _start_quietly(server: McpServer) -> None:
+    with suppress(ToolsUnavailable):  # the row says why
+        await server.client()
+
+
+def _target(server: McpServer) -> str:
+    cfg = server.config
+    if cfg.url is not None:  # no query string or user info: either may hold a token
+        parts = urlsplit(cfg.url)
+        return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    return " ".join([cfg.command or "", *cfg.args])
+
+
+def _row(server: McpServer) -> dict[str, Any]:
+    listing = server.listing or {}
+    return {
+        "server": server.name,
+        "transport": "http" if server.config.url is not None else "stdio",
+        "target": _target(server),
+        "status": "up" if server.up else "unavailable",
+        "error": None if server.up else server.error,
+        "tools": [
+            {"name": name, "mcp_name": t.name, "description": t.description or ""}
+            for name, t in sorted(listing.items())
+        ],
+        "excluded": sorted(server.hidden.values()),
+    }
+
+
+def attach_mcp(registry: ToolRegistry, workspace: Workspace) -> McpPool | None:
+    """Add the workspace's MCP servers to ``registry`` (None when it configures none).
+    A tool of another source whose name starts ``<server>__`` is a ConfigError."""
+    if not workspace.settings.mcp.servers:
+        return None
+    pool = McpPool(workspace)
+    problems = []
+    for name in registry:
+        server = pool.server_of(name)
+        if server is not None:
+            t = registry.get(name)
+            where = t.origin if t is not None and t.origin else "<tool>"
+            message = f"tool {name!r} takes the prefix of MCP server {server.name!r}"
+            problems.append(Problem(where, message + f" ({CONFIG_FILE}: {server.where})"))
+    if problems:
+        raise ConfigError(problems)
+    registry.add_source(pool)
+    return pool
