@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("transport", choices=["stdio", "http"])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token")
+    parser.add_argument("--tag", help="ignored: marks the process for tests that look for it")
     args = parser.parse_args()
     if args.transport == "stdio":
         anyio.run(serve_stdio)

@@ -260,7 +260,7 @@ class McpServer:
     def _failed(self) -> float:
         """Count a failure; the next start waits the returned backoff."""
         self.failures += 1
-        delay = min(BACKOFF_S * 2 ** (self.failures - 1), BACKOFF_MAX_S)
+        delay = min(BACKOFF_S * 2.0 ** (self.failures - 1), BACKOFF_MAX_S)
         self._retry_at = time.monotonic() + delay
         return delay
 

@@ -1,16 +1,16 @@
 """The MCP servers of a workspace as one :class:`~harness.tools.base.ToolSource`.
 
-Building a pool starts nothing: it only claims the names ``<server>__<tool>`` and
-``<server>__*`` of the configured servers, so agent files validate at once. Servers start
-when a task first needs their tools (:meth:`McpPool.tools`), or for ``harness mcp list``
-(:meth:`McpPool.status`), side by side.
+Building a pool starts nothing (and imports no MCP code: ``harness submit`` stays quick): it
+only claims the names ``<server>__<tool>`` and ``<server>__*`` of the configured servers, so
+agent files validate at once. Servers start when a task first needs their tools
+(:meth:`McpPool.tools`), or for ``harness mcp list`` (:meth:`McpPool.status`), side by side.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -18,8 +18,10 @@ import anyio
 from ..errors import ConfigError, Problem, ToolsUnavailable
 from ..settings import CONFIG_FILE, Workspace
 from .base import Tool, ToolRegistry
-from .mcp import McpServer
-from .mcp_watch import Secrets
+
+if TYPE_CHECKING:
+    from .mcp import McpServer
+    from .mcp_watch import Secrets
 
 __all__ = ["McpPool", "attach_mcp"]
 
@@ -28,17 +30,32 @@ class McpPool:
     """The configured MCP servers of one process (each started at most once at a time)."""
 
     def __init__(self, workspace: Workspace) -> None:
-        secrets = Secrets()
-        log_dir = workspace.var_dir / "mcp"
-        self.servers = {
-            name: McpServer(name, cfg, root=workspace.root, log_dir=log_dir, secrets=secrets)
-            for name, cfg in sorted(workspace.settings.mcp.servers.items())
-        }
+        self.workspace = workspace
+        self.configs = dict(sorted(workspace.settings.mcp.servers.items()))
+        self._servers: dict[str, McpServer] = {}
+        self._secrets: Secrets | None = None
 
-    def server_of(self, name: str) -> McpServer | None:
+    def server(self, name: str) -> McpServer:
+        """The configured server ``name`` (its client code is loaded on first use)."""
+        from .mcp import McpServer  # the MCP SDK takes ~0.4 s to import: only when used
+        from .mcp_watch import Secrets
+
+        if name not in self._servers:
+            self._secrets = self._secrets or Secrets()
+            ws = self.workspace
+            self._servers[name] = McpServer(
+                name,
+                self.configs[name],
+                root=ws.root,
+                log_dir=ws.var_dir / "mcp",
+                secrets=self._secrets,
+            )
+        return self._servers[name]
+
+    def server_of(self, name: str) -> str | None:
         """The server a tool name (or ``<server>__*``) belongs to, if any."""
         prefix, sep, rest = name.partition("__")
-        return self.servers.get(prefix) if sep and rest else None
+        return prefix if sep and rest and prefix in self.configs else None
 
     def claims(self, name: str) -> bool:
         return self.server_of(name) is not None
@@ -50,7 +67,7 @@ class McpPool:
         for name in names:
             server = self.server_of(name)
             if server is not None:
-                wanted.setdefault(server.name, []).append(name)
+                wanted.setdefault(server, []).append(name)
         found: dict[str, list[Tool] | ToolsUnavailable] = {}
 
         async def fetch(server: McpServer, names: list[str]) -> None:
@@ -61,7 +78,7 @@ class McpPool:
 
         async with anyio.create_task_group() as tg:
             for name, server_names in wanted.items():
-                tg.start_soon(fetch, self.servers[name], server_names)
+                tg.start_soon(fetch, self.server(name), server_names)
         out: list[Tool] = []
         for name in sorted(found):
             result = found[name]
@@ -73,16 +90,17 @@ class McpPool:
     async def status(self) -> list[dict[str, Any]]:
         """Each server started (side by side), with its status and tools after filtering:
         the rows of ``harness mcp list --json``."""
+        servers = [self.server(name) for name in self.configs]
         async with anyio.create_task_group() as tg:
-            for server in self.servers.values():
+            for server in servers:
                 tg.start_soon(_start_quietly, server)
-        return [_row(server) for server in self.servers.values()]
+        return [_row(server) for server in servers]
 
     async def aclose(self) -> None:
         """Stop every server this pool started (side by side)."""
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
-                for server in self.servers.values():
+                for server in self._servers.values():
                     tg.start_soon(server.aclose)
 
 
@@ -127,8 +145,8 @@ def attach_mcp(registry: ToolRegistry, workspace: Workspace) -> McpPool | None:
         if server is not None:
             t = registry.get(name)
             where = t.origin if t is not None and t.origin else "<tool>"
-            message = f"tool {name!r} takes the prefix of MCP server {server.name!r}"
-            problems.append(Problem(where, message + f" ({CONFIG_FILE}: {server.where})"))
+            message = f"tool {name!r} takes the prefix of MCP server {server!r}"
+            problems.append(Problem(where, message + f" ({CONFIG_FILE}: mcp.servers.{server})"))
     if problems:
         raise ConfigError(problems)
     registry.add_source(pool)
