@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"report"},
     {"schedules"},
     {"worker"},
+    {"mcp"},  # harness as an MCP server: reads like the CLI, may run a worker
     {"cli", "testing"},
     {"__init__", "__main__"},  # the public face: re-exports, lazily
 ]

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from . import agents, ledger, ops, runs
+from . import agents, ledger, mcp, ops, runs
 from ._common import EXIT_USAGE, State, err, fail, out, workspace
 
 app = typer.Typer(
@@ -105,5 +105,5 @@ def db_upgrade() -> None:
         engine.dispose()
 
 
-for family in (agents, runs, ledger, ops):
+for family in (agents, runs, ledger, ops, mcp):
     family.register(app)

@@ -81,9 +81,15 @@ def _paused_reason(conn: Connection, run_id: int) -> str | None:
     return f"task {row.id} ({row.agent}) is paused: {row.status_reason}"
 
 
-def list_runs(conn: Connection, *, limit: int = 50) -> list[dict[str, Any]]:
-    """The ``limit`` most recent runs, newest first."""
-    rows = conn.execute(_run_query().order_by(runs.c.id.desc()).limit(limit)).mappings().all()
+def list_runs(
+    conn: Connection, *, limit: int = 50, status: str | None = None
+) -> list[dict[str, Any]]:
+    """The ``limit`` most recent runs, newest first; with ``status``, only runs whose root
+    task has that status."""
+    q = _run_query()
+    if status is not None:
+        q = q.where(q.selected_columns.status == status)
+    rows = conn.execute(q.order_by(runs.c.id.desc()).limit(limit)).mappings().all()
     return [_run_dict(conn, r) for r in rows]
 
 
