@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import sys
 from typing import Any
 
 import anyio
@@ -51,20 +50,23 @@ def _schema(**props: str) -> dict[str, Any]:
 
 
 TOOLS = [
-    mt.Tool(name="echo", description="Echo the text back.", input_schema=_schema(text="string")),
-    mt.Tool(name="add", description="Add two integers.", input_schema=_schema(a="integer", b="integer")),
-    mt.Tool(name="stats", description="Structured content only.", input_schema=_schema()),
-    mt.Tool(name="fail", description="Report an error.", input_schema=_schema(message="string")),
-    mt.Tool(name="hang", description="Sleep.", input_schema=_schema(seconds="number")),
-    mt.Tool(name="crash", description="Exit mid-call.", input_schema=_schema()),
-    mt.Tool(name="pid", description="The server's process id.", input_schema=_schema()),
-    mt.Tool(name="huge", description="A long text.", input_schema=_schema(chars="integer")),
-    mt.Tool(name="picture", description="An image and a resource.", input_schema=_schema()),
-    mt.Tool(name="env", description="An environment variable.", input_schema=_schema(name="string")),
-    mt.Tool(name="header", description="A request header.", input_schema=_schema(name="string")),
-    mt.Tool(name="dotted.name/tool", description="A name with dots.", input_schema=_schema()),
-    mt.Tool(name=LONG_NAME, description="A name too long.", input_schema=_schema()),
-    mt.Tool(name="nasty", description="An unfriendly schema.", input_schema=NASTY_SCHEMA),
+    mt.Tool(name=name, description=about, input_schema=schema)
+    for name, about, schema in [
+        ("echo", "Echo the text back.", _schema(text="string")),
+        ("add", "Add two integers.", _schema(a="integer", b="integer")),
+        ("stats", "Structured content only.", _schema()),
+        ("fail", "Report an error.", _schema(message="string")),
+        ("hang", "Sleep.", _schema(seconds="number")),
+        ("crash", "Exit mid-call.", _schema()),
+        ("pid", "The server's process id.", _schema()),
+        ("huge", "A long text.", _schema(chars="integer")),
+        ("picture", "An image and a resource.", _schema()),
+        ("env", "An environment variable.", _schema(name="string")),
+        ("header", "A request header.", _schema(name="string")),
+        ("dotted.name/tool", "A name with dots.", _schema()),
+        (LONG_NAME, "A name too long.", _schema()),
+        ("nasty", "An unfriendly schema.", NASTY_SCHEMA),
+    ]
 ]
 
 
@@ -103,7 +105,9 @@ async def call_tool(ctx: ServerRequestContext[Any], params: mt.CallToolRequestPa
         return _text("x" * int(args["chars"]))
     if name == "picture":
         png = base64.b64encode(b"\x89PNG" + b"\0" * 2044).decode()
-        doc = mt.TextResourceContents(uri="file:///notes.txt", mime_type="text/plain", text="hi" * 50)
+        doc = mt.TextResourceContents(
+            uri="file:///notes.txt", mime_type="text/plain", text="hi" * 50
+        )
         return mt.CallToolResult(
             content=[
                 mt.TextContent(text="a picture:"),
@@ -167,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -16,6 +16,7 @@ import signal
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -68,7 +69,7 @@ def answer_with_results(request: ChatRequest) -> StepLike:
     return ScriptedProvider.text(json.dumps(tool_messages(request)))
 
 
-async def finish(rt: Runtime, goal: str = "use the tools") -> dict[str, object]:
+async def finish(rt: Runtime, goal: str = "use the tools") -> dict[str, Any]:
     run_id, _ = await submit(rt, goal, "veblen")
     await work(rt)
     run = await rt.store.read(views.get_run, run_id)
@@ -136,7 +137,9 @@ async def test_errors_hangs_huge_results_and_odd_names_are_results_the_task_goes
     assert "fx__dotted_name_tool" in offered(first)
     got = tool_messages(second)
     assert got["fx__fail"] == "tool 'fx__fail' failed: it went wrong: boom"
-    assert got["fx__hang"] == "tool 'fx__hang' failed: no answer within 1s (mcp.servers.fx.timeout_s)"
+    assert (
+        got["fx__hang"] == "tool 'fx__hang' failed: no answer within 1s (mcp.servers.fx.timeout_s)"
+    )
     assert len(got["fx__huge"]) == 1000 and got["fx__huge"].endswith(" chars]")
     assert "[... truncated" in got["fx__huge"]
     assert got["fx__picture"].splitlines() == [
@@ -265,7 +268,7 @@ async def test_a_server_that_cannot_start_fails_the_task_and_the_queue_retries_i
     finally:
         await rt.aclose()
     assert run["status"] == "failed" and provider.requests == []
-    [task] = run["tasks"]  # type: ignore[misc]
+    [task] = run["tasks"]
     assert task["attempts"] == rt.settings.worker.max_attempts == 3  # each attempt retried
     assert "MCP server 'gone' is unavailable: FileNotFoundError" in task["error"]
 

@@ -10,6 +10,7 @@ Workers do the work, as for ``harness submit``: this server only enqueues and re
 
 from __future__ import annotations
 
+import importlib.metadata
 from datetime import date
 from typing import Any
 
@@ -60,7 +61,8 @@ class _Harness:
 def build_server(workspace: Workspace, store: Store) -> MCPServer:
     """The MCP server for ``workspace``, reading and writing ``store``."""
     h = _Harness(workspace, store)
-    app = MCPServer("harness", instructions=INSTRUCTIONS, log_level="WARNING")
+    version = importlib.metadata.version("harness")
+    app = MCPServer("harness", version=version, instructions=INSTRUCTIONS, log_level="WARNING")
 
     @app.tool()
     async def submit_run(goal: str, agent: str | None = None) -> dict[str, Any]:

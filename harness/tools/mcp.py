@@ -66,6 +66,7 @@ class _Run:
     done: anyio.Event = field(default_factory=anyio.Event)
     client: Client | None = None
     task: asyncio.Task[None] | None = None
+    refused: str | None = None  # the last HTTP error status, e.g. "HTTP 401 Unauthorized"
     ended: bool = False  # the server stopped sending (it died, or ended the session)
     lost: bool = False  # counted as a failure already
 
@@ -143,14 +144,21 @@ class McpServer:
         except ToolsUnavailable as exc:
             raise ToolError(str(exc)) from None
         run, timeout = self._run, self.config.timeout_s
+        if run is not None:
+            run.refused = None
         try:
             with anyio.fail_after(timeout):
                 result = await client.call_tool(tool, arguments)
         except TimeoutError:
             raise ToolError(f"no answer within {timeout:g}s ({self.where}.timeout_s)") from None
         except MCPError as exc:
+            refused = run.refused if run is not None else None
+            if refused is not None and refused.startswith("HTTP 404"):  # the session is gone
+                self._lost(run, f"the server forgot the session ({refused})")
             if exc.code != mt.CONNECTION_CLOSED:
-                raise ToolError(self.secrets.redact(f"MCP server {self.name!r}: {exc}")) from None
+                status = f" ({refused})" if refused else ""
+                message = f"MCP server {self.name!r}: {exc}{status}"
+                raise ToolError(self.secrets.redact(message)) from None
             self._lost(run, "the connection closed during a call")
             why = "stopped during the call (it starts again for the next one)"
             raise ToolError(f"MCP server {self.name!r} {why}") from None
@@ -212,7 +220,8 @@ class McpServer:
                     )
                     await run.stop.wait()
         except Exception as exc:  # a start that failed, or a session that broke
-            self.error = self.secrets.redact(_describe(exc))
+            status = f" ({run.refused})" if run.refused else ""
+            self.error = self.secrets.redact(_describe(exc) + status)
         finally:
             was_up, run.client = run.client is not None, None
             run.up.set()
@@ -224,7 +233,8 @@ class McpServer:
         cfg = self.config
         transport: Transport
         if cfg.url is not None:
-            transport = _http(cfg.url, self._headers(), cfg.connect_timeout_s, cfg.timeout_s)
+            timeouts = (cfg.connect_timeout_s, cfg.timeout_s)
+            transport = _http(cfg.url, self._headers(), timeouts, self._refused)
         else:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             errlog = stack.enter_context((self.log_dir / f"{self.name}.log").open("a"))
@@ -234,6 +244,10 @@ class McpServer:
             read_timeout_seconds=max(cfg.timeout_s, cfg.connect_timeout_s),
             client_info=mt.Implementation(name="harness", version=_VERSION),
         )
+
+    def _refused(self, status: str) -> None:
+        if self._run is not None:
+            self._run.refused = status
 
     def _params(self) -> StdioServerParameters:
         cfg = self.config
@@ -315,11 +329,23 @@ def _describe(exc: BaseException) -> str:
 
 @asynccontextmanager
 async def _http(
-    url: str, headers: dict[str, str], connect_s: float, read_s: float
+    url: str,
+    headers: dict[str, str],
+    timeouts: tuple[float, float],
+    on_refused: Callable[[str], None],
 ) -> AsyncIterator[Any]:
+    """Streamable HTTP with ``headers``; ``on_refused`` hears of each HTTP error status (the
+    SDK reports only "Server returned an error response")."""
+
+    async def seen(response: httpx2.Response) -> None:
+        if response.status_code >= 400:
+            on_refused(f"HTTP {response.status_code} {response.reason_phrase}")
+
+    connect_s, read_s = timeouts
     timeout = httpx2.Timeout(connect_s, read=read_s + 5.0)  # the call's own timeout comes first
+    hooks = {"response": [seen]}
     async with (
-        httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+        httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks=hooks) as http,
         streamable_http_client(url, http_client=http) as streams,
     ):
         yield streams
