@@ -45,9 +45,9 @@ def offered(request: ChatRequest) -> list[str]:
 
 
 @contextmanager
-def http_fixture(token: str | None = None) -> Iterator[str]:
+def http_fixture(token: str | None = None, port: int = 0) -> Iterator[str]:
     """The fixture server over streamable HTTP on 127.0.0.1; yields its URL."""
-    cmd = [sys.executable, str(FIXTURE), "http", "--port", "0"]
+    cmd = [sys.executable, str(FIXTURE), "http", "--port", str(port)]
     cmd += ["--token", token] if token else []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:

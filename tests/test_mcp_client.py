@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,18 @@ from harness.store import views
 from harness.store.schema import messages
 from harness.testing import ScriptedProvider, StepLike
 from harness.tools import ToolContext
+from harness.tools.mcp_adapt import tool_name
 from tests.helpers import runtime, set_front_matter, submit, work
+from tests.llm_fixtures import free_port
 from tests.mcp_fixture import LONG_NAME
-from tests.mcp_support import TIME_SERVER, add_fixture, add_server, offered, tool_messages
+from tests.mcp_support import (
+    TIME_SERVER,
+    add_fixture,
+    add_server,
+    http_fixture,
+    offered,
+    tool_messages,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -107,11 +117,22 @@ async def test_a_real_server_from_pypi_answers_and_the_model_reads_its_output(
     assert now["day_of_week"] == when.strftime("%A")
 
 
+@pytest.fixture(params=["stdio", "http"])
+def fixture_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., None]]:
+    """Configures the fixture server as ``fx`` in a workspace: over stdio, or over
+    streamable HTTP (a server already running on 127.0.0.1)."""
+    if request.param == "stdio":
+        yield add_fixture
+        return
+    with http_fixture() as url:
+        yield lambda ws, **keys: add_server(ws, "fx", url=url, **keys)
+
+
 async def test_errors_hangs_huge_results_and_odd_names_are_results_the_task_goes_on(
-    workspace_dir: Path, monkeypatch: pytest.MonkeyPatch
+    workspace_dir: Path, monkeypatch: pytest.MonkeyPatch, fixture_server: Callable[..., None]
 ) -> None:
     monkeypatch.setenv("HARNESS_LIMITS__TOOL_OUTPUT_CHARS", "1000")
-    add_fixture(workspace_dir, timeout_s=1)
+    fixture_server(workspace_dir, timeout_s=1)
     uses(workspace_dir, "[fx__*]")
     calls = ScriptedProvider.tool_calls(
         ("fx__fail", {"message": "boom"}),
@@ -153,10 +174,10 @@ async def test_errors_hangs_huge_results_and_odd_names_are_results_the_task_goes
     assert got["fx__nope"].startswith("unknown tool 'fx__nope'")
 
 
-async def test_the_long_name_is_stable_and_reaches_its_tool(workspace_dir: Path) -> None:
-    from harness.tools.mcp_adapt import tool_name
-
-    add_fixture(workspace_dir)
+async def test_the_long_name_is_stable_and_reaches_its_tool(
+    workspace_dir: Path, fixture_server: Callable[..., None]
+) -> None:
+    fixture_server(workspace_dir)
     name = tool_name("fx", LONG_NAME)
     uses(workspace_dir, f"[{name}]")
     rt, provider = runtime(workspace_dir, [ScriptedProvider.tool_call(name), answer_with_results])
@@ -190,7 +211,7 @@ async def test_a_crash_mid_call_is_a_tool_error_and_the_next_call_restarts_it(
     after = tool_messages(provider.requests[3])["fx__pid"]
     assert crash == (
         "tool 'fx__crash' failed: MCP server 'fx' stopped during the call "
-        "(it starts again for the next one)"
+        "(the next call starts a new session)"
     )
     assert before.isdigit() and after.isdigit() and before != after
 
@@ -226,10 +247,38 @@ async def test_a_server_that_dies_while_idle_is_noticed_and_started_again(
     assert descendants() == []
 
 
+async def test_an_http_server_that_restarts_gets_a_new_session(workspace_dir: Path) -> None:
+    port = free_port()
+    add_server(workspace_dir, "web", url=f"http://127.0.0.1:{port}/mcp")
+    uses(workspace_dir, "[web__*]")
+    rt, _ = runtime(workspace_dir, [])
+    ctx = ToolContext(0, 0, "veblen", workspace_dir / "var", rt.settings, rt.store)
+
+    async def call(name: str) -> str:
+        res = await rt.tools.call(name, "{}", ctx, allowed={"web__*"}, max_chars=500)
+        return res.content
+
+    try:
+        with http_fixture(port=port):
+            await rt.tools.prepare(["web__*"])
+            first = await call("web__pid")
+            crash = await call("web__crash")  # the whole HTTP server exits mid-call
+            down = await call("web__pid")
+        with http_fixture(port=port):
+            second = await call("web__pid")
+    finally:
+        await rt.aclose()
+    assert crash.endswith(
+        "MCP server 'web' stopped during the call (the next call starts a new session)"
+    )
+    assert "MCP server 'web' is unavailable: ConnectError" in down
+    assert first.isdigit() and second.isdigit() and first != second
+
+
 async def test_include_and_exclude_choose_the_tools_a_wildcard_offers(
-    workspace_dir: Path,
+    workspace_dir: Path, fixture_server: Callable[..., None]
 ) -> None:
-    add_fixture(workspace_dir, include=["e*", "add", "pid"], exclude=["env"])
+    fixture_server(workspace_dir, include=["e*", "add", "pid"], exclude=["env"])
     uses(workspace_dir, "[fx__*]")
     rt, provider = runtime(workspace_dir, ["done"])
     try:
@@ -276,8 +325,6 @@ async def test_a_server_that_cannot_start_fails_the_task_and_the_queue_retries_i
 async def test_secrets_of_env_and_headers_never_reach_transcripts_or_the_database(
     workspace_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.mcp_support import http_fixture
-
     token = "tok-" + os.urandom(8).hex()
     monkeypatch.setenv("FX_SECRET", "env-" + os.urandom(8).hex())
     monkeypatch.setenv("FX_NOT_PASSED", "never-passed-through")

@@ -160,7 +160,7 @@ class McpServer:
                 message = f"MCP server {self.name!r}: {exc}{status}"
                 raise ToolError(self.secrets.redact(message)) from None
             self._lost(run, "the connection closed during a call")
-            why = "stopped during the call (it starts again for the next one)"
+            why = "stopped during the call (the next call starts a new session)"
             raise ToolError(f"MCP server {self.name!r} {why}") from None
         except (OSError, httpx2.HTTPError, anyio.BrokenResourceError) as exc:
             self._lost(run, _describe(exc))
