@@ -32,7 +32,8 @@ def add_server(ws: Path, name: str, **keys: Any) -> None:
 
 def add_fixture(ws: Path, name: str = "fx", **keys: Any) -> None:
     """The fixture server over stdio as ``name``."""
-    add_server(ws, name, command=sys.executable, args=[str(FIXTURE), "stdio"], **keys)
+    keys.setdefault("args", [str(FIXTURE), "stdio"])
+    add_server(ws, name, command=sys.executable, **keys)
 
 
 def tool_messages(request: ChatRequest) -> dict[str, str]:
