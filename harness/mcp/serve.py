@@ -127,7 +127,7 @@ async def serve(
     """Serve until the client goes (stdio: stdin closes) or the process is stopped.
     ``port``: streamable HTTP instead of stdio; ``worker``: run a worker with that many
     slots too. Refuses (ConfigError) to bind beyond loopback without a token."""
-    secret = token(workspace)
+    secret = token(workspace) if port is not None else None  # stdio: the client started us
     if port is not None and host not in LOOPBACK and secret is None:
         where = str(workspace.root / CONFIG_FILE)
         message = f"serving on {host} needs a token: name its variable here"
