@@ -6,7 +6,7 @@ model reads, ``ToolSource`` (tools known at run time), and the loading of a work
 ``tools/*.py``. ``schema``: the JSON schemas small models decode best. ``builtin``: files,
 notes and ``delegate``; ``webfetch``. MCP servers as a source of tools: ``mcp_pool`` (the
 configured servers, ``attach_mcp``), ``mcp`` (one server's life), ``mcp_adapt`` (names,
-schemas, results), ``mcp_watch``, ``mcp_check`` (agent files against live servers).
+schemas, results), ``mcp_io``, ``mcp_check`` (agent files against live servers).
 """
 
 from .base import (

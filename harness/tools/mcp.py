@@ -1,7 +1,7 @@
-"""MCP servers as a source of tools: ``[mcp.servers.NAME]`` in ``config/harness.toml``.
+"""One MCP server of ``[mcp.servers.NAME]`` in ``config/harness.toml``, over its life.
 
-A :class:`McpPool` holds the configured servers of one process (one per worker, shared by
-its tasks) and claims the names ``<server>__<tool>`` and ``<server>__*``. Each
+The pool (``mcp_pool.McpPool``) holds the configured servers of one process (one per worker,
+shared by its tasks) and claims the names ``<server>__<tool>`` and ``<server>__*``. Each
 :class:`McpServer` guarantees:
 
 - it starts on first use (a task of an agent that names its tools), through the official SDK's
@@ -24,8 +24,8 @@ import asyncio
 import importlib.metadata
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Collection
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,13 +37,12 @@ import structlog
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client import Transport
 from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamable_http_client
 
 from ..errors import HarnessError, ToolError, ToolsUnavailable
 from ..settings import McpServerConfig
 from .base import Tool
 from .mcp_adapt import mcp_tool, result_text, selected, tool_names
-from .mcp_watch import Secrets, watched
+from .mcp_io import Secrets, http, last_line, log_size, open_log, watched
 
 __all__ = ["BACKOFF_MAX_S", "BACKOFF_S", "McpServer"]
 
@@ -93,6 +92,11 @@ class McpServer:
         self._run: _Run | None = None
         self._lock: anyio.Lock | None = None
         self._tools: dict[str, Tool] = {}
+
+    @property
+    def log_path(self) -> Path:
+        """Where a stdio server's stderr goes."""
+        return self.log_dir / f"{self.name}.log"
 
     @property
     def up(self) -> bool:
@@ -204,7 +208,7 @@ class McpServer:
         """The owner task of one life: holds the session until told to stop, or until the
         server's output ends. (Its own task: the transport's task group must be entered and
         left by one task, which must outlive the tasks that use the server.)"""
-        started = time.monotonic()
+        started, log_from = time.monotonic(), log_size(self.log_path)
         try:
             with run.scope:
                 async with AsyncExitStack() as stack:
@@ -220,24 +224,32 @@ class McpServer:
                     )
                     await run.stop.wait()
         except Exception as exc:  # a start that failed, or a session that broke
-            status = f" ({run.refused})" if run.refused else ""
-            self.error = self.secrets.redact(_describe(exc) + status)
+            why = _describe(exc)
+            if run.refused:
+                why += f" ({run.refused})"
+            elif not isinstance(_root(exc), OSError):  # it ran, and may have said why
+                why += self._stderr(log_from)
+            self.error = self.secrets.redact(why)
         finally:
             was_up, run.client = run.client is not None, None
             run.up.set()
             run.done.set()
             if was_up and run.ended:
-                self._lost(run, self.error or "its output ended")
+                self._lost(run, self.error or "its output ended" + self._stderr(log_from))
+
+    def _stderr(self, since: int) -> str:
+        """What a stdio server last wrote to stderr (after ``since`` bytes of its log)."""
+        last = last_line(self.log_path, since) if self.config.command is not None else ""
+        return f"; its stderr ends: {last!r} ({self.log_path})" if last else ""
 
     def _session(self, stack: AsyncExitStack, on_end: Callable[[], None]) -> Client:
         cfg = self.config
         transport: Transport
         if cfg.url is not None:
             timeouts = (cfg.connect_timeout_s, cfg.timeout_s)
-            transport = _http(cfg.url, self._headers(), timeouts, self._refused)
+            transport = http(cfg.url, self._headers(), timeouts, self._refused)
         else:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            errlog = stack.enter_context((self.log_dir / f"{self.name}.log").open("a"))
+            errlog = stack.enter_context(open_log(self.log_path))
             transport = stdio_client(self._params(), errlog=errlog)
         return Client(
             watched(transport, on_end),
@@ -319,33 +331,15 @@ async def _list_all(client: Client) -> list[mt.Tool]:
     return tools
 
 
-def _describe(exc: BaseException) -> str:
-    """One line for an error, unwrapping the exception groups of task groups."""
+def _root(exc: BaseException) -> BaseException:
+    """The first error inside the exception groups of task groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an error."""
+    exc = _root(exc)
     text = str(exc) or type(exc).__name__
     return text if isinstance(exc, MCPError | HarnessError) else f"{type(exc).__name__}: {text}"
-
-
-@asynccontextmanager
-async def _http(
-    url: str,
-    headers: dict[str, str],
-    timeouts: tuple[float, float],
-    on_refused: Callable[[str], None],
-) -> AsyncIterator[Any]:
-    """Streamable HTTP with ``headers``; ``on_refused`` hears of each HTTP error status (the
-    SDK reports only "Server returned an error response")."""
-
-    async def seen(response: httpx2.Response) -> None:
-        if response.status_code >= 400:
-            on_refused(f"HTTP {response.status_code} {response.reason_phrase}")
-
-    connect_s, read_s = timeouts
-    timeout = httpx2.Timeout(connect_s, read=read_s + 5.0)  # the call's own timeout comes first
-    hooks = {"response": [seen]}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks=hooks) as http,
-        streamable_http_client(url, http_client=http) as streams,
-    ):
-        yield streams

@@ -21,7 +21,7 @@ from .base import Tool, ToolRegistry
 
 if TYPE_CHECKING:
     from .mcp import McpServer
-    from .mcp_watch import Secrets
+    from .mcp_io import Secrets
 
 __all__ = ["McpPool", "attach_mcp"]
 
@@ -38,7 +38,7 @@ class McpPool:
     def server(self, name: str) -> McpServer:
         """The configured server ``name`` (its client code is loaded on first use)."""
         from .mcp import McpServer  # the MCP SDK takes ~0.4 s to import: only when used
-        from .mcp_watch import Secrets
+        from .mcp_io import Secrets
 
         if name not in self._servers:
             self._secrets = self._secrets or Secrets()

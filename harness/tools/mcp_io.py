@@ -1,8 +1,10 @@
-"""Small pieces of the MCP client: noticing that a server's output ended, and its secrets.
+"""What goes in and out of an MCP server: transports, its stderr log, its secrets.
 
 :func:`watched` wraps an SDK transport so that the end of what the server sends (its process
-exited, the HTTP session ended) is reported at once, not at the next call. :class:`Secrets`
-holds the values of the ``env`` and ``headers_env`` variables a server was given: they are
+exited, the HTTP session ended) is reported at once, not at the next call; :func:`http` is
+streamable HTTP with headers, timeouts and the HTTP error statuses heard. A stdio server's
+stderr goes to a log (:func:`open_log`, one previous generation kept). :class:`Secrets` holds
+the values of the ``env`` and ``headers_env`` variables a server was given: they are
 registered with :func:`harness.logs.add_secret` (never logged) and cut out of any text a
 server sends back (never in a transcript or the database).
 """
@@ -10,18 +12,22 @@ server sends back (never in a transcript or the database).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TextIO
 
 import anyio
+import httpx2
 from mcp.client import Transport
+from mcp.client.streamable_http import streamable_http_client
 
 from .. import logs
 
-__all__ = ["REDACTED", "Secrets", "watched"]
+__all__ = ["REDACTED", "Secrets", "http", "last_line", "log_size", "open_log", "watched"]
 
 REDACTED = "[redacted]"
+LOG_ROTATE_BYTES = 10_000_000
 
 
 class Secrets:
@@ -94,3 +100,56 @@ async def watched(transport: Transport, on_end: Callable[[], None]) -> AsyncIter
     """``transport`` whose read side calls ``on_end`` when the server stops sending."""
     async with transport as (read, write):
         yield _Watched(read, on_end), write
+
+
+def log_size(path: Path) -> int:
+    """The size of a log in bytes (0 when there is none)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def open_log(path: Path) -> TextIO:
+    """Open a server's stderr log for appending; keep one previous generation once large."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with suppress(OSError):
+        if path.stat().st_size > LOG_ROTATE_BYTES:
+            path.replace(path.with_name(path.name + ".1"))
+    return path.open("a", encoding="utf-8")
+
+
+def last_line(path: Path, since: int = 0) -> str:
+    """The last non-empty line written to ``path`` after its first ``since`` bytes."""
+    size = log_size(path)
+    try:
+        with path.open("rb") as f:
+            f.seek(max(since if since <= size else 0, size - 2000))
+            lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip()[:300] if lines else ""
+
+
+@asynccontextmanager
+async def http(
+    url: str,
+    headers: dict[str, str],
+    timeouts: tuple[float, float],
+    on_refused: Callable[[str], None],
+) -> AsyncIterator[Any]:
+    """Streamable HTTP with ``headers``; ``on_refused`` hears of each HTTP error status (the
+    SDK reports only "Server returned an error response")."""
+
+    async def seen(response: httpx2.Response) -> None:
+        if response.status_code >= 400:
+            on_refused(f"HTTP {response.status_code} {response.reason_phrase}")
+
+    connect_s, read_s = timeouts
+    timeout = httpx2.Timeout(connect_s, read=read_s + 5.0)  # the call's own timeout comes first
+    hooks = {"response": [seen]}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks=hooks) as client,
+        streamable_http_client(url, http_client=client) as streams,
+    ):
+        yield streams
