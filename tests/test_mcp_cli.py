@@ -109,9 +109,11 @@ def test_agents_validate_passes_a_team_whose_mcp_names_resolve(workspace_dir: Pa
 def test_mcp_list_shows_each_server_its_status_and_tools(workspace_dir: Path) -> None:
     add_fixture(workspace_dir, include=["echo", "pid", "env"], exclude=["env"])
     add_server(workspace_dir, "web", url="http://127.0.0.1:9/mcp?key=SECRET", connect_timeout_s=5)
+    complain = "import sys; print('fatal: no repository at /nope', file=sys.stderr); sys.exit(2)"
+    add_server(workspace_dir, "sad", command=sys.executable, args=["-c", complain])
     res = runner.invoke(app, ["-w", str(workspace_dir), "mcp", "list", "--json"])
     assert res.exit_code == 1  # a server is unavailable
-    fx, web = json.loads(res.stdout)
+    fx, sad, web = json.loads(res.stdout)
     assert (fx["server"], fx["transport"], fx["status"], fx["error"]) == ("fx", "stdio", "up", None)
     assert fx["target"] == f"{sys.executable} {FIXTURE} stdio"
     assert [t["name"] for t in fx["tools"]] == ["fx__echo", "fx__pid"]
@@ -120,6 +122,11 @@ def test_mcp_list_shows_each_server_its_status_and_tools(workspace_dir: Path) ->
     hidden = sorted(t.name for t in TOOLS if t.name not in ("echo", "pid"))
     assert fx["excluded"] == hidden  # by include, and env by exclude
     assert web["status"] == "unavailable" and "ConnectError" in web["error"]
+    log = workspace_dir / "var/mcp/sad.log"  # what a server that died said is in its error
+    assert (
+        sad["error"]
+        == f"Connection closed; its stderr ends: 'fatal: no repository at /nope' ({log})"
+    )
     assert web["target"] == "http://127.0.0.1:9/mcp"  # no query string: it may hold a token
     assert descendants() == []
 
@@ -129,7 +136,7 @@ async def test_no_server_process_outlives_many_runs_in_process(workspace_dir: Pa
     tag = uuid.uuid4().hex
     add_fixture(workspace_dir, args=[str(FIXTURE), "stdio", "--tag", tag])
     set_front_matter(workspace_dir / "agents/veblen.md", "tools", "[fx__pid]")
-    for i in range(4):
+    for i in range(3):
         rt, _ = runtime(workspace_dir, lambda request: "done")
         await submit(rt, f"goal {i}", "veblen")
         await submit(rt, f"another goal {i}", "veblen")
@@ -156,7 +163,7 @@ def test_no_server_process_outlives_harness_run(workspace_dir: Path, procs: Proc
     add_fixture(workspace_dir, args=[str(FIXTURE), "stdio", "--tag", tag])
     set_front_matter(workspace_dir / "agents/veblen.md", "tools", "[fx__*]")
     fake = procs.fake()
-    for i in range(3):
+    for i in range(2):
         cmd = [str(HARNESS), "-w", str(workspace_dir), "run", "--json", "--agent", "veblen"]
         proc = subprocess.run(
             [*cmd, f"goal {i}"],
