@@ -46,8 +46,8 @@ pytestmark = pytest.mark.anyio
 
 
 def descendants(pid: int | None = None) -> list[int]:
-    """Living MCP server processes (the fixture, mcp-server-time) descending from ``pid``
-    (default: this process), from /proc."""
+    """Living stdio MCP server processes (the fixture's, mcp-server-time) descending from
+    ``pid`` (default: this process), from /proc: the ones harness starts."""
     parents: dict[int, int] = {}
     servers: set[int] = set()
     for entry in Path("/proc").iterdir():
@@ -60,7 +60,7 @@ def descendants(pid: int | None = None) -> list[int]:
             continue
         if fields[0] != "Z":  # a zombie is dead (and reaped by its parent soon)
             parents[int(entry.name)] = int(fields[1])
-            if b"mcp_fixture.py" in cmdline or b"mcp-server-time" in cmdline:
+            if b"mcp_fixture.py\0stdio" in cmdline or b"mcp-server-time" in cmdline:
                 servers.add(int(entry.name))
     found, frontier = [], [pid or os.getpid()]
     while frontier:
@@ -117,15 +117,21 @@ async def test_a_real_server_from_pypi_answers_and_the_model_reads_its_output(
     assert now["day_of_week"] == when.strftime("%A")
 
 
+@pytest.fixture(scope="module")
+def fixture_url() -> Iterator[str]:
+    """The fixture server over streamable HTTP, shared by this module's tests."""
+    with http_fixture() as url:
+        yield url
+
+
 @pytest.fixture(params=["stdio", "http"])
-def fixture_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., None]]:
+def fixture_server(request: pytest.FixtureRequest) -> Callable[..., None]:
     """Configures the fixture server as ``fx`` in a workspace: over stdio, or over
     streamable HTTP (a server already running on 127.0.0.1)."""
     if request.param == "stdio":
-        yield add_fixture
-        return
-    with http_fixture() as url:
-        yield lambda ws, **keys: add_server(ws, "fx", url=url, **keys)
+        return add_fixture
+    url = request.getfixturevalue("fixture_url")
+    return lambda ws, **keys: add_server(ws, "fx", url=url, **keys)
 
 
 async def test_errors_hangs_huge_results_and_odd_names_are_results_the_task_goes_on(
@@ -142,6 +148,7 @@ async def test_errors_hangs_huge_results_and_odd_names_are_results_the_task_goes
         ("fx__stats", {}),
         ("fx__add", {"a": 2, "b": 3}),
         ("fx__dotted_name_tool", {}),
+        (tool_name("fx", LONG_NAME), {}),
         ("fx__nope", {}),
     )
     rt, provider = runtime(workspace_dir, [calls, answer_with_results])
@@ -153,8 +160,8 @@ async def test_errors_hangs_huge_results_and_odd_names_are_results_the_task_goes
         await rt.aclose()
     assert run["status"] == "done", run
     first, second = provider.requests
-    long_name = next(n for n in offered(first) if n.startswith("fx__fetch_"))
-    assert len(long_name) == 64 and all(len(n) <= 64 for n in offered(first))
+    long_name = tool_name("fx", LONG_NAME)  # the same name on every listing
+    assert long_name in offered(first) and all(len(n) <= 64 for n in offered(first))
     assert "fx__dotted_name_tool" in offered(first)
     got = tool_messages(second)
     assert got["fx__fail"] == "tool 'fx__fail' failed: it went wrong: boom"
@@ -171,22 +178,8 @@ async def test_errors_hangs_huge_results_and_odd_names_are_results_the_task_goes
     assert got["fx__stats"] == '{"runs": 3, "ok": true}'  # structured content only: as JSON
     assert got["fx__add"] == '{"sum": 5}'  # text and its structured copy: once
     assert got["fx__dotted_name_tool"] == "called dotted.name/tool"  # the server's own name
+    assert got[long_name] == f"called {LONG_NAME}"
     assert got["fx__nope"].startswith("unknown tool 'fx__nope'")
-
-
-async def test_the_long_name_is_stable_and_reaches_its_tool(
-    workspace_dir: Path, fixture_server: Callable[..., None]
-) -> None:
-    fixture_server(workspace_dir)
-    name = tool_name("fx", LONG_NAME)
-    uses(workspace_dir, f"[{name}]")
-    rt, provider = runtime(workspace_dir, [ScriptedProvider.tool_call(name), answer_with_results])
-    try:
-        run = await finish(rt)
-    finally:
-        await rt.aclose()
-    assert run["status"] == "done"
-    assert tool_messages(provider.requests[1])[name] == f"called {LONG_NAME}"
 
 
 async def test_a_crash_mid_call_is_a_tool_error_and_the_next_call_restarts_it(
