@@ -2,7 +2,8 @@
 
 ``python tests/mcp_fixture.py stdio`` serves over stdio; ``python tests/mcp_fixture.py http
 --port N`` serves streamable HTTP on 127.0.0.1:N (``--token T`` requires ``Authorization:
-Bearer T``) and prints ``listening http://127.0.0.1:N/mcp`` once it answers. Its tools cover
+Bearer T``) and prints ``listening http://127.0.0.1:N/mcp`` once it answers; ``mute`` never
+says a word, nor reads its stdin. Its tools cover
 what the client must handle: text, structured content, images, errors, a hang, a crash, a
 huge result, names a model cannot use, an unfriendly schema, environment and headers.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import time
 from typing import Any
 
 import anyio
@@ -159,12 +161,14 @@ async def serve_http(port: int, token: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("transport", choices=["stdio", "http"])
+    parser.add_argument("transport", choices=["stdio", "http", "mute"])  # mute: never answers
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token")
     parser.add_argument("--tag", help="ignored: marks the process for tests that look for it")
     args = parser.parse_args()
-    if args.transport == "stdio":
+    if args.transport == "mute":
+        time.sleep(3600)  # deaf to its stdin: only a signal stops it
+    elif args.transport == "stdio":
         anyio.run(serve_stdio)
     else:
         anyio.run(serve_http, args.port, args.token)

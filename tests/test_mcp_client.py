@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import anyio
 import pytest
 from sqlalchemy import select
 
+from harness.errors import ToolsUnavailable
 from harness.messages import ChatRequest
 from harness.runtime import Runtime
 from harness.store import views
@@ -34,6 +36,7 @@ from tests.helpers import runtime, set_front_matter, submit, work
 from tests.llm_fixtures import free_port
 from tests.mcp_fixture import LONG_NAME
 from tests.mcp_support import (
+    FIXTURE,
     TIME_SERVER,
     add_fixture,
     add_server,
@@ -60,7 +63,7 @@ def descendants(pid: int | None = None) -> list[int]:
             continue
         if fields[0] != "Z":  # a zombie is dead (and reaped by its parent soon)
             parents[int(entry.name)] = int(fields[1])
-            if b"mcp_fixture.py\0stdio" in cmdline or b"mcp-server-time" in cmdline:
+            if re.search(rb"mcp_fixture\.py\0(stdio|mute)|mcp-server-time", cmdline):
                 servers.add(int(entry.name))
     found, frontier = [], [pid or os.getpid()]
     while frontier:
@@ -313,6 +316,24 @@ async def test_a_server_that_cannot_start_fails_the_task_and_the_queue_retries_i
     [task] = run["tasks"]
     assert task["attempts"] == rt.settings.worker.max_attempts == 3  # each attempt retried
     assert "MCP server 'gone' is unavailable: FileNotFoundError" in task["error"]
+
+
+async def test_a_server_that_never_answers_is_given_up_and_killed(workspace_dir: Path) -> None:
+    add_fixture(workspace_dir, args=[str(FIXTURE), "mute"], connect_timeout_s=1)
+    uses(workspace_dir, "[fx__*]")
+    rt, _ = runtime(workspace_dir, [])
+    started = time.monotonic()
+    try:
+        with pytest.raises(ToolsUnavailable) as caught:
+            await rt.tools.prepare(["fx__*"])
+        assert descendants() == []  # deaf to its stdin closing: terminated
+    finally:
+        await rt.aclose()
+    assert time.monotonic() - started < 10  # 1 s, then the SDK's bounded kill escalation
+    assert str(caught.value) == (
+        "MCP server 'fx' is unavailable: did not start within 1s (mcp.servers.fx.connect_timeout_s)"
+    )
+    assert caught.value.retryable
 
 
 async def test_secrets_of_env_and_headers_never_reach_transcripts_or_the_database(

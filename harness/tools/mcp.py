@@ -192,8 +192,8 @@ class McpServer:
                 await run.up.wait()
             if waiting.cancelled_caught:
                 t = self.config.connect_timeout_s
+                await self._end(run, at_once=True)
                 self.error = f"did not start within {t:g}s ({self.where}.connect_timeout_s)"
-                await self._end(run)
             if run.client is None:
                 delay = self._failed()
                 log.warning(
@@ -214,7 +214,7 @@ class McpServer:
                 async with AsyncExitStack() as stack:
                     client = await stack.enter_async_context(self._session(stack, run.server_ended))
                     self._listed(await _list_all(client))
-                    run.client = client
+                    run.client, self.error = client, None
                     run.up.set()
                     log.info(
                         "mcp_server_started",
@@ -300,11 +300,13 @@ class McpServer:
         delay = self._failed()
         log.warning("mcp_server_died", server=self.name, error=self.error, retry_in_s=delay)
 
-    async def _end(self, run: _Run) -> None:
-        """Stop one life and wait (bounded, shielded) until its owner task is done."""
+    async def _end(self, run: _Run, *, at_once: bool = False) -> None:
+        """Stop one life and wait (bounded, shielded) until its owner task is done; a
+        session that does not close by itself (or ``at_once``: a start cut short) is
+        cancelled, which the SDK's transports survive: their shutdown is shielded."""
         run.stop.set()
         with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(STOP_TIMEOUT_S):
+            with anyio.move_on_after(0 if at_once else STOP_TIMEOUT_S):
                 await run.done.wait()
             if not run.done.is_set():
                 run.scope.cancel()
