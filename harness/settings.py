@@ -147,6 +147,7 @@ class ToolsConfig(_Frozen):
 
 # an MCP server's name: the prefix of its tools' names (``<server>__<tool>``), so no "__" in it
 MCP_SERVER_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_))*(?<!_)$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # never a value: secrets stay out
 
 
 class McpServerConfig(_Frozen):
@@ -163,6 +164,22 @@ class McpServerConfig(_Frozen):
     connect_timeout_s: float = Field(default=30.0, gt=0, le=3_600)  # start + handshake + list
     include: list[str] | None = None  # tool names (or fnmatch patterns) offered; default all
     exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: list[str]) -> list[str]:
+        for i, name in enumerate(value):
+            if not ENV_NAME_RE.match(name):  # not echoed: it may be a secret put here
+                raise ValueError(f"entry {i + 1} is not a variable name (env names variables)")
+        return value
+
+    @field_validator("headers_env")
+    @classmethod
+    def _header_vars(cls, value: dict[str, str]) -> dict[str, str]:
+        for header, name in value.items():
+            if not ENV_NAME_RE.match(name):  # not echoed: it may be a secret put here
+                raise ValueError(f"{header}: not a variable name (name the variable)")
+        return value
 
     @field_validator("url")
     @classmethod

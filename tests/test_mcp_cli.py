@@ -51,6 +51,14 @@ def test_server_settings_are_validated_with_their_fields(tmp_path: Path) -> None
     ]
     unknown = '[mcp.servers.x]\ncommand = "x"\nbogus = 1\n'
     assert _problems(tmp_path, unknown) == [("mcp.servers.x.bogus", "unknown key")]
+    value = '[mcp.servers.x]\ncommand = "x"\nenv = ["TOKEN=ghp_123"]\n'  # a secret, by mistake
+    assert _problems(tmp_path, value) == [  # and never echoed
+        ("mcp.servers.x.env", "Value error, entry 1 is not a variable name (env names variables)")
+    ]
+    header = '[mcp.servers.x]\nurl = "http://h/mcp"\nheaders_env = { A = "Bearer x" }\n'
+    assert _problems(tmp_path, header) == [
+        ("mcp.servers.x.headers_env", "Value error, A: not a variable name (name the variable)")
+    ]
     [(field, message)] = _problems(tmp_path, '[mcp.servers.a__b]\ncommand = "x"\n')
     assert field == "mcp.servers" and "server name 'a__b'" in message
 
