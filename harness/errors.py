@@ -83,6 +83,16 @@ class ToolError(HarnessError):
     """A tool failed. Its message goes back to the model as the tool result."""
 
 
+class ToolsUnavailable(HarnessError):
+    """Tools an agent names could not be made ready (e.g. their MCP server did not start).
+    The task fails, and is retried later when ``retryable``."""
+
+    def __init__(self, message: str, *, source: str, retryable: bool = True) -> None:
+        self.source = source
+        self.retryable = retryable
+        super().__init__(message)
+
+
 class RunFailed(HarnessError):
     """A task ended in failure; ``reason`` says why in one sentence."""
 

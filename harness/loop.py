@@ -24,7 +24,15 @@ import structlog
 
 from . import ledger, steps
 from .agents import DELEGATE, AgentSpec
-from .errors import BudgetExceeded, ControlSignal, LeaseLost, ProviderError, RunFailed, ToolError
+from .errors import (
+    BudgetExceeded,
+    ControlSignal,
+    LeaseLost,
+    ProviderError,
+    RunFailed,
+    ToolError,
+    ToolsUnavailable,
+)
 from .messages import ChatMessage, ChatRequest, ToolCall, ToolSpec
 from .provider import Completion
 from .provider.jsontools import new_call_id
@@ -98,12 +106,13 @@ class TaskRunner:
             return await self._out_of_budget(exc)
         except RunFailed as exc:
             return await self._fail(exc.reason, retry=False)
-        except ProviderError as exc:
+        except (ProviderError, ToolsUnavailable) as exc:
             return await self._fail(str(exc), retry=exc.retryable)
 
     async def _run(self) -> TaskStatus:
         if self.state is None:
             self.state = await self.rt.store.read(load_state, self.task)
+        await self.rt.tools.prepare(self.agent.tools)  # e.g. start an MCP server first used
         self.transcript, self.n_children = self.state
         if not self.transcript:  # a new task: its opening is stored with its first call's
             self.unsaved = self._opening()  # reservation (one transaction fewer)

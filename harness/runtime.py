@@ -16,20 +16,23 @@ from .provider.local import ensure_local_server
 from .settings import Settings, Workspace
 from .store import Store
 from .tools import ToolRegistry, default_registry, load_workspace_tools
+from .tools.mcp_pool import attach_mcp
 
 log = structlog.get_logger("harness.runtime")
 
 
 def load_tools(workspace: Workspace) -> ToolRegistry:
-    """The built-in tools plus the workspace's ``tools/*.py``."""
+    """The built-in tools plus the workspace's ``tools/*.py`` and MCP servers (which start
+    only when a task needs them)."""
     registry = default_registry()
     if workspace.tools_dir.is_dir():
         load_workspace_tools(workspace.tools_dir, registry)
+    attach_mcp(registry, workspace)
     return registry
 
 
 def load_agents(workspace: Workspace, tools: ToolRegistry) -> Team:
-    return load_team(workspace.agents_dir, workspace.settings, tools.names())
+    return load_team(workspace.agents_dir, workspace.settings, tools)
 
 
 def _agents_signature(workspace: Workspace) -> tuple[tuple[str, float, int], ...]:
@@ -83,6 +86,9 @@ class Runtime:
         return names
 
     async def aclose(self) -> None:
+        """Stop what the runtime started (MCP servers included), then close the provider
+        and the store."""
+        await self.tools.aclose()
         await self.provider.aclose()
         self.store.close()
 

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import cron, logs
 from .errors import ConfigError, Problem
@@ -147,6 +148,84 @@ class ToolsConfig(_Frozen):
     web_fetch: WebFetchConfig = Field(default_factory=WebFetchConfig)
 
 
+# an MCP server's name: the prefix of its tools' names (``<server>__<tool>``), so no "__" in it
+MCP_SERVER_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_))*(?<!_)$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # never a value: secrets stay out
+
+
+class McpServerConfig(_Frozen):
+    """One MCP server: stdio (``command``) or streamable HTTP (``url``). ``env`` and
+    ``headers_env`` name environment variables; their values are never in the file."""
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: list[str] = Field(default_factory=list)  # variables passed through to the server
+    cwd: str | None = None  # default: the workspace; relative paths are inside it
+    url: str | None = None
+    headers_env: dict[str, str] = Field(default_factory=dict)  # header -> variable name
+    timeout_s: float = Field(default=120.0, gt=0, le=86_400)  # per call
+    connect_timeout_s: float = Field(default=30.0, gt=0, le=3_600)  # start + handshake + list
+    include: list[str] | None = None  # tool names (or fnmatch patterns) offered; default all
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: list[str]) -> list[str]:
+        for i, name in enumerate(value):
+            if not ENV_NAME_RE.match(name):  # not echoed: it may be a secret put here
+                raise ValueError(f"entry {i + 1} is not a variable name (env names variables)")
+        return value
+
+    @field_validator("headers_env")
+    @classmethod
+    def _header_vars(cls, value: dict[str, str]) -> dict[str, str]:
+        for header, name in value.items():
+            if not ENV_NAME_RE.match(name):  # not echoed: it may be a secret put here
+                raise ValueError(f"{header}: not a variable name (name the variable)")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        parsed = urlparse(value or "")
+        if value is not None and (parsed.scheme not in ("http", "https") or not parsed.netloc):
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Self:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either command (stdio) or url (streamable HTTP)")
+        if self.url is not None and (self.args or self.env or self.cwd):
+            raise ValueError("args, env and cwd are for stdio servers (command)")
+        if self.command is not None and self.headers_env:
+            raise ValueError("headers_env is for streamable HTTP servers (url)")
+        return self
+
+
+class McpServeConfig(_Frozen):
+    """``harness mcp serve``: over HTTP, clients must send ``Authorization: Bearer <token>``
+    when ``token_env`` names a variable that is set (required to bind beyond 127.0.0.1)."""
+
+    token_env: str | None = None
+
+
+class McpConfig(_Frozen):
+    servers: dict[str, McpServerConfig] = Field(default_factory=dict)
+    serve: McpServeConfig = Field(default_factory=McpServeConfig)
+
+    @field_validator("servers")
+    @classmethod
+    def _names(cls, value: dict[str, McpServerConfig]) -> dict[str, McpServerConfig]:
+        for name in value:
+            if len(name) > 32 or not MCP_SERVER_RE.match(name):
+                raise ValueError(
+                    f"server name {name!r}: letters, digits, '-' and single '_' inside, "
+                    "at most 32 characters (it prefixes tool names as <server>__<tool>)"
+                )
+        return value
+
+
 class ScheduleConfig(_Frozen):
     name: str = Field(max_length=128)  # the schedules table's key
     cron: str
@@ -183,6 +262,7 @@ class Settings(_Frozen):
     local: LocalModelConfig = Field(default_factory=LocalModelConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     schedules: list[ScheduleConfig] = Field(default_factory=list)
+    mcp: McpConfig = Field(default_factory=McpConfig)
 
     @field_validator("timezone")
     @classmethod

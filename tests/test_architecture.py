@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"schedules"},
     {"worker"},
     {"telemetry"},  # metrics and traces of a runtime's events (and of the database)
-    {"web"},  # the dashboard; below cli, which serves it (harness serve)
+    {"web", "mcp"},  # the dashboard, harness as an MCP server; below cli, which serves both
     {"cli", "testing"},
     {"__init__", "__main__"},  # the public face: re-exports, lazily
 ]

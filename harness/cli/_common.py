@@ -38,6 +38,17 @@ class State:
     log_level_given = False
 
 
+def quiet() -> None:
+    """Log warnings and errors only, unless a level was asked for (``--log-level``); the
+    output format stays as configured."""
+    import logging
+
+    import structlog
+
+    if not State.log_level_given:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
 def workspace() -> Workspace:
     from ..settings import load_workspace
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ._common import EXIT_USAGE, JsonOpt, fail, out, print_json, team, workspace
+from ._common import EXIT_USAGE, JsonOpt, fail, out, print_json, quiet, team, workspace
 
 if TYPE_CHECKING:
     from ..agents import AgentSpec
@@ -71,16 +71,27 @@ def agents_show(name: str, as_json: JsonOpt = False) -> None:
 
 @agents_app.command("validate")
 def agents_validate(as_json: JsonOpt = False) -> None:
-    """Check every agent file and print all problems (exit 2 when there are any)."""
-    from ..errors import ConfigError
+    """Check every agent file and print all problems (exit 2 when there are any). MCP tool
+    names are checked against their servers, which are started (and stopped) for it."""
+    import anyio
 
+    from ..errors import ConfigError
+    from ..runtime import load_agents, load_tools
+    from ..tools.mcp_check import check_agent_tools
+
+    quiet()  # servers starting and stopping are not the news here
+    ws = workspace()
+    tools = load_tools(ws)
     try:
-        agents = team(workspace())
+        agents, problems = load_agents(ws, tools), []
     except ConfigError as exc:
-        if as_json:
-            print_json({"ok": False, "problems": [p.__dict__ for p in exc.problems]})
-            raise typer.Exit(EXIT_USAGE) from exc
-        raise
+        agents, problems = None, exc.problems
+    problems = anyio.run(check_agent_tools, ws, tools, problems)
+    if problems and as_json:
+        print_json({"ok": False, "problems": [p.__dict__ for p in problems]})
+        raise typer.Exit(EXIT_USAGE)
+    if problems or agents is None:
+        raise ConfigError(problems)
     if as_json:
         print_json({"ok": True, "agents": agents.names(), "problems": []})
     else:

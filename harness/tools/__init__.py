@@ -2,8 +2,11 @@
 
 ``base``: ``Tool`` (a name, a description, a JSON schema derived from a typed signature, a
 function), ``@tool``, the registry that runs a call and turns every failure into a result the
-model reads, and the loading of a workspace's ``tools/*.py``. ``schema``: the JSON schemas
-small models decode best. ``builtin``: files, notes and ``delegate``; ``webfetch``.
+model reads, ``ToolSource`` (tools known at run time), and the loading of a workspace's
+``tools/*.py``. ``schema``: the JSON schemas small models decode best. ``builtin``: files,
+notes and ``delegate``; ``webfetch``. MCP servers as a source of tools: ``mcp_pool`` (the
+configured servers, ``attach_mcp``), ``mcp`` (one server's life), ``mcp_adapt`` (names,
+schemas, results), ``mcp_io``, ``mcp_check`` (agent files against live servers).
 """
 
 from .base import (
@@ -12,6 +15,7 @@ from .base import (
     ToolContext,
     ToolRegistry,
     ToolResult,
+    ToolSource,
     global_registry,
     load_workspace_tools,
     make_tool,
@@ -34,6 +38,7 @@ __all__ = [
     "ToolContext",
     "ToolRegistry",
     "ToolResult",
+    "ToolSource",
     "builtin_tools",
     "default_registry",
     "delegate_spec",

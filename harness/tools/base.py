@@ -11,6 +11,11 @@ context and is not part of the schema.
 arguments that are not JSON or do not validate, a :class:`~harness.errors.ToolError` or any other
 exception all come back as ``ToolResult(ok=False, content=<one clear message>)`` for the model
 to read. Control-flow signals (:class:`~harness.errors.ControlSignal`) and cancellation propagate.
+
+Tools may also come from a :class:`ToolSource` (an MCP server's, see ``tools/mcp.py``): the
+registry accepts the names a source claims while agent files load, and
+:meth:`ToolRegistry.prepare` makes them ready before a task uses them. A name ending in
+``__*`` (``git__*``) stands for every tool whose name starts with what precedes the ``*``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import re
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +51,7 @@ __all__ = [
     "ToolContext",
     "ToolRegistry",
     "ToolResult",
+    "ToolSource",
     "global_registry",
     "load_workspace_tools",
     "make_tool",
@@ -258,13 +264,73 @@ def _validation_message(tool_name: str, exc: ValidationError, expected: Iterable
     )
 
 
+WILDCARD = "__*"  # ``<group>__*``: every tool named ``<group>__...``
+
+
+def _expand(pattern: str, names: Iterable[str]) -> list[str]:
+    """The names ``pattern`` stands for, sorted: itself, or a group's members."""
+    if not pattern.endswith(WILDCARD):
+        return [pattern]
+    prefix = pattern[:-1]
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def _allows(allowed: Collection[str], name: str) -> bool:
+    if name in allowed:
+        return True
+    return any(p.endswith(WILDCARD) and name.startswith(p[:-1]) for p in allowed)
+
+
+class ToolSource(Protocol):
+    """Tools known only at run time (an MCP server's). Names are claimed without starting
+    anything, so agent files validate at once; the tools are made ready on demand."""
+
+    def claims(self, name: str) -> bool:
+        """Whether ``name`` (a tool name or a ``<group>__*`` pattern) is this source's."""
+        ...
+
+    async def tools(self, names: Collection[str]) -> list[Tool]:
+        """The tools ``names`` (claimed ones) stand for, ready to call; raises
+        :class:`~harness.errors.ToolsUnavailable` when they cannot be made ready."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop whatever the source started (processes, connections)."""
+        ...
+
+
 class ToolRegistry:
-    """Tools by name. ``call`` runs one with validation and turns every failure into a result."""
+    """Tools by name. ``call`` runs one with validation and turns every failure into a result.
+
+    A registry is a collection of the names it accepts in an agent's ``tools``: the tools
+    it holds and the names its sources claim.
+    """
 
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
         self._tools: dict[str, Tool] = {}
+        self._sources: list[ToolSource] = []
         for t in tools:
             self.register(t)
+
+    def add_source(self, source: ToolSource) -> None:
+        """Take tools from ``source`` too (:meth:`prepare` registers them)."""
+        self._sources.append(source)
+
+    async def prepare(self, names: Iterable[str]) -> None:
+        """Make the tools ``names`` ask for ready: a source's are fetched (its server started
+        on first use) and registered, replacing an earlier listing. Raises
+        :class:`~harness.errors.ToolsUnavailable` from a source that cannot serve them."""
+        wanted = list(names)
+        for source in self._sources:
+            claimed = sorted({n for n in wanted if source.claims(n)})
+            if claimed:
+                for t in await source.tools(claimed):
+                    self._tools[t.name] = t
+
+    async def aclose(self) -> None:
+        """Close every source (their servers stop)."""
+        for source in self._sources:
+            await source.aclose()
 
     def register(self, t: Tool, *, replace: bool = False) -> None:
         """Add ``t``. A second tool with the same name is a ConfigError naming both origins."""
@@ -286,12 +352,23 @@ class ToolRegistry:
         return set(self._tools)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._tools
+        """True for a tool held, and for a name (or pattern) a source claims."""
+        if not isinstance(name, str):
+            return False
+        return name in self._tools or any(s.claims(name) for s in self._sources)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._tools))
+
+    def __len__(self) -> int:
+        return len(self._tools)
 
     def specs(self, names: Iterable[str]) -> list[ToolSpec]:
         """Specs for ``names``: a sequence keeps its order, any other collection is sorted
-        (a stable prompt keeps the provider's prompt cache warm). Unknown names: ConfigError."""
-        ordered = list(dict.fromkeys(names if isinstance(names, Sequence) else sorted(names)))
+        (a stable prompt keeps the provider's prompt cache warm); a ``<group>__*`` pattern
+        becomes the group's tools held, by name. Unknown names: ConfigError."""
+        given = names if isinstance(names, Sequence) else sorted(names)
+        ordered = list(dict.fromkeys(n for p in given for n in _expand(p, self._tools)))
         unknown = [n for n in ordered if n not in self._tools]
         if unknown:
             raise ConfigError(f"unknown tool(s): {', '.join(unknown)}")
@@ -317,8 +394,9 @@ class ToolRegistry:
     async def _call(
         self, name: str, arguments_json: str, ctx: ToolContext, allowed: Collection[str]
     ) -> ToolResult:
-        available = ", ".join(sorted(allowed)) or "none"
-        if name not in allowed:
+        available = ", ".join(n for p in sorted(allowed) for n in _expand(p, self._tools))
+        available = available or "none"
+        if not _allows(allowed, name):
             return ToolResult(
                 False, f"tool {name!r} is not available to you. Available: {available}."
             )
