@@ -167,6 +167,8 @@ calls = Table(
     Column("http_status", Integer),
     Column("estimated", Boolean, nullable=False, default=False),
     Column("outcome", String(16), nullable=False),
+    # what the call was for: a task's step, or the summary that compacts its context
+    Column("kind", String(16), nullable=False, default="step", server_default="step"),
     Column("error", Text),
     # the reservation the call settled: an unsettled row is replaced by the late answer; a
     # write retried after a commit whose outcome was unknown finds the rows it wrote
@@ -208,6 +210,48 @@ reservations = Table(
     Index(None, "worker_id"),
     Index(None, "key", unique=True),
     sqlite_autoincrement=True,  # never reuse an id: a stale holder must not free another's
+)
+
+# a large tool (or sub-task) result, kept whole; the transcript holds its head and a pointer
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("tool_call_id", String(128)),
+    Column("name", String(128)),  # the tool that produced it
+    Column("content", Text, nullable=False),
+    Column("chars", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("task_id", "tool_call_id"),
+)
+
+# a task's context compacted: messages first_seq..last_seq are replaced, in what is sent to
+# the model, by the summary (the transcript keeps them all)
+compactions = Table(
+    "compactions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("first_seq", Integer, nullable=False),
+    Column("last_seq", Integer, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("call_id", Integer),  # the ledger row of the summary call
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("task_id", "last_seq"),
+)
+
+# what harness has learned about a model from its calls: how its server counts tokens
+# against the estimate, and the context window its errors revealed
+model_stats = Table(
+    "model_stats",
+    metadata,
+    Column("model", String(128), primary_key=True),
+    Column("estimate_ratio", Float, nullable=False, default=1.0),  # reported / estimated
+    Column("samples", Integer, nullable=False, default=0),
+    Column("context_window", Integer),  # the observed limit, when smaller than configured
+    Column("updated_at", Float, nullable=False),
 )
 
 notes = Table(
