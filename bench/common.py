@@ -455,8 +455,9 @@ def make_workspace(root: Path, base_url: str, **extra_env: str) -> tuple[Any, di
     for part in ("config", "agents", "tools"):
         shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "var").mkdir(exist_ok=True)
-    env = {
-        "HARNESS_BASE_URL": base_url,
+    env = {  # the embedded model's entries, pointed at the fake server
+        "HARNESS_PROVIDERS__LOCAL__BASE_URL": base_url,
+        "HARNESS_PROVIDERS__LOCAL__LOCAL": "false",
         "HARNESS_LOCAL__AUTOSTART": "false",
         "HARNESS_PROVIDERS__LOCAL__MAX_CONCURRENCY": "512",
         **extra_env,

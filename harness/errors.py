@@ -65,6 +65,7 @@ class ProviderError(HarnessError):
         body: str | None = None,
         retryable: bool = False,
         records: list[Any] | None = None,
+        kind: str | None = None,
     ) -> None:
         self.provider = provider
         self.model = model
@@ -72,7 +73,14 @@ class ProviderError(HarnessError):
         self.body = body
         self.retryable = retryable
         self.records: list[Any] = list(records or [])
+        self.kind = kind  # the last attempt's: "http", "connect", "timeout", "format", "stream"
         super().__init__(message)
+
+    @property
+    def setup(self) -> bool:
+        """A failure of the setup rather than of the moment: the endpoint unreachable, the key
+        refused, the model or the API path unknown. Waiting will not mend it."""
+        return self.kind == "connect" or self.status in (401, 403, 404)
 
 
 class ResponseFormatError(ProviderError):

@@ -203,7 +203,10 @@ class TaskRunner:
         }
         if missing > 0 and targets and not last_step:
             remaining = [t for t in targets if t not in done]
-            return [delegate_spec(remaining, descriptions)], "required", missing
+            # the one tool, named: every OpenAI-compatible server takes this form (some, like
+            # llama-cpp-python's function calling, fail on "required")
+            forced = {"type": "function", "function": {"name": DELEGATE}}
+            return [delegate_spec(remaining, descriptions)], forced, missing
         specs = [delegate_spec(targets, descriptions)] if targets else []
         specs += self.rt.tools.specs(sorted(agent.tools))
         if not specs:

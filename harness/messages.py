@@ -35,8 +35,13 @@ class ChatMessage(_Wire):
     name: str | None = None
 
     def wire(self) -> dict[str, Any]:
-        """The message as sent on the wire (no null fields)."""
-        return self.model_dump(exclude_none=True)
+        """The message as sent on the wire: no null fields, but an assistant's ``content``
+        always, ``""`` beside tool calls (servers differ: llama-cpp-python refuses null and
+        its templates fail on a missing key; an empty string is valid everywhere)."""
+        data = self.model_dump(exclude_none=True)
+        if self.role == "assistant" and "content" not in data:
+            data["content"] = ""
+        return data
 
 
 class FunctionSpec(_Wire):

@@ -1,18 +1,24 @@
-"""The runtime: a workspace's settings, team, tools, provider and store, wired once."""
+"""The runtime: a workspace's settings, team, tools, provider and store, wired once.
+
+The runtime's settings are the workspace's with every model's context window and prices
+filled in (``provider.catalogue``): from the config, the servers' probes (when opened with
+:func:`open_runtime`) and the model catalogue. ``Runtime.facts`` says where each came from.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
 from .agents import Team, load_team
 from .errors import ConfigError
-from .provider import OpenAIProvider, Provider
+from .provider import OpenAIProvider, Provider, catalogue
 from .provider.local import ensure_local_server
+from .provider.probe import Probe, probe_models, reported_windows
 from .settings import Settings, Workspace
 from .store import Store
 from .tools import ToolRegistry, default_registry, load_workspace_tools
@@ -50,6 +56,8 @@ class Runtime:
     provider: Provider
     store: Store
     on_event: Callable[[str, dict[str, Any]], None] | None = None
+    facts: dict[str, catalogue.Facts] = field(default_factory=dict)
+    probes: dict[str, Probe] = field(default_factory=dict)  # by provider, when opened
     _agents_sig: tuple[tuple[str, float, int], ...] = field(default=(), repr=False)
 
     @property
@@ -78,6 +86,14 @@ class Runtime:
         log.info("agents_reloaded", agents=self.team.names())
         return True
 
+    def learn(self, probes: dict[str, Probe]) -> None:
+        """Take the windows servers reported into the settings (and the facts)."""
+        self.probes = probes
+        windows = reported_windows(self.settings, probes)
+        if windows:
+            settings, self.facts = catalogue.resolve(self.workspace.settings, windows)
+            self.workspace = replace(self.workspace, settings=settings)
+
     def models_in_use(self) -> set[str]:
         """The models the team's agents use, with their fallbacks."""
         names = {self.team[a].model_name(self.settings) for a in self.team.names()}
@@ -103,13 +119,16 @@ def build_runtime(
     """Wire a runtime for ``workspace``; ``provider``/``store`` may be given (tests)."""
     tools = load_tools(workspace)
     team = load_agents(workspace, tools)
+    settings, facts = catalogue.resolve(workspace.settings)
+    resolved = replace(workspace, settings=settings)
     rt = Runtime(
-        workspace=workspace,
+        workspace=resolved,
         team=team,
         tools=tools,
-        provider=provider or OpenAIProvider(workspace.settings),
+        provider=provider or OpenAIProvider(settings),
         store=store or Store.open(workspace.database_url()),
         on_event=on_event,
+        facts=facts,
     )
     rt._agents_sig = _agents_signature(workspace)
     return rt
@@ -121,6 +140,7 @@ async def open_runtime(workspace: Workspace, **kwargs: Any) -> AsyncIterator[Run
     server running when its agents need it, closed (and the server stopped) on exit."""
     rt = build_runtime(workspace, **kwargs)
     try:
+        rt.learn(await probe_models(rt.settings, rt.models_in_use()))
         log_path = workspace.var_dir / "local-server.log"
         async with ensure_local_server(rt.settings, log_path=log_path, models=rt.models_in_use()):
             yield rt

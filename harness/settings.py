@@ -5,9 +5,13 @@ Overrides: ``HARNESS_<KEY>`` for top-level keys and ``HARNESS_<SECTION>__<KEY>``
 are parsed as JSON when they parse, else taken as strings. Short forms users expect:
 
 - ``HARNESS_DATABASE_URL``: the database URL;
-- ``HARNESS_BASE_URL``: ``base_url`` of the default model's provider;
-- ``HARNESS_API_KEY``: an API key for that provider (its ``api_key_env`` becomes this name);
-- ``HARNESS_MODEL``: the wire model id of the default model.
+- ``HARNESS_BASE_URL``, ``HARNESS_MODEL``, ``HARNESS_API_KEY``: a hosted OpenAI-compatible
+  model. Any of the three selects the ``hosted`` model and its ``hosted`` provider (in the
+  shipped config, created when a config lacks them) as the default model, and sets the
+  provider's ``base_url``, the model's wire ``id`` and the key (the provider's
+  ``api_key_env`` becomes ``HARNESS_API_KEY``). The hosted pair has what a hosted model
+  wants: native tool calls, a 4,096-token answer cap, a normal timeout, as many calls in
+  flight as the worker has slots, the window and prices of the model catalogue.
 
 API keys are never stored in the file: a provider names the environment variable that holds it.
 """
@@ -46,7 +50,7 @@ class ProviderConfig(_Frozen):
     timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
     stream_idle_timeout_s: float = 60.0
-    max_concurrency: int = Field(default=8, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)  # None: the worker's slots
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
@@ -74,11 +78,13 @@ class ProviderConfig(_Frozen):
 class ModelConfig(_Frozen):
     provider: str
     id: str  # the model id sent on the wire
-    context_window: int = Field(default=8192, ge=256)
-    max_tokens: int = Field(default=1024, ge=1)
-    price_input: float = Field(default=0.0, ge=0)  # USD per million input tokens
-    price_cached_input: float | None = Field(default=None, ge=0)  # defaults to price_input
-    price_output: float = Field(default=0.0, ge=0)
+    # None: what the server reports, else the model catalogue's, else DEFAULT_WINDOW
+    context_window: int | None = Field(default=None, ge=256)
+    max_tokens: int = Field(default=4096, ge=1)
+    # USD per million tokens. None: the model catalogue's (genai-prices), else 0
+    price_input: float | None = Field(default=None, ge=0)
+    price_cached_input: float | None = Field(default=None, ge=0)  # None: as input
+    price_output: float | None = Field(default=None, ge=0)
     fallbacks: list[str] = Field(default_factory=list)
     tools: Literal["native", "json"] = "native"  # "json": tools via response_format
     # how a JSON schema travels in response_format: OpenAI's {"type": "json_schema", ...} or
@@ -86,13 +92,12 @@ class ModelConfig(_Frozen):
     schema_format: Literal["json_schema", "json_object"] = "json_schema"
 
     def cost(self, prompt: int, cached: int, completion: int) -> float:
-        cached_price = (
-            self.price_input if self.price_cached_input is None else self.price_cached_input
-        )
+        """USD for a call (prices unknown count as 0: see ``provider.catalogue.resolve``)."""
+        price_in = self.price_input or 0.0
+        cached_price = price_in if self.price_cached_input is None else self.price_cached_input
         fresh = max(prompt - cached, 0)
-        return (
-            fresh * self.price_input + cached * cached_price + completion * self.price_output
-        ) / 1e6
+        out = self.price_output or 0.0
+        return (fresh * price_in + cached * cached_price + completion * out) / 1e6
 
 
 class BudgetConfig(_Frozen):
@@ -238,6 +243,21 @@ class ScheduleConfig(_Frozen):
     report: str | None = None
 
 
+DEFAULT_WINDOW = 8192  # a model's context window when no server, config or catalogue says
+# without a config file: the embedded local model, as config/harness.toml sets it up
+DEFAULT_PROVIDERS: dict[str, dict[str, Any]] = {
+    "local": {"base_url": "http://127.0.0.1:8765/v1", "local": True, "max_concurrency": 2,
+              "timeout_s": 300},
+}  # fmt: skip
+DEFAULT_MODELS: dict[str, dict[str, Any]] = {
+    "local": {"provider": "local", "id": "smollm2-135m-instruct", "max_tokens": 384,
+              "tools": "json", "schema_format": "json_object"},
+}  # fmt: skip
+HOSTED = "hosted"  # the model and provider the short forms select (HARNESS_BASE_URL...)
+HOSTED_PROVIDER: dict[str, Any] = {"base_url": "https://api.openai.com/v1"}
+HOSTED_MODEL: dict[str, Any] = {"provider": HOSTED, "id": "gpt-4.1-mini"}
+
+
 class Settings(_Frozen):
     database_url: str = "sqlite:///var/harness.db"
     timezone: str = "UTC"
@@ -247,14 +267,10 @@ class Settings(_Frozen):
     ledger_retention_days: int | None = Field(default=None, ge=1)
     # without a config file: the embedded local model (see config/harness.toml)
     providers: dict[str, ProviderConfig] = Field(
-        default_factory=lambda: {
-            "local": ProviderConfig(
-                base_url="http://127.0.0.1:8765/v1", local=True, max_concurrency=2
-            )
-        }
+        default_factory=lambda: {n: ProviderConfig(**c) for n, c in DEFAULT_PROVIDERS.items()}
     )
     models: dict[str, ModelConfig] = Field(
-        default_factory=lambda: {"local": ModelConfig(provider="local", id="smollm2-135m-instruct")}
+        default_factory=lambda: {n: ModelConfig(**c) for n, c in DEFAULT_MODELS.items()}
     )
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -342,19 +358,34 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
         if key in SHORT_FORMS or not key:
             continue
         _set_path(data, [part.lower() for part in key.split("__")], _parse_env_value(raw))
-    default_model = data.get("default_model", "local")
-    model = data.get("models", {}).get(default_model)
-    provider_name = model.get("provider") if isinstance(model, dict) else None
-    provider = data.get("providers", {}).get(provider_name) if provider_name else None
-    if isinstance(provider, dict):
-        if "HARNESS_BASE_URL" in environ:
-            provider["base_url"] = environ["HARNESS_BASE_URL"]
-            provider["local"] = False  # pointing elsewhere: never start the embedded server
-        if "HARNESS_API_KEY" in environ:
-            provider["api_key_env"] = "HARNESS_API_KEY"
-    if isinstance(model, dict) and "HARNESS_MODEL" in environ:
-        model["id"] = environ["HARNESS_MODEL"]
+    _apply_hosted(data, environ)
     return data
+
+
+def _apply_hosted(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """The short forms: any of HARNESS_BASE_URL / HARNESS_MODEL / HARNESS_API_KEY selects the
+    hosted model (created from the defaults when the config has none) and sets it up."""
+    given = {k: environ[f"{ENV_PREFIX}{k}"] for k in ("BASE_URL", "MODEL", "API_KEY")
+             if f"{ENV_PREFIX}{k}" in environ}  # fmt: skip
+    if not given:
+        return
+    models = data.setdefault("models", json.loads(json.dumps(DEFAULT_MODELS)))
+    providers = data.setdefault("providers", json.loads(json.dumps(DEFAULT_PROVIDERS)))
+    model = models.setdefault(HOSTED, dict(HOSTED_MODEL))
+    if not isinstance(model, dict):
+        return  # a malformed config: validation names it
+    provider = providers.setdefault(str(model.get("provider", HOSTED)), dict(HOSTED_PROVIDER))
+    if not isinstance(provider, dict):
+        return
+    if "BASE_URL" in given:
+        provider["base_url"] = given["BASE_URL"]
+        provider["local"] = False  # pointing elsewhere: never start the embedded server
+    if "API_KEY" in given:
+        provider["api_key_env"] = f"{ENV_PREFIX}API_KEY"
+    if "MODEL" in given:
+        model["id"] = given["MODEL"]
+    if f"{ENV_PREFIX}DEFAULT_MODEL" not in environ:
+        data["default_model"] = HOSTED
 
 
 def _problems(exc: ValidationError, file: str) -> list[Problem]:

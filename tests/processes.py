@@ -108,8 +108,9 @@ def worker_env(base_url: str, **settings: Any) -> dict[str, str]:
     """The environment of a worker process: no inherited HARNESS_* settings, the fake server
     as the default model's provider, quick retries; ``settings`` as ``HARNESS_<KEY>``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_")}
-    env |= {
-        "HARNESS_BASE_URL": base_url,
+    env |= {  # the embedded model's entries, pointed at the fake server
+        "HARNESS_PROVIDERS__LOCAL__BASE_URL": base_url,
+        "HARNESS_PROVIDERS__LOCAL__LOCAL": "false",
         "HARNESS_LOCAL__AUTOSTART": "false",
         "HARNESS_WORKER__RETRY_BACKOFF_S": "0.2",
         "HARNESS_PROVIDERS__LOCAL__BACKOFF_BASE_S": "0.05",

@@ -174,7 +174,8 @@ async def test_delegation_fans_out_and_a_failed_child_is_reported(workspace_dir:
     arnold_calls = [r for r in provider.requests if "Mini Arnold" in (r.messages[0].content or "")]
     assert len(arnold_calls) == 2
     first = arnold_calls[0]
-    assert first.tool_choice == "required" and first.min_tool_calls == 2
+    forced = {"type": "function", "function": {"name": "delegate"}}
+    assert first.tool_choice == forced and first.min_tool_calls == 2
     [spec] = first.tools or []
     assert spec.function.parameters["properties"]["agent"]["enum"] == [
         "veblen",

@@ -41,11 +41,27 @@ def test_environment_overrides_nested_keys_and_short_forms(workspace_dir: Path) 
     s = load_settings(workspace_dir, env)
     assert s.worker.concurrency == 16 and s.limits.max_steps == 5
     assert s.database_url.startswith("postgresql+psycopg://")
-    provider = s.providers["local"]
+    # the short forms select the hosted pair: native tools, the worker's concurrency, no
+    # 384-token cap, a normal timeout; the embedded model's entries stay as they were
+    assert s.default_model == "hosted"
+    model, provider = s.models["hosted"], s.providers["hosted"]
     assert provider.base_url == "http://127.0.0.1:9999/v1" and provider.local is False
-    assert s.models["local"].id == "qwen2.5-7b"
+    assert model.id == "qwen2.5-7b" and model.tools == "native" and model.max_tokens == 4096
+    assert provider.max_concurrency is None and provider.timeout_s == 120
     assert provider.api_key_env == "HARNESS_API_KEY"  # the name, never the key
+    assert s.providers["local"].local and s.models["local"].tools == "json"
     assert "sk-test" not in s.model_dump_json()
+
+
+def test_the_short_forms_work_without_a_hosted_pair_in_the_config(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/harness.toml").write_text('timezone = "UTC"\n')
+    env = {"HARNESS_MODEL": "gpt-4.1-mini", "HARNESS_API_KEY": "sk-test-123456789"}
+    s = load_settings(tmp_path, env)
+    assert s.default_model == "hosted" and s.models["hosted"].id == "gpt-4.1-mini"
+    assert s.providers["hosted"].base_url == "https://api.openai.com/v1"
+    explicit = load_settings(tmp_path, {**env, "HARNESS_DEFAULT_MODEL": "local"})
+    assert explicit.default_model == "local"  # an explicit choice wins
 
 
 def test_bad_settings_name_the_key(workspace_dir: Path) -> None:
@@ -71,14 +87,14 @@ def test_missing_api_key_variable_and_unknown_provider_are_startup_errors(
     cfg = workspace_dir / "config/harness.toml"
     cfg.write_text(
         cfg.read_text()
-        + '\n[providers.hosted]\nbase_url = "https://api.example.com/v1"\n'
+        + '\n[providers.example]\nbase_url = "https://api.example.com/v1"\n'
         + 'api_key_env = "EXAMPLE_KEY"\n'
         + '\n[models.big]\nprovider = "nowhere"\nid = "big"\nfallbacks = ["tiny"]\n'
     )
     with pytest.raises(ConfigError) as info:
         load_settings(workspace_dir, {})
     text = str(info.value)
-    assert "providers.hosted.api_key_env" in text and "EXAMPLE_KEY is not set" in text
+    assert "providers.example.api_key_env" in text and "EXAMPLE_KEY is not set" in text
     assert "models.big.provider" in text and "models.big.fallbacks" in text
     load_settings(workspace_dir.parent / "nothing-here", {})  # no file: defaults are fine
 

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from . import agents, ledger, mcp, ops, runs, serve
+from . import agents, ledger, mcp, models, ops, runs, serve
 from ._common import EXIT_USAGE, State, err, fail, out, workspace
 
 app = typer.Typer(
@@ -105,5 +105,5 @@ def db_upgrade() -> None:
         engine.dispose()
 
 
-for family in (agents, runs, ledger, ops, serve, mcp):
+for family in (agents, runs, ledger, ops, serve, mcp, models):
     family.register(app)

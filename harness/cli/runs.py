@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,6 +16,7 @@ from ._common import (
     EXIT_OK,
     JsonOpt,
     State,
+    err,
     fail,
     opened_store,
     out,
@@ -27,7 +29,10 @@ if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy import Connection
 
-    from ..settings import Workspace
+    from ..errors import Problem, ProviderError
+    from ..runtime import Runtime
+    from ..settings import Settings, Workspace
+    from ..worker import Worker
 
 
 def _chief(ws: Workspace, agent: str | None) -> str:
@@ -163,21 +168,26 @@ async def _work(
     import anyio
     from rich.live import Live
 
+    from ..errors import ConfigError
     from ..runtime import open_runtime
     from ..store import queue, views
     from ..telemetry import attached
+    from ..telemetry.hooks import fan_out
     from ..worker import Worker
     from . import display
 
     async with open_runtime(ws) as rt, attached(rt):
+        _preflight(rt, agent)
         store = rt.store
         max_attempts = rt.settings.worker.max_attempts
         run_id, _ = await store.write(queue.create_run, goal, agent, max_attempts=max_attempts)
+        setup_errors: list[ProviderError] = []
 
         async def finished() -> bool:
-            return await store.read(queue.run_blocked_or_settled, run_id)
+            return bool(setup_errors) or await store.read(queue.run_blocked_or_settled, run_id)
 
         w = Worker(rt, concurrency, run_id=run_id, stop_when=finished)
+        rt.on_event = fan_out(rt.on_event, partial(_stop_on_setup_error, w, setup_errors))
         if console is not None and console.is_terminal:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 async with anyio.create_task_group() as tg:
@@ -197,9 +207,49 @@ async def _work(
                     live.update(display.task_tree(final))
         else:
             await w.run()
+        if setup_errors:  # in the foreground, a setup error fails at once (exit 2)
+            raise ConfigError(_setup_problem(rt.settings, setup_errors[0]))
         result = await store.read(views.get_run, run_id)
         assert result is not None
         return result
+
+
+def _preflight(rt: Runtime, agent: str) -> None:
+    """Before anything is submitted: the servers of the models the team uses answer and take
+    the key (else one line per model, naming the endpoint and the setting; exit 2); then one
+    line says which model and endpoint the run uses."""
+    from ..errors import ConfigError
+    from ..provider.probe import complaints, where
+
+    models = rt.models_in_use()
+    problems = complaints(rt.settings, models, rt.probes)
+    if problems:
+        raise ConfigError(problems)
+    chief = rt.team[agent].model_name(rt.settings)
+    err.print(f"using {where(rt.settings, chief)}", markup=False, highlight=False)
+
+
+def _stop_on_setup_error(w: Worker, seen: list[ProviderError], event: str, data: Any) -> None:
+    from ..errors import ProviderError
+
+    error = data.get("error") if event == "model_failed" else None
+    if isinstance(error, ProviderError) and error.setup and not seen:
+        seen.append(error)
+        w.stop()
+
+
+def _setup_problem(settings: Settings, error: ProviderError) -> Problem:
+    from ..errors import Problem
+    from ..provider.probe import config_key, where
+    from ..settings import CONFIG_FILE
+
+    kind = {401: "auth", 403: "auth", 404: "model"}.get(error.status or 0)
+    model = error.model if error.model in settings.models else settings.default_model
+    status = f"HTTP {error.status}" if error.status else "could not connect"
+    what = {"auth": "the API key was refused", "model": "the server does not know this model"}
+    detail = what.get(kind or "", status)
+    key = config_key(settings, model, kind)
+    return Problem(CONFIG_FILE, f"{where(settings, model)}: {detail} ({status})", key)
 
 
 def status(

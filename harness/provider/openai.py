@@ -373,4 +373,5 @@ class OpenAIProvider:
             body=error.body,
             retryable=error.retryable,
             records=list(records),
+            kind=error.kind,
         )

@@ -20,6 +20,7 @@ least every ``stream_idle_timeout_s``, with no overall limit while it makes prog
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -110,9 +111,12 @@ class Answer(Protocol):
     def text(self) -> str: ...
 
 
+UNLIMITED_POOL = 256  # connections kept for a provider without max_concurrency
+
+
 def default_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
     """The configured transport, its keep-alive pool sized to ``max_concurrency``."""
-    size = config.max_concurrency
+    size = config.max_concurrency or UNLIMITED_POOL
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     tls: dict[str, Any] = {}
     if config.base_url.startswith("http://"):
@@ -267,9 +271,10 @@ class ProviderClient:
         return response
 
     def limiter(self) -> anyio.Semaphore:
-        """At most ``max_concurrency`` calls in flight; the rest queue here, not in the pool."""
+        """At most ``max_concurrency`` calls in flight; the rest queue here, not in the pool.
+        Without one, as many as the callers (the worker's slots) send."""
         if self._limiter is None:
-            self._limiter = anyio.Semaphore(self.config.max_concurrency)
+            self._limiter = anyio.Semaphore(self.config.max_concurrency or UNLIMITED_POOL)
         return self._limiter
 
     def redact(self, text: str) -> str:
@@ -438,6 +443,8 @@ class ProviderClient:
 
     def _describe(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
+        if self.config.base_url.startswith("http://"):  # aiohttp says ssl:default for any URL
+            text = re.sub(r" ssl:\S+", "", text)
         return self.redact(f"{type(exc).__name__}: {text}" if str(exc) else text)
 
     def _before_response(self, exc: BaseException) -> AttemptError:

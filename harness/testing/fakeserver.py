@@ -89,14 +89,24 @@ class FakeConfig:
     stall_s: float = 60.0
     schedule: tuple[str, ...] = field(default=())
     repeat_schedule: bool = False
+    api_key: str = ""  # when set, a request without "Authorization: Bearer <it>" gets a 401
+    models: tuple[str, ...] = ()  # the model ids it knows (listed; others get a 404); () any
+    # a prompt (body bytes // 4) above this many tokens is refused as too long (0: never), in
+    # the shape of "openai", "llamacpp" (llama.cpp's server) or "vllm"; /models and /props
+    # report the window the way those servers do
+    context_window: int = 0
+    overflow_style: str = "openai"
 
     def __post_init__(self) -> None:
         if self.tool_calls not in ("required", "always", "never"):
             raise ValueError(f"tool_calls must be required, always or never: {self.tool_calls!r}")
         if sum(self.probabilities()) > 1.0 + 1e-9:
             raise ValueError("fault probabilities add up to more than 1")
+        if self.overflow_style not in ("openai", "llamacpp", "vllm"):
+            raise ValueError(f"overflow_style: openai, llamacpp or vllm: {self.overflow_style!r}")
         # a list is accepted too; an unknown outcome is a ValueError
         object.__setattr__(self, "schedule", tuple(Outcome(s).value for s in self.schedule))
+        object.__setattr__(self, "models", tuple(self.models))
 
     def probabilities(self) -> list[float]:
         """The fault probabilities in the order of ``FAULTS``."""
@@ -244,13 +254,15 @@ class FakeServer:
         self.received = dict.fromkeys(Outcome, 0)
         self.served = dict.fromkeys(Outcome, 0)
         self.aborted = 0
+        self.refused = 0  # requests answered 401, 404 or "too long" (never a completion)
 
     def stats(self) -> dict[str, Any]:
         """Counters as served by ``GET /stats`` (see the module docstring for definitions)."""
         by = {o.value: {"received": self.received[o], "served": self.served[o]} for o in Outcome}
         return {"received": sum(self.received.values()), "served": sum(self.served.values()),
                 "completions": self.served[Outcome.OK] + self.served[Outcome.NO_USAGE],
-                "aborted": self.aborted, "in_flight": self.in_flight, "by_outcome": by}  # fmt: skip
+                "aborted": self.aborted, "in_flight": self.in_flight, "refused": self.refused,
+                "by_outcome": by}  # fmt: skip
 
     def next_id(self, tagged: bool = False) -> str:
         self._ids += 1
@@ -277,6 +289,7 @@ class FakeServer:
         for prefix in ("", "/v1"):  # with or without /v1, for any base URL
             app.router.add_post(prefix + "/chat/completions", self._chat)
             app.router.add_get(prefix + "/models", self._models)
+            app.router.add_get(prefix + "/props", self._props)
             app.router.add_get(prefix + "/stats", self._stats)
             app.router.add_post(prefix + "/reset", self._reset)
         return app
@@ -305,8 +318,50 @@ class FakeServer:
         return f"http://{self.host}:{self.port}/v1"
 
     async def _models(self, request: web.Request) -> web.Response:
-        data = [{"id": self.config.model, "object": "model", "owned_by": "fake"}]
+        refused = self._refuse_key(request)
+        if refused is not None:
+            return refused
+        data = []
+        for model_id in self.config.models or (self.config.model,):
+            item: dict[str, Any] = {"id": model_id, "object": "model", "owned_by": "fake"}
+            if self.config.context_window and self.config.overflow_style == "vllm":
+                item["max_model_len"] = self.config.context_window
+            data.append(item)
         return web.json_response({"object": "list", "data": data})
+
+    async def _props(self, request: web.Request) -> web.Response:
+        if not self.config.context_window or self.config.overflow_style != "llamacpp":
+            return web.json_response({"error": "not found"}, status=404)
+        n_ctx = self.config.context_window
+        return web.json_response({"default_generation_settings": {"n_ctx": n_ctx}})
+
+    def _refuse_key(self, request: web.Request) -> web.Response | None:
+        if not self.config.api_key:
+            return None
+        if request.headers.get("Authorization") == f"Bearer {self.config.api_key}":
+            return None
+        error = {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                 "code": "invalid_api_key"}  # fmt: skip
+        return web.json_response({"error": error}, status=401)
+
+    def _refuse(
+        self, request: web.Request, body: dict[str, Any], raw: bytes
+    ) -> web.Response | None:
+        """A 401, a 404 for an unknown model, or a 400 for a prompt past the window."""
+        refused = self._refuse_key(request)
+        if refused is not None:
+            return refused
+        model = body.get("model")
+        if self.config.models and model not in self.config.models:
+            error = {"message": f"The model `{model}` does not exist",
+                     "type": "invalid_request_error", "code": "model_not_found"}  # fmt: skip
+            return web.json_response({"error": error}, status=404)
+        prompt, window = len(raw) // 4, self.config.context_window
+        if window and prompt > window:
+            return web.json_response(
+                _overflow(self.config.overflow_style, prompt, window), status=400
+            )
+        return None
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
@@ -328,6 +383,10 @@ class FakeServer:
             assert isinstance(body, dict)
         except (ValueError, AssertionError):
             return web.json_response({"error": {"message": "not a JSON object"}}, status=400)
+        refused = self._refuse(request, body, raw)
+        if refused is not None:
+            self.refused += 1
+            return refused
         outcome = self._outcome()
         self.received[outcome] += 1
         self.in_flight += 1
@@ -408,14 +467,31 @@ class FakeServer:
         return await self._finish(request, resp, outcome, parts[-1])
 
 
+def _overflow(style: str, prompt: int, window: int) -> dict[str, Any]:
+    """A context-overflow error body, as each server family writes it."""
+    text = (
+        f"This model's maximum context length is {window} tokens. However, you requested "
+        f"{prompt} tokens. Please reduce the length of the messages."
+    )
+    if style == "llamacpp":
+        return {"error": {"code": 400, "message": "the request exceeds the available context size",
+                          "type": "exceed_context_size_error", "n_prompt_tokens": prompt,
+                          "n_ctx": window}}  # fmt: skip
+    if style == "vllm":
+        return {"object": "error", "message": text, "type": "BadRequestError", "param": None,
+                "code": 400}  # fmt: skip
+    return {"error": {"message": text, "type": "invalid_request_error", "param": "messages",
+                      "code": "context_length_exceeded"}}  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("python -m harness.testing.fakeserver", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     for f in fields(FakeConfig):
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "schedule":
-            parser.add_argument(flag, default="", help="comma-separated outcomes, e.g. 429,ok")
+        if f.name in ("schedule", "models"):
+            parser.add_argument(flag, default="", help="comma-separated, e.g. 429,ok")
         elif isinstance(f.default, bool):
             parser.add_argument(flag, action="store_true")
         else:
@@ -440,7 +516,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the server until SIGTERM/SIGINT; the first stdout line is ``listening HOST:PORT``."""
     args = _parser().parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in fields(FakeConfig)}
-    values["schedule"] = [s.strip() for s in values["schedule"].split(",") if s.strip()]
+    for name in ("schedule", "models"):
+        values[name] = [s.strip() for s in values[name].split(",") if s.strip()]
     server = FakeServer(FakeConfig(**values), host=args.host, port=args.port)
     asyncio.run(_serve(server))
 
