@@ -21,7 +21,7 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -48,8 +48,13 @@ class AgentSpec(BaseModel):
     daily_token_budget: int | None = Field(default=None, ge=0)
     daily_cost_budget: float | None = Field(default=None, ge=0)
     max_steps: int | None = Field(default=None, ge=1)
+    max_tool_calls: int | None = Field(default=None, ge=1)
+    max_task_tokens: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
+    # "required": every step but the last calls a tool (the last one answers), e.g. an agent
+    # that works through a list; "auto": the model decides
+    tool_choice: Literal["auto", "required"] = "auto"
     timeout_s: float | None = Field(default=None, gt=0)
     min_delegations: int = Field(default=0, ge=0)
     delegation_rounds: int | None = Field(default=None, ge=1)  # steps that may delegate

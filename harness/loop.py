@@ -24,6 +24,7 @@ import structlog
 
 from . import ledger, steps
 from .agents import DELEGATE, AgentSpec
+from .context import TaskContext, overflow
 from .errors import (
     BudgetExceeded,
     ControlSignal,
@@ -43,6 +44,7 @@ from .store import TERMINAL, TaskStatus, queue
 from .store.queue import Lease, NewTask, Task
 from .store.transcripts import StoredMessage
 from .tools import ToolContext, delegate_spec, delegation
+from .tools.builtin import NOTE_APPEND, READ_ARTIFACT
 
 log = structlog.get_logger("harness.loop")
 
@@ -61,12 +63,14 @@ def _delegated_to(transcript: Sequence[StoredMessage]) -> set[str]:
 
 
 def pending_calls(transcript: Sequence[StoredMessage]) -> list[ToolCall]:
-    """Tool calls of the last assistant message that have no tool result yet."""
-    last = next((sm for sm in reversed(transcript) if sm.message.role == "assistant"), None)
-    if last is None or not last.message.tool_calls:
-        return []
-    answered = {sm.message.tool_call_id for sm in transcript if sm.seq > last.seq}
-    return [c for c in last.message.tool_calls if c.id not in answered]
+    """Tool calls of the last assistant message that have no tool result yet (looked for
+    from the end: a long task's earlier turns are not walked again)."""
+    answered: set[str | None] = set()
+    for sm in reversed(transcript):
+        if sm.message.role == "assistant":
+            return [c for c in sm.message.tool_calls or [] if c.id not in answered]
+        answered.add(sm.message.tool_call_id)
+    return []
 
 
 class TaskRunner:
@@ -82,6 +86,8 @@ class TaskRunner:
         self.transcript: list[StoredMessage] = []
         self.unsaved: list[ChatMessage] = []  # the opening, stored with the first reservation
         self.n_children = 0  # sub-tasks created so far (the max_children limit)
+        self.tokens = 0  # tokens this task's calls used (the max_task_tokens limit)
+        self.overflowed = False  # this step's prompt was refused as too long, and compacted
 
     @property
     def agent(self) -> AgentSpec:
@@ -113,11 +119,17 @@ class TaskRunner:
         if self.state is None:
             self.state = await self.rt.store.read(load_state, self.task)
         await self.rt.tools.prepare(self.agent.tools)  # e.g. start an MCP server first used
-        self.transcript, self.n_children = self.state
+        state = self.state
+        self.transcript = list(state.transcript)
+        self.n_children, self.tokens = state.children, state.tokens
         if not self.transcript:  # a new task: its opening is stored with its first call's
             self.unsaved = self._opening()  # reservation (one transaction fewer)
             t = queue.now()
-            self.transcript = [StoredMessage(i, m, None, t) for i, m in enumerate(self.unsaved)]
+            self.transcript += [StoredMessage(i, m, None, t) for i, m in enumerate(self.unsaved)]
+        self.context = TaskContext(self.rt, self.lease, self.agent, self.transcript, state)
+        self.tally = _Tally()
+        for sm in self.transcript:
+            self.tally.note(sm.message)
         while True:
             pending = pending_calls(self.transcript)
             if pending:
@@ -132,8 +144,11 @@ class TaskRunner:
                 return self._done(self.transcript[-1].message.content or "")
 
     def _opening(self) -> list[ChatMessage]:
+        prompt = self.agent.prompt
+        if NOTE_APPEND in self.agent.tools:
+            prompt += NOTES_HINT
         return [
-            ChatMessage(role="system", content=self.agent.prompt),
+            ChatMessage(role="system", content=prompt),
             ChatMessage(role="user", content=self.task.input),
         ]
 
@@ -143,7 +158,7 @@ class TaskRunner:
         return self.transcript[-1].seq + 1 if self.transcript else 0
 
     def _steps_taken(self) -> int:
-        return sum(1 for sm in self.transcript if sm.message.role == "assistant")
+        return self.tally.steps
 
     def _request(self) -> ChatRequest:
         agent, settings = self.agent, self.rt.settings
@@ -157,7 +172,7 @@ class TaskRunner:
         tools, choice, min_calls = self._tool_offer(last_step=steps == max_steps - 1)
         return ChatRequest(
             model=model,
-            messages=[sm.message for sm in self.transcript],
+            messages=list(self.context.messages()),
             tools=tools or None,
             tool_choice=choice if tools else None,
             max_tokens=agent.max_tokens or settings.models[model].max_tokens,
@@ -208,15 +223,18 @@ class TaskRunner:
             forced = {"type": "function", "function": {"name": DELEGATE}}
             return [delegate_spec(remaining, descriptions)], forced, missing
         specs = [delegate_spec(targets, descriptions)] if targets else []
-        specs += self.rt.tools.specs(sorted(agent.tools))
+        names = sorted({*agent.tools, *([READ_ARTIFACT] if self.context.artifacts else [])})
+        specs += self.rt.tools.specs(names)
         if not specs:
             return [], None, None
-        return specs, ("none" if last_step else "auto"), None
+        return specs, ("none" if last_step else agent.tool_choice), None
 
     async def _step(self) -> bool:
-        """One model call: request -> reserve -> call -> persist. True when it answered (the
-        task is then complete); False when it made tool calls (now pending)."""
-        request = self._request()
+        """One model call: request (made to fit the window) -> reserve -> call -> persist.
+        True when it answered (the task is then complete); False when it made tool calls
+        (now pending), or when the server refused the prompt as too long and the context
+        was compacted (the step is taken again, once)."""
+        request = await self.context.fit(self._request())
         held = Reservation(
             self.rt.store,
             self.rt.settings,
@@ -231,13 +249,21 @@ class TaskRunner:
         except (ProviderError, ControlSignal) as exc:  # paid attempts are recorded all the same
             self.rt.emit("model_failed", task_id=self.task.id, agent=self.agent.name, error=exc)
             await held.record_failure(getattr(exc, "records", []))
-            raise
+            too_long = overflow(exc)
+            if too_long is None or self.overflowed:
+                raise
+            self.overflowed = True  # compact to the window the server revealed, once
+            await self.context.recover(request, too_long)
+            return False
         except BaseException:
             # cancelled (shutdown, lost lease, cancelled run): charged with its estimate if it
             # may have reached the server, given back if it never left
             await held.unsettle("cancelled while in flight")
             raise
         await self._persist_step(held, completion)
+        self.overflowed = False  # a later overflow is recovered once too
+        self.context.answered(request, completion)
+        self._count_tokens(completion)
         usage = completion.usage
         self.rt.emit(
             "model_done",
@@ -260,6 +286,7 @@ class TaskRunner:
         )
         records = held.unrecorded(completion.records)
         self.transcript += await steps.persist_step(held, records, message, self._next_seq())
+        self.tally.note(message)
         self.log.info(
             "model_step",
             model=completion.model,
@@ -271,7 +298,7 @@ class TaskRunner:
     def _fresh_ids(self, calls: list[ToolCall]) -> list[ToolCall]:
         """Tool calls with ids unique within the transcript: some servers number ids per reply
         (``call_0`` every step), and children and results are keyed by them."""
-        seen = {c.id for sm in self.transcript for c in sm.message.tool_calls or []}
+        seen = set(self.tally.call_ids)
         out = []
         for call in calls:
             if call.id in seen or not call.id:
@@ -280,25 +307,37 @@ class TaskRunner:
             out.append(call)
         return out
 
+    def _count_tokens(self, completion: Completion) -> None:
+        """The task's tokens so far, against ``max_task_tokens``."""
+        self.tokens += sum(r.usage.total_tokens for r in completion.records)
+        limit = self.agent.max_task_tokens or self.rt.settings.limits.max_task_tokens
+        if limit is not None and self.tokens > limit:
+            raise RunFailed(
+                f"agent {self.agent.name!r} used {self.tokens:,} tokens on this task, more "
+                f"than max_task_tokens={limit:,}"
+            )
+
     # -- acting on tool calls ----------------------------------------------------------------
 
-    def _check_loops(self) -> None:
-        counts = Counter(
-            (c.function.name, _canonical(c.function.arguments))
-            for sm in self.transcript
-            for c in sm.message.tool_calls or []
-        )
+    def _check_limits(self) -> None:
+        """Loops (the same call ``loop_repeats`` times) and ``max_tool_calls``."""
         repeats = self.rt.settings.limits.loop_repeats
-        for (name, args), n in counts.items():
+        for (name, args), n in self.tally.calls.items():
             if n >= repeats:
                 raise RunFailed(
                     f"loop detected: tool {name!r} was called {n} times "
                     f"with the same arguments {args[:200]}"
                 )
+        limit = self.agent.max_tool_calls or self.rt.settings.limits.max_tool_calls
+        if limit is not None and self.tally.tool_calls > limit:
+            raise RunFailed(
+                f"agent {self.agent.name!r} made {self.tally.tool_calls} tool calls on this "
+                f"task, more than max_tool_calls={limit}"
+            )
 
     async def _act(self, pending: list[ToolCall]) -> bool:
         """Execute pending tool calls; returns True when the task now waits for children."""
-        self._check_loops()
+        self._check_limits()
         delegations = [c for c in pending if c.function.name == DELEGATE]
         results: list[ChatMessage] = []
         ctx = ToolContext(
@@ -308,19 +347,20 @@ class TaskRunner:
             workdir=self.rt.workspace.var_dir / "runs" / str(self.task.run_id),
             settings=self.rt.settings,
             notes=self.rt.store,
+            artifacts=self.rt.store,
         )
-        allowed = set(self.agent.tools)
-        cap = self.rt.settings.limits.tool_output_chars
+        allowed = {*self.agent.tools, READ_ARTIFACT}
         for call in pending:
             if call.function.name == DELEGATE:
                 continue
             self.rt.emit("tool_start", task_id=self.task.id, tool=call.function.name, call=call)
             res = await self.rt.tools.call(
-                call.function.name, call.function.arguments, ctx, allowed=allowed, max_chars=cap
-            )
+                call.function.name, call.function.arguments, ctx, allowed=allowed,
+                max_chars=ARTIFACT_MAX_CHARS,
+            )  # fmt: skip
             self.rt.emit("tool_done", task_id=self.task.id, tool=call.function.name, ok=res.ok)
             self.log.info("tool_called", tool=call.function.name, ok=res.ok)
-            results.append(_tool_message(call, res.content))
+            results.append(_tool_message(call, await self._keep(call, res.content)))
         if results:
             await self._append(results)
         if delegations:
@@ -336,7 +376,7 @@ class TaskRunner:
         for call in calls:
             child = kids.get(call.id)
             if child is not None and child.status in TERMINAL:
-                results.append(_tool_message(call, _child_result(child)))
+                results.append(_tool_message(call, await self._keep(call, _child_result(child))))
             elif child is not None:  # created before a crash, still running: wait for it
                 spawn.append(NewTask(child.agent, child.input, call.id))
             else:
@@ -359,6 +399,10 @@ class TaskRunner:
         self.log.info("task_delegated", children=ids)
         self.rt.emit("delegated", task_id=self.task.id, children=ids)
         return True
+
+    async def _keep(self, call: ToolCall, content: str) -> str:
+        """A result as the transcript holds it (a large one: its head and an artifact)."""
+        return await self.context.keep(call, content, self.agent.model_name(self.rt.settings))
 
     # -- ends ----------------------------------------------------------------------------------
 
@@ -419,6 +463,33 @@ def retry_backoff(worker: WorkerConfig, attempts: int) -> float:
     tasks failed together do not come back together."""
     ceiling = min(worker.retry_backoff_max_s, worker.retry_backoff_s * 2.0 ** max(attempts - 1, 0))
     return ceiling / 2 + random.random() * ceiling / 2
+
+
+NOTES_HINT = (
+    "\n\nIn a long task, older tool results are shortened and early turns summarised to fit "
+    "your context window. Record with note_append whatever you must keep word for word."
+)
+ARTIFACT_MAX_CHARS = 4_000_000  # the most of one result kept at all (its artifact included)
+
+
+class _Tally:
+    """What the limits and fresh ids need of a transcript, counted as it grows (a long task
+    does not walk its whole transcript on every step)."""
+
+    def __init__(self) -> None:
+        self.steps = 0  # assistant messages
+        self.tool_calls = 0  # calls of tools other than delegate
+        self.call_ids: set[str] = set()
+        self.calls: Counter[tuple[str, str]] = Counter()  # (tool, arguments) -> times
+
+    def note(self, message: ChatMessage) -> None:
+        if message.role != "assistant":
+            return
+        self.steps += 1
+        for c in message.tool_calls or []:
+            self.call_ids.add(c.id)
+            self.calls[(c.function.name, _canonical(c.function.arguments))] += 1
+            self.tool_calls += c.function.name != DELEGATE
 
 
 def _canonical(arguments: str) -> str:

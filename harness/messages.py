@@ -73,6 +73,9 @@ class ChatRequest(BaseModel):
     # harness-only (never sent): the fewest tool calls the reply must make. Models served in
     # JSON mode (``tools = "json"``) get it as the schema's minItems; native ones ignore it.
     min_tool_calls: int | None = None
+    # harness-only: the caller's estimate of the prompt (calibrated, see harness.context);
+    # None: the provider estimates it
+    prompt_estimate: int | None = None
 
     def payload(self, wire_model: str, *, stream: bool) -> dict[str, Any]:
         """The JSON body for ``POST /chat/completions``."""

@@ -19,8 +19,11 @@ from .errors import ConfigError
 from .provider import OpenAIProvider, Provider, catalogue
 from .provider.local import ensure_local_server
 from .provider.probe import Probe, probe_models, reported_windows
+from .provider.tokens import Calibration
 from .settings import Settings, Workspace
 from .store import Store
+from .store.access import transient
+from .store.model_stats import load_model_stats
 from .tools import ToolRegistry, default_registry, load_workspace_tools
 from .tools.mcp_pool import attach_mcp
 
@@ -57,6 +60,7 @@ class Runtime:
     store: Store
     on_event: Callable[[str, dict[str, Any]], None] | None = None
     facts: dict[str, catalogue.Facts] = field(default_factory=dict)
+    calibration: Calibration = field(default_factory=Calibration)
     probes: dict[str, Probe] = field(default_factory=dict)  # by provider, when opened
     _agents_sig: tuple[tuple[str, float, int], ...] = field(default=(), repr=False)
 
@@ -140,6 +144,12 @@ async def open_runtime(workspace: Workspace, **kwargs: Any) -> AsyncIterator[Run
     server running when its agents need it, closed (and the server stopped) on exit."""
     rt = build_runtime(workspace, **kwargs)
     try:
+        try:
+            rt.calibration.load(await rt.store.read(load_model_stats))
+        except Exception as exc:  # a cache: a database blip now only costs the warm start
+            if not transient(exc):
+                raise
+            log.warning("model_stats_unread", error=str(exc).splitlines()[0][:200])
         rt.learn(await probe_models(rt.settings, rt.models_in_use()))
         log_path = workspace.var_dir / "local-server.log"
         async with ensure_local_server(rt.settings, log_path=log_path, models=rt.models_in_use()):

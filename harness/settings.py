@@ -114,12 +114,16 @@ class BudgetConfig(_Frozen):
 
 
 class LimitsConfig(_Frozen):
-    max_steps: int = Field(default=12, ge=1)
+    max_steps: int = Field(default=12, ge=1)  # model calls per task
+    max_tool_calls: int | None = Field(default=None, ge=1)  # tool calls per task
+    max_task_tokens: int | None = Field(default=None, ge=1)  # tokens one task's calls may use
     task_timeout_s: float = Field(default=1800.0, gt=0)
     max_depth: int = Field(default=2, ge=0)
     max_children: int = Field(default=8, ge=0)
     loop_repeats: int = Field(default=3, ge=2)
     tool_output_chars: int = Field(default=16_000, ge=256)
+    keep_recent_turns: int = Field(default=4, ge=0)  # never compacted
+    compaction_model: str | None = None  # writes context summaries (default: the agent's)
 
 
 class WorkerConfig(_Frozen):
@@ -423,6 +427,10 @@ def check_references(
                 problems.append(Problem(file, f"unknown model {fb!r}", f"models.{name}.fallbacks"))
     if settings.default_model not in settings.models:
         problems.append(Problem(file, f"unknown model {settings.default_model!r}", "default_model"))
+    compactor = settings.limits.compaction_model
+    if compactor is not None and compactor not in settings.models:
+        text = f"unknown model {compactor!r}"
+        problems.append(Problem(file, text, "limits.compaction_model"))
     for name, provider in settings.providers.items():
         env = os.environ if environ is None else environ
         if provider.api_key_env and provider.api_key_env not in env:

@@ -18,11 +18,13 @@ key, and messages by their numbers.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import anyio
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam, func, select
 
 from . import ledger
 from .agents import AgentSpec
@@ -31,7 +33,11 @@ from .messages import ChatMessage
 from .settings import Settings
 from .store import Store, queue
 from .store.access import RETRYING
+from .store.artifacts import add_artifact
+from .store.compactions import Compaction, add_compaction, load_compactions
+from .store.engine import run
 from .store.queue import Lease, Task
+from .store.schema import calls
 from .store.transcripts import StoredMessage, append_messages, load_transcript
 from .usage import CallRecord
 
@@ -40,9 +46,12 @@ __all__ = [
     "State",
     "append",
     "claim",
+    "keep_artifact",
     "load_state",
     "load_transcript",
+    "persist_compaction",
     "persist_step",
+    "record_mask",
 ]
 
 
@@ -109,6 +118,7 @@ class Reservation:
         """The call failed for good: record its attempts, settle the reservation."""
         with anyio.CancelScope(shield=True):  # paid attempts are recorded, whatever comes
             await self.store.write_until_done(_record_tx, self, self.unrecorded(records))
+        self.ids = []
 
     async def unsettle(self, why: str) -> None:
         """The call ended without a recorded answer: charge the reservation as *unsettled*
@@ -246,14 +256,106 @@ async def persist_step(
     return appended
 
 
-State = tuple[list[StoredMessage], int]  # a task's transcript and how many children it made
+@dataclass(frozen=True)
+class State:
+    """What a runner needs of a task to go on: its transcript and compactions, how many
+    sub-tasks it has created (``limits.max_children``) and the tokens its calls used
+    (``limits.max_task_tokens``)."""
+
+    transcript: list[StoredMessage]
+    children: int = 0
+    compactions: list[Compaction] = field(default_factory=list)
+    tokens: int = 0
+
+
+_TASK_TOKENS = select(
+    func.coalesce(func.sum(calls.c.prompt_tokens + calls.c.completion_tokens), 0)
+).where(calls.c.task_id == bindparam("p_task"))
 
 
 def load_state(conn: Connection, task: Task) -> State:
-    """The task's transcript and how many sub-tasks it has created (one read). A task that
-    has taken no model step yet has delegated nothing: its children are not counted."""
-    children = queue.count_children(conn, task.id) if task.steps else 0
-    return load_transcript(conn, task.id), children
+    """The task's state (one read). A task that has taken no model step yet has delegated,
+    compacted and spent nothing: only its transcript is read."""
+    transcript = load_transcript(conn, task.id)
+    if not task.steps:
+        return State(transcript)
+    tokens = int(run(conn, _TASK_TOKENS, {"p_task": task.id}).fetchone()[0] or 0)
+    children = queue.count_children(conn, task.id)
+    return State(transcript, children, load_compactions(conn, task.id), tokens)
+
+
+# -- compactions: recorded once, the summary with its ledger row -----------------------------
+
+
+def _compaction_tx(
+    conn: Connection,
+    held: Reservation,
+    records: Sequence[CallRecord],
+    record: Compaction,
+) -> int | None:
+    """A summary's ledger rows (always: it was paid for) and its record (while the lease
+    holds; None when it does not). Returns the summary call's ledger row."""
+    ids = _record_tx(conn, held, records)
+    if not queue.touch(conn, held.lease):
+        return None
+    call_id = ids[-1] if ids else None
+    add_compaction(conn, held.lease.task_id, replace(record, call_id=call_id))
+    return call_id
+
+
+async def persist_compaction(
+    held: Reservation, records: Sequence[CallRecord], record: Compaction
+) -> Compaction:
+    """Record a summary with the ledger rows of the call that wrote it, in one transaction
+    (a resumed task finds it and does not summarise again). LeaseLost when not ours."""
+    with anyio.CancelScope(shield=True):
+        call_id = await held.store.write_until_done(_compaction_tx, held, records, record)
+    held.ids = []
+    if call_id is None and records:
+        raise LeaseLost(held.lease.task_id)
+    return replace(record, call_id=call_id)
+
+
+def _mask_tx(
+    conn: Connection, lease: Lease, record: Compaction, kept: list[tuple[int, str, str, str]]
+) -> Compaction | None:
+    """Keep each masked result whole (an artifact) and record the mask pointing at them."""
+    if not queue.touch(conn, lease):
+        return None
+    ids = {
+        seq: add_artifact(conn, lease.task.run_id, lease.task_id, call_id, name, content)
+        for seq, call_id, name, content in kept
+    }
+    final = replace(record, summary=json.dumps(ids, sort_keys=True))
+    add_compaction(conn, lease.task_id, final)
+    return final
+
+
+async def record_mask(
+    store: Store, lease: Lease, record: Compaction, kept: list[tuple[int, str, str, str]]
+) -> Compaction:
+    """Record a mask over ``record``'s span; ``kept``: (seq, tool call id, tool, content) of
+    each result it masks."""
+    final = await store.write_until_done(_mask_tx, lease, record, kept)
+    if final is None:
+        raise LeaseLost(lease.task_id)
+    return final
+
+
+def _artifact_tx(
+    conn: Connection, lease: Lease, call_id: str, name: str, content: str
+) -> int | None:
+    if not queue.touch(conn, lease):
+        return None
+    return add_artifact(conn, lease.task.run_id, lease.task_id, call_id, name, content)
+
+
+async def keep_artifact(store: Store, lease: Lease, call_id: str, name: str, content: str) -> int:
+    """Keep a large result whole; its id (the same for the same tool call, on a resume)."""
+    artifact = await store.write_until_done(_artifact_tx, lease, call_id, name, content)
+    if artifact is None:
+        raise LeaseLost(lease.task_id)
+    return artifact
 
 
 def claim(

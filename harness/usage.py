@@ -49,6 +49,7 @@ class CallRecord:
     attempt: int = 1
     status: int | None = None
     error: str | None = None
+    kind: str = "step"  # what the call was for: "step", or "compaction" (a context summary)
 
 
 @dataclass(frozen=True)

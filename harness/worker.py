@@ -35,11 +35,13 @@ from .runtime import Runtime
 from .settings import ScheduleConfig
 from .steps import State, claim
 from .store import queue, workers
+from .store.model_stats import save_model_stats
 from .store.queue import Lease, Task
 
 log = structlog.get_logger("harness.worker")
 
 MAINTENANCE_EVERY_S = 5.0
+STARTUP_WAIT_S = 300.0  # how long a starting worker waits for a database that is down
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Worker:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_WRITE_S):
+                await st.write_until_done(save_model_stats, self.rt.calibration.take_changes())
                 await st.write_until_done(workers.stop_worker, self.id)
             log.info("worker_stopped", worker_id=self.id)
 
@@ -229,6 +232,7 @@ class Worker:
             ("reap_expired", _reap, (stale_after, self.id)),
             ("wake_waiting", _wake_waiting, ()),
             ("requeue_paused", _requeue_paused, (rt,)),
+            ("save_model_stats", save_model_stats, (rt.calibration.take_changes(),)),
         ]
         for s in sorted(rt.settings.schedules, key=lambda s: s.name):
             duties.append((f"schedule {s.name}", _fire, (rt, s)))

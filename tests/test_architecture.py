@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"store"},
     {"provider", "tools", "ledger"},
     {"runtime", "steps"},
+    {"context"},  # what of a task's transcript is sent: masks, summaries, overflow recovery
     {"loop"},
     {"report"},
     {"schedules"},

@@ -293,3 +293,18 @@ def test_a_commit_that_meets_a_reader_is_rolled_back_and_waits_in_a_thread(
     assert threads[0] == threads[1] == threads[-1] == main_thread
     assert threads[2] != main_thread  # the second attempt of "during"
     store.close()
+
+
+def test_the_migrations_build_exactly_the_schema(sqlite_url: str) -> None:
+    """A revision that forgets a column, an index or a constraint of schema.py fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from harness.store.schema import metadata
+
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert diff == []

@@ -96,11 +96,21 @@ def print_transcript(console: Console, task_id: int, msgs: list[dict[str, Any]])
             body += (
                 f"\n[cyan]-> {call['name']}({escape(call['arguments'])})[/] [dim]{call['id']}[/]"
             )
+        if m["role"] == "compaction":
+            span = f"#{m['first_seq']}-#{m['last_seq']}"
+            what = "summarised" if m["kind"] == "summary" else "results masked"
+            title = f"[yellow]context compacted: {span} {what}[/]"
+            parts.append(Panel(body, title=title, title_align="left", border_style="yellow"))
+            continue
         title = (
             m["role"]
             if m["role"] != "tool"
             else f"tool result: {m.get('name')} [dim]{m.get('tool_call_id')}[/]"
         )
+        if m.get("seq") is not None:
+            title = f"[dim]#{m['seq']}[/] {title}"
+        if "masked_as" in m:
+            title += " [yellow](masked in what is sent)[/]"
         parts.append(Panel(body or "[dim](empty)[/]", title=title, title_align="left"))
     console.print(Group(*parts) if parts else f"task {task_id} has no transcript yet")
 

@@ -98,15 +98,19 @@ def worker(
     import anyio
 
     from ..runtime import open_runtime
+    from ..store import Store
     from ..telemetry import attached
-    from ..worker import Worker
+    from ..worker import STARTUP_WAIT_S, Worker
 
     ws = workspace()
     slots = concurrency or ws.settings.worker.concurrency
     metrics = (metrics_host, metrics_port) if metrics_port is not None else None
 
+    # a worker (re)started while the database restarts waits for it, as running ones do
+    store = Store.open(ws.database_url(), wait_s=STARTUP_WAIT_S)
+
     async def main() -> None:
-        async with open_runtime(ws) as rt, attached(rt, metrics=metrics):
+        async with open_runtime(ws, store=store) as rt, attached(rt, metrics=metrics):
             await Worker(rt, slots, until_idle=until_idle).run()
 
     anyio.run(main)
@@ -284,18 +288,30 @@ def show(
     task: Annotated[
         int | None, typer.Option("--task", help="Print this task's transcript.")
     ] = None,
+    as_sent: Annotated[
+        bool,
+        typer.Option(
+            "--as-sent",
+            help="With --task: the messages as the model receives them now (compactions "
+            "applied), not the whole transcript.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print a run's task tree (status, agent, tokens), or one task's transcript."""
+    """Print a run's task tree (status, agent, tokens), or one task's transcript (its
+    compactions marked)."""
     from ..store import views
     from . import display
 
+    if as_sent and task is None:
+        fail("--as-sent shows one task's messages: give --task too")
     ws = workspace()
     with opened_store(ws) as store:
         run_data = store.read_sync(views.get_run, run_id)
         if run_data is None:
             fail(f"no run {run_id}")
-        msgs = store.read_sync(views.transcript, task) if task is not None else None
+        read = _as_sent if as_sent else views.transcript
+        msgs = store.read_sync(read, task) if task is not None else None
     if task is not None and not _in_tree(run_data["tasks"], task):
         fail(f"task {task} is not part of run {run_id}")
     if as_json:
@@ -304,6 +320,17 @@ def show(
         display.print_transcript(out, task or 0, msgs)
     else:
         display.print_run(out, run_data)
+
+
+def _as_sent(conn: Connection, task_id: int) -> list[dict[str, Any]]:
+    """A task's messages as its next request would send them (``context.View``)."""
+    from ..context import View
+    from ..store import views
+    from ..store.compactions import load_compactions
+    from ..store.transcripts import load_transcript
+
+    view = View(load_transcript(conn, task_id), load_compactions(conn, task_id))
+    return [views.message_item(None, m) for m in view.messages()]
 
 
 def _in_tree(nodes: list[dict[str, Any]], task_id: int) -> bool:

@@ -248,6 +248,7 @@ def _record_one(
         "outcome": str(rec.outcome),
         "error": rec.error,
         "reservation_id": reservation_id,
+        "kind": rec.kind,
     }
     row_id = run(conn, _INSERT_CALL, row).fetchone()[0]
     changes.add(day, (ctx.agent, WORKSPACE), _deltas(rec, cost))

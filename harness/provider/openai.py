@@ -207,7 +207,7 @@ class OpenAIProvider:
             request=sent,
             payload=payload,
             stream=stream,
-            prompt_estimate=estimate_prompt_tokens(sent),
+            prompt_estimate=request.prompt_estimate or estimate_prompt_tokens(sent),
             records=records,
         )
 

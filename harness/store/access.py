@@ -25,6 +25,7 @@ import os
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime
@@ -38,6 +39,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from . import engine as db
+from .artifacts import get_artifact
 from .notes import add_note, find_notes
 
 P = ParamSpec("P")
@@ -82,6 +84,11 @@ def transient(exc: BaseException) -> bool:
     ):
         return _locked(exc)
     return isinstance(exc, (OperationalError, InterfaceError, *_DRIVER_TRANSIENT))
+
+
+def _line(exc: BaseException) -> str:
+    """An error as one short line for a log event."""
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
 class _Busy(Exception):
@@ -140,11 +147,23 @@ class Store:
         self._commits = 0
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True) -> Store:
-        """Connect to ``url`` and (by default) apply pending migrations."""
+    def open(cls, url: str, *, migrate: bool = True, wait_s: float = 0.0) -> Store:
+        """Connect to ``url`` and (by default) apply pending migrations. With ``wait_s``, a
+        database that is down or restarting (:func:`transient`) is waited for that long."""
         engine = db.make_engine(url)
-        if migrate:
-            db.upgrade(engine)
+        deadline, tries = time.monotonic() + wait_s, 0
+        while migrate:
+            try:
+                db.upgrade(engine)
+                break
+            except Exception as exc:
+                tries += 1
+                if not transient(exc) or time.monotonic() >= deadline:
+                    engine.dispose()
+                    raise
+                delay = min(RETRY_MAX_DELAY_S, 0.05 * 2**tries)
+                log.warning("store_open_retry", tries=tries, delay_s=delay, error=_line(exc))
+                time.sleep(delay)
         return cls(engine)
 
     def close(self) -> None:
@@ -205,7 +224,7 @@ class Store:
                     write=getattr(fn, "__name__", "?"),
                     tries=tries,
                     delay_s=round(delay, 3),
-                    error=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}",
+                    error=_line(exc),
                 )
                 await anyio.sleep(delay)
             finally:
@@ -302,3 +321,8 @@ class Store:
 
     async def read_notes(self, agent: str, limit: int = 20) -> list[tuple[int, str, datetime]]:
         return await self.read(find_notes, agent, None, limit)
+
+    # -- artifacts (the ArtifactReader protocol used by read_artifact) ---------------------
+
+    async def read_artifact(self, run_id: int, artifact_id: int) -> tuple[str, str] | None:
+        return await self.read(get_artifact, artifact_id, run_id)

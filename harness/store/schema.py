@@ -227,19 +227,21 @@ artifacts = Table(
     UniqueConstraint("task_id", "tool_call_id"),
 )
 
-# a task's context compacted: messages first_seq..last_seq are replaced, in what is sent to
-# the model, by the summary (the transcript keeps them all)
+# a task's context compacted: in what is sent to the model, messages first_seq..last_seq are
+# replaced by the summary ("summary"), or their tool results by one-line stubs ("mask"); the
+# transcript keeps every message
 compactions = Table(
     "compactions",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
     Column("first_seq", Integer, nullable=False),
     Column("last_seq", Integer, nullable=False),
-    Column("summary", Text, nullable=False),
+    Column("summary", Text, nullable=False, default=""),
     Column("call_id", Integer),  # the ledger row of the summary call
     Column("created_at", Float, nullable=False),
-    UniqueConstraint("task_id", "last_seq"),
+    UniqueConstraint("task_id", "kind", "last_seq"),
 )
 
 # what harness has learned about a model from its calls: how its server counts tokens

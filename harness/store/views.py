@@ -6,6 +6,7 @@ The shapes are the documented ``--json`` output (docs/cli.md); change them only 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 from sqlalchemy import Connection, case, func, select
 
 from .. import clock
+from ..messages import ChatMessage
+from .compactions import MASK, SUMMARY, Compaction, load_compactions
 from .schema import TERMINAL, TaskStatus, calls, messages, runs, tasks, workers
 from .transcripts import load_transcript
 
@@ -175,20 +178,45 @@ def task_tree(conn: Connection, run_id: int) -> list[dict[str, Any]]:
     return roots
 
 
+def message_item(seq: int | None, m: ChatMessage) -> dict[str, Any]:
+    """One message as ``harness show --json`` prints it."""
+    item: dict[str, Any] = {"seq": seq, "role": m.role, "content": m.content}
+    if m.tool_calls:
+        item["tool_calls"] = [
+            {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id:
+        item["tool_call_id"] = m.tool_call_id
+        item["name"] = m.name
+    return item
+
+
 def transcript(conn: Connection, task_id: int) -> list[dict[str, Any]]:
+    """A task's whole transcript; each compaction is an item of role ``compaction`` after
+    the last message it covers, and a masked result names its artifact (``masked_as``)."""
+    records = load_compactions(conn, task_id)
+    after: dict[int, list[Compaction]] = {}
+    masked: dict[int, int | None] = {}
+    for c in records:
+        after.setdefault(c.last_seq, []).append(c)
+        if c.kind == MASK:
+            masked.update((int(k), v) for k, v in json.loads(c.summary or "{}").items())
     out = []
     for sm in load_transcript(conn, task_id):
-        m = sm.message
-        item: dict[str, Any] = {"seq": sm.seq, "role": m.role, "content": m.content}
-        if m.tool_calls:
-            item["tool_calls"] = [
-                {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
-                for c in m.tool_calls
-            ]
-        if m.tool_call_id:
-            item["tool_call_id"] = m.tool_call_id
-            item["name"] = m.name
+        item = message_item(sm.seq, sm.message)
+        if sm.seq in masked:
+            item["masked_as"] = masked[sm.seq]
         out.append(item)
+        for c in after.get(sm.seq, []):
+            if c.kind == SUMMARY:
+                content = c.summary
+            else:
+                content = f"{len(json.loads(c.summary or '{}'))} tool result(s) masked"
+            out.append({
+                "seq": None, "role": "compaction", "kind": c.kind, "first_seq": c.first_seq,
+                "last_seq": c.last_seq, "content": content, "call_id": c.call_id,
+            })  # fmt: skip
     return out
 
 

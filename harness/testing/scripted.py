@@ -229,7 +229,7 @@ class ScriptedProvider:
             cap = await attempts.before(
                 model,
                 failed,
-                prompt_tokens=estimate_prompt_tokens(request),
+                prompt_tokens=request.prompt_estimate or estimate_prompt_tokens(request),
                 max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
             )
         except ControlSignal as signal:

@@ -46,6 +46,7 @@ from ..settings import Settings
 from .schema import json_schema, parse_docstring
 
 __all__ = [
+    "ArtifactReader",
     "NotesStore",
     "Tool",
     "ToolContext",
@@ -77,6 +78,13 @@ class NotesStore(Protocol):
     async def read_notes(self, agent: str, limit: int = 20) -> list[tuple[int, str, datetime]]: ...
 
 
+class ArtifactReader(Protocol):
+    """The run's artifacts (implemented by the database store): ``(name, content)`` of
+    artifact ``artifact_id`` of run ``run_id``, or None."""
+
+    async def read_artifact(self, run_id: int, artifact_id: int) -> tuple[str, str] | None: ...
+
+
 @dataclass(frozen=True)
 class ToolContext:
     """What a tool may know about the call it serves.
@@ -91,6 +99,7 @@ class ToolContext:
     workdir: Path
     settings: Settings
     notes: NotesStore
+    artifacts: ArtifactReader | None = None  # the run's large results (read_artifact)
 
     def ensure_workdir(self) -> Path:
         """Create the run folder if needed; return its real (symlink-free) path."""

@@ -28,7 +28,9 @@ __all__ = [
     "BUILTIN_TOOL_NAMES",
     "DELEGATE_TOOL",
     "LIST_MAX_ENTRIES",
+    "NOTE_APPEND",
     "NOTE_MAX_CHARS",
+    "READ_ARTIFACT",
     "READ_MAX_BYTES",
     "WRITE_MAX_BYTES",
     "builtin_tools",
@@ -42,6 +44,7 @@ READ_MAX_BYTES = 1_000_000
 WRITE_MAX_BYTES = 2_000_000
 LIST_MAX_ENTRIES = 500
 NOTE_MAX_CHARS = 8_000
+NOTE_APPEND = "note_append"  # the agent's notes: what must outlive a compacted context
 
 
 # ---------------------------------------------------------------------------------- files
@@ -208,6 +211,36 @@ async def note_read(ctx: ToolContext, limit: Annotated[int, Field(ge=1, le=100)]
     return _note_lines(ctx, rows) if rows else "you have no notes yet"
 
 
+# ------------------------------------------------------------------------------ artifacts
+
+READ_ARTIFACT = "read_artifact"  # offered to an agent once one of its results is an artifact
+
+
+async def read_artifact(
+    artifact_id: int,
+    ctx: ToolContext,
+    offset: Annotated[int, Field(ge=0)] = 0,
+    length: Annotated[int, Field(ge=1, le=200_000)] = 4000,
+) -> str:
+    """Read a slice of a large result that was cut short (its whole text is kept).
+
+    Args:
+        artifact_id: The artifact named where the result was cut.
+        offset: The first character to read.
+        length: How many characters to read.
+    """
+    found = await ctx.artifacts.read_artifact(ctx.run_id, artifact_id) if ctx.artifacts else None
+    if found is None:
+        raise ToolError(f"no artifact {artifact_id} in this run")
+    name, content = found
+    piece = content[offset : offset + length]
+    end = offset + len(piece)
+    head = f"[artifact {artifact_id} ({name}): characters {offset:,}-{end:,} of {len(content):,}"
+    if end < len(content):
+        head += f"; read_artifact(artifact_id={artifact_id}, offset={end}) reads on"
+    return f"{head}]\n{piece}"
+
+
 # ------------------------------------------------------------------------------- delegate
 
 
@@ -265,7 +298,15 @@ def delegate_spec(agents: Sequence[str], descriptions: Mapping[str, str]) -> Too
 
 # ------------------------------------------------------------------------------- together
 
-_FUNCTIONS = (read_file, write_file, list_files, note_append, note_search, note_read)
+_FUNCTIONS = (
+    read_file,
+    write_file,
+    list_files,
+    note_append,
+    note_search,
+    note_read,
+    read_artifact,
+)
 
 
 def builtin_tools() -> list[Tool]:

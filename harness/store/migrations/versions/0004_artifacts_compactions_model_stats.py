@@ -1,8 +1,9 @@
 """artifacts, compactions, model stats
 
 ``artifacts``: large tool results kept whole (the transcript holds a head and a pointer).
-``compactions``: a task's context compacted (a range of messages, the summary, its ledger
-row). ``model_stats``: what calls taught about a model (token estimates, its window).
+``compactions``: a task's context compacted (a range of messages masked or summarised, the
+summary, its ledger row). ``model_stats``: what calls taught about a model (token estimates,
+its window).
 ``calls.kind``: a step's call, or a compaction's.
 
 Revision ID: 0004
@@ -56,6 +57,7 @@ def upgrade() -> None:
         "compactions",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("task_id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("first_seq", sa.Integer(), nullable=False),
         sa.Column("last_seq", sa.Integer(), nullable=False),
         sa.Column("summary", sa.Text(), nullable=False),
@@ -65,7 +67,9 @@ def upgrade() -> None:
             ["task_id"], ["tasks.id"], name=op.f("fk_compactions_task_id_tasks"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_compactions")),
-        sa.UniqueConstraint("task_id", "last_seq", name=op.f("uq_compactions_task_id_last_seq")),
+        sa.UniqueConstraint(
+            "task_id", "kind", "last_seq", name=op.f("uq_compactions_task_id_kind_last_seq")
+        ),
     )
     with op.batch_alter_table("calls", schema=None) as batch_op:
         batch_op.add_column(
