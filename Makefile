@@ -9,7 +9,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup test lint typecheck pytest demo bench bench-quick migration clean
+.PHONY: setup test lint typecheck pytest demo bench bench-quick soak migration clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench: setup
 
 bench-quick: setup
 	$(BIN)/python -m bench --quick
+
+# an hour of a worker left running: the WAL's high-water mark and RSS (docs/soak.md)
+soak: setup
+	$(BIN)/python -m bench --only B14 --soak-minutes 60 --out docs/soak.md
 
 migration: setup
 	$(BIN)/python -m harness.store.migrations.new "$(MSG)"

@@ -21,7 +21,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="write the Markdown report here")
     parser.add_argument(
-        "--only", default="", help=f"comma-separated subset of {','.join(suite.KEYS)}"
+        "--only",
+        default="",
+        help=f"comma-separated subset of {','.join(suite.KEYS)} (default: all but "
+        f"{','.join(sorted(suite.OPT_IN))})",
+    )
+    parser.add_argument(
+        "--soak-minutes", type=float, help="how long B14 soaks (default: 60 at full size)"
     )
     parser.add_argument(
         "--no-litellm",
@@ -39,8 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += f" --sizes {args.sizes}"
     if only:
         command += " --only " + ",".join(only)
+    if args.soak_minutes is not None:
+        command += f" --soak-minutes {args.soak_minutes:g}"
     litellm = not args.no_litellm and sizes.name == "full"
-    report = suite.run(sizes, only or list(suite.KEYS), litellm=litellm)
+    keys = only or [k for k in suite.KEYS if k not in suite.OPT_IN]
+    report = suite.run(sizes, keys, litellm=litellm, soak_minutes=args.soak_minutes)
     text = suite.markdown(report, command)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,11 @@ class Sizes:
     b7_rounds: int
     b8_in_flight: int
     b8_cli_runs: int
+    b10_steps: int  # steps of B10's one long task
+    b10_rounds: int
+    b13_tasks: int  # tasks of B13 (each its own mix of results)
+    b13_steps: int
+    soak_minutes: float  # B14 (run only when named: ``make soak``)
     ceiling_calls: int
 
 
@@ -74,6 +79,11 @@ FULL = Sizes(
     b7_rounds=5,
     b8_in_flight=256,
     b8_cli_runs=15,
+    b10_steps=200,
+    b10_rounds=3,
+    b13_tasks=24,
+    b13_steps=12,
+    soak_minutes=60,
     ceiling_calls=6000,
 )
 QUICK = Sizes(
@@ -95,6 +105,11 @@ QUICK = Sizes(
     b7_rounds=1,
     b8_in_flight=32,
     b8_cli_runs=3,
+    b10_steps=60,
+    b10_rounds=1,
+    b13_tasks=8,
+    b13_steps=8,
+    soak_minutes=2,
     ceiling_calls=600,
 )
 TINY = Sizes(
@@ -116,6 +131,11 @@ TINY = Sizes(
     b7_rounds=1,
     b8_in_flight=4,
     b8_cli_runs=1,
+    b10_steps=12,
+    b10_rounds=1,
+    b13_tasks=2,
+    b13_steps=4,
+    soak_minutes=0.1,
     ceiling_calls=20,
 )
 

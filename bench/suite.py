@@ -13,8 +13,9 @@ import anyio
 
 from .common import FakeServerProcess, Section, Sizes, log, machine, quiet_harness_logs, versions
 
-KEYS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
-NEEDS_SERVER = {"B1", "B2", "B3", "B4"}
+KEYS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B10", "B13", "B14")
+OPT_IN = {"B14"}  # run only when named (the soak takes an hour at full size)
+NEEDS_SERVER = {"B1", "B2", "B3", "B4", "B10", "B13"}
 
 
 @dataclass
@@ -40,7 +41,7 @@ def _timed(
 
 
 async def _with_server(sizes: Sizes, keys: list[str], litellm: bool) -> list[Section]:
-    from . import b1_call, b2_step, b3_concurrency
+    from . import b1_call, b2_step, b3_concurrency, b10_long, b13_estimates
 
     out: list[Section] = []
     with FakeServerProcess() as server:
@@ -53,12 +54,18 @@ async def _with_server(sizes: Sizes, keys: list[str], litellm: bool) -> list[Sec
             out.append(await _timed(b3_concurrency.run_b3, sizes, server)())
         if "B4" in keys:
             out.append(await _timed(b3_concurrency.run_b4, sizes, server)())
+        if "B10" in keys:
+            out.append(await _timed(b10_long.run, sizes, server)())
+        if "B13" in keys:
+            out.append(await _timed(b13_estimates.run, sizes, server)())
     return out
 
 
-def run(sizes: Sizes, keys: list[str], *, litellm: bool = True) -> Report:
+def run(
+    sizes: Sizes, keys: list[str], *, litellm: bool = True, soak_minutes: float | None = None
+) -> Report:
     """Run the benchmarks named in ``keys`` (in the suite's order) at ``sizes``."""
-    from . import b5_queue, b6_ledger, b7_restart, b8_resources
+    from . import b5_queue, b6_ledger, b7_restart, b8_resources, b14_soak
 
     quiet_harness_logs()
     report = Report(sizes, started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
@@ -71,6 +78,7 @@ def run(sizes: Sizes, keys: list[str], *, litellm: bool = True) -> Report:
         "B6": b6_ledger.run,
         "B7": b7_restart.run,
         "B8": b8_resources.run,
+        "B14": lambda sizes: b14_soak.run(sizes, soak_minutes),
     }
     for key, fn in others.items():
         if key in keys:

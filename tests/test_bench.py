@@ -9,7 +9,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bench import b1_call, b2_step, b3_concurrency, b5_queue, b6_ledger, suite
+from bench import (
+    b1_call,
+    b2_step,
+    b3_concurrency,
+    b5_queue,
+    b6_ledger,
+    b10_long,
+    b13_estimates,
+    suite,
+)
 from bench.__main__ import main
 from bench.clients import LiteLLM, litellm_available, messages
 from bench.common import TINY, FakeServerProcess, Section, quiet_harness_logs
@@ -34,16 +43,20 @@ def test_call_and_step_benchmarks(server: FakeServerProcess) -> None:
             await b2_step.run(TINY, server),
             await b3_concurrency.run_b3(TINY, server),
             await b3_concurrency.run_b4(TINY, server),
+            await b10_long.run(TINY, server),
+            await b13_estimates.run(TINY, server),
         ]
 
-    ceiling, b1, b2, b3, b4 = anyio.run(go)
+    ceiling, b1, b2, b3, b4, b10, b13 = anyio.run(go)
     assert len(ceiling.rows) == 4
     assert "harness / raw aiohttp" in _measures(b1)
     assert any("openai SDK" in m for m in _measures(b1))
     assert _measures(b2)[:2] == ["harness / raw (mean step time)", "added p50 per step"]
     assert "C=4: throughput harness / raw" in _measures(b3)
     assert "harness, metered: tokens/s" in _measures(b4)
-    for section in (b1, b2, b3, b4):
+    assert _measures(b10)[0] == "CPU per step, last 1 / first 1"
+    assert "harness's estimate after the first call: p99" in _measures(b13)
+    for section in (b1, b2, b3, b4, b10, b13):
         assert all(r.value != "n/a" for r in section.rows), section.markdown()
 
 
@@ -59,18 +72,20 @@ def test_queue_and_ledger_benchmarks() -> None:
 @pytest.mark.slow
 def test_worker_process_benchmarks_and_report(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
-    assert main(["--sizes", "tiny", "--only", "B7,B8", "--out", str(out)]) == 0
+    args = ["--sizes", "tiny", "--only", "B7,B8,B14", "--soak-minutes", "0.1", "--out", str(out)]
+    assert main(args) == 0
     text = out.read_text()
-    assert "python -m bench --sizes tiny --only B7,B8" in text
-    for row in ("start -> first task's model call", "worker RSS", "`harness --help` wall time"):
+    assert "python -m bench --sizes tiny --only B7,B8,B14 --soak-minutes 0.1" in text
+    rows = ("start -> first task's model call", "worker RSS", "`harness --help` wall time")
+    for row in (*rows, "WAL high-water mark"):
         assert row in text
-    assert "## Summary" in text and "B7" in text and "B8" in text
+    assert "## Summary" in text and "B7" in text and "B8" in text and "B14" in text
 
 
 def test_unknown_benchmark_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
-        main(["--only", "B9"])
-    assert suite.KEYS == ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
+        main(["--only", "B99"])
+    assert suite.KEYS == ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B10", "B13", "B14")
 
 
 @pytest.mark.slow

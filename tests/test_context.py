@@ -331,7 +331,7 @@ async def test_an_overflow_in_each_servers_shape_is_recovered_and_remembered(
         await rt.aclose()
     assert run is not None and run["status"] == "done", run
     assert stats["refused"] == 1  # one overflow; after it, every prompt fit
-    assert stored["book"][2] == 6000  # the window learned is kept for the next worker
+    assert stored["book"][4] == 6000  # the window learned is kept for the next worker
     assert rt.calibration.window("book") == 6000
     transcript = views.transcript  # the compactions are marked in the transcript
     items = Store.open(ws.database_url()).read_sync(transcript, task_id)

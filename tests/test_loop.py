@@ -234,6 +234,32 @@ async def test_budget_pauses_the_task_and_a_raised_budget_resumes_it(workspace_d
     assert w.id > 0
 
 
+async def test_calls_that_settle_over_the_budget_pause_their_agent_at_once(
+    workspace_dir: Path,
+) -> None:
+    """Two calls in flight at once, each reserved within the budget; the server counts far
+    more than was estimated (dense text), so they settle over it together. From then on no
+    call of the agent starts: both tasks pause, each before its next call."""
+    set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "2500")
+    set_front_matter(workspace_dir / "agents/veblen.md", "tools", "[note_append]")
+    dense = Usage(prompt_tokens=1300, completion_tokens=20)  # estimated: a few hundred
+    call = ScriptedProvider.tool_call("note_append", {"text": "x"}, usage=dense, delay_s=0.3)
+    rt, provider = runtime(workspace_dir, [call, call])
+    runs = [(await submit(rt, f"research {i}", "veblen"))[0] for i in range(2)]
+    await work(rt, concurrency=2)
+    found = [await rt.store.read(views.get_run, r) for r in runs]
+    assert all(r is not None and r["status"] == "paused" for r in found), found
+    assert all("daily token budget" in (r or {})["reason"] for r in found)
+    assert len(provider.requests) == 2  # nothing started after they settled
+    used = await rt.store.read(
+        lambda c: c.execute(
+            select(func.sum(calls.c.prompt_tokens + calls.c.completion_tokens))
+        ).scalar_one()
+    )
+    assert used == 2640 > 2500  # the ledger says what the server counted, over budget
+    await rt.aclose()
+
+
 async def test_a_call_larger_than_the_whole_budget_fails_and_says_why(workspace_dir: Path) -> None:
     """Pausing until tomorrow would pause it forever (and its parent with it): it fails, and
     the reason names the budget and the call's size."""

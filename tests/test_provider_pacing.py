@@ -147,13 +147,18 @@ def test_estimate_tokens() -> None:
     assert estimate_tokens("abcde") == 2
     assert estimate_tokens("日本語") == 3
     assert estimate_tokens("a" * 400) == 100
+    # digits and punctuation are a token each (tokenizers split them finely); letters in 4s
+    assert estimate_tokens("12.50") == 5
+    assert estimate_tokens('{"q":"x"}') == 7 + 1
+    assert estimate_tokens("https://example.org/a") == 5 + 4  # :/./ and /, then 16 letters
+    assert estimate_tokens("naïve 42") == 2 + 2 + 1  # 4,2; ceil(5 ASCII others / 4); ï
 
 
 def test_estimate_messages_and_requests() -> None:
     call = ToolCall(id="c1", function=FunctionCall(name="search", arguments='{"q":"x"}'))
     assistant = ChatMessage(role="assistant", tool_calls=[call])
-    assert estimate_message_tokens(assistant) == MESSAGE_OVERHEAD + 1 + 2 + 3
-    assert estimate_completion_tokens(assistant) == 2 + 3
+    assert estimate_message_tokens(assistant) == MESSAGE_OVERHEAD + 2 + 2 + 8
+    assert estimate_completion_tokens(assistant) == 2 + 8
     assert estimate_completion_tokens(ChatMessage(role="assistant", content="")) == 1
     user = ChatMessage(role="user", content="a" * 40)
     bare = ChatRequest(model="m", messages=[user])

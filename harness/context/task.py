@@ -75,7 +75,7 @@ class TaskContext:
         self.estimator = Estimator(rt.calibration)
         self._last: Estimate | None = None
         # whether a result of this task is an artifact (then ``read_artifact`` is offered)
-        self.artifacts = bool(self.view.compactions) or any(
+        self.artifacts = any(c.kind == MASK for c in self.view.compactions) or any(
             POINTER in (sm.message.content or "") for sm in transcript if sm.message.role == "tool"
         )
 
@@ -222,6 +222,7 @@ class TaskContext:
         first, last = kept[0][0], self.transcript[end - 1].seq
         record = Compaction(MASK, first, last)
         self.view.add(await steps.record_mask(self.rt.store, self.lease, record, kept))
+        self.artifacts = True  # the stubs point at them
         log.info("context_masked", results=len(kept), first_seq=first, last_seq=last)
         return True
 

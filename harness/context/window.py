@@ -4,7 +4,8 @@ A request's prompt is estimated as the server's own count of the task's previous
 its completion, plus the calibrated estimate of what was appended since (so most of it is an
 exact count, reported by the server, and only the new messages are estimated); when the view
 changed since (a compaction), or for a task's first call, the whole request is estimated and
-calibrated (``provider.tokens.Calibration``). Each message is estimated once.
+calibrated (``provider.tokens.Calibration``: a ratio for whole prompts, one for appended
+parts, each learned from its kind of call). Each message is estimated once.
 
 The window is the model's (``provider.catalogue``: the server, the config, the catalogue),
 or the smaller one an overflow error revealed; a request has room for ``window - max_tokens -
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from ..messages import ChatMessage, ToolSpec
 from ..provider.tokens import (
     MESSAGE_OVERHEAD,
+    NEW,
     REPLY_PRIMING,
     Calibration,
     estimate_message_tokens,
@@ -44,7 +46,9 @@ def margin(window: int) -> int:
 @dataclass(frozen=True)
 class Estimate:
     tokens: int  # what the server will likely count (errs high)
-    raw: int  # the plain estimate of the whole request (what calibration compares with)
+    raw: int  # the plain estimate of the whole request
+    base: int = 0  # the server's count of the previous prompt and answer, when built on it
+    new: int = 0  # then: the plain estimate of what was appended since
 
 
 @dataclass
@@ -93,8 +97,8 @@ class Estimator:
         if last is None or (last.model, last.version, last.tools) != (model, version, names):
             return Estimate(self.calibration.estimate(model, raw), raw)
         new = sum(self._of(m) for m in messages[last.sent + 1 :]) + MESSAGE_OVERHEAD
-        tokens = last.reported + last.completion + self.calibration.estimate(model, new)
-        return Estimate(tokens, raw)
+        base = last.reported + last.completion
+        return Estimate(base + self.calibration.estimate(model, new, NEW), raw, base, new)
 
     def observed(
         self,
@@ -111,7 +115,10 @@ class Estimator:
         if reported <= 0:
             self._last = None
             return
-        self.calibration.observe(model, estimate.raw, reported)
+        if estimate.base:  # what was appended, as the server counted it
+            self.calibration.observe(model, estimate.new, reported - estimate.base, NEW)
+        else:
+            self.calibration.observe(model, estimate.raw, reported)
         names = tuple(t.function.name for t in tools or [])
         self._last = _Last(model, version, names, sent, reported, completion)
 

@@ -2,9 +2,10 @@
 
 The heuristic, chosen to err on the high side because the ledger reserves budget with it:
 
-- text: one token per 4 ASCII characters (rounded up), plus one token per non-ASCII
-  character (CJK scripts run near one token per character; accented Latin text is
-  overestimated a little);
+- text: one token per digit and per ASCII punctuation mark (tokenizers split numbers, JSON,
+  URLs and tables finely: counting them as plain text undercounts such text 2.5-3.5x), one
+  per 4 other ASCII characters (rounded up), plus one per non-ASCII character (CJK scripts
+  run near one token per character; accented Latin text is overestimated a little);
 - a message: its text (content, name, tool-call names and arguments, tool-call id) plus
   ``MESSAGE_OVERHEAD`` tokens for the role and the chat template's separators;
 - a request: its messages, plus ``REPLY_PRIMING`` tokens, plus the JSON of its tool schemas and
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..messages import ChatMessage, ChatRequest, ToolSpec
@@ -30,14 +32,19 @@ MESSAGE_OVERHEAD = 4
 REPLY_PRIMING = 3
 
 
+_DENSE = re.compile(r"[!-@\[-`{-~]")  # ASCII digits and punctuation: a token each, or near
+
+
 def estimate_tokens(text: str) -> int:
-    """Estimated tokens in ``text``: ceil(ASCII chars / 4) + non-ASCII chars; 0 for ""."""
+    """Estimated tokens in ``text``: one per digit or ASCII punctuation mark, one per 4 of
+    the other ASCII characters (rounded up), one per non-ASCII character; 0 for ""."""
     if not text:
         return 0
+    dense = len(_DENSE.findall(text))
     if text.isascii():  # the common case, without a per-character loop
-        return -(-len(text) // 4)
+        return dense - (-(len(text) - dense) // 4)
     ascii_chars = len(text.encode("ascii", "ignore"))
-    return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
+    return dense + math.ceil((ascii_chars - dense) / 4) + (len(text) - ascii_chars)
 
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once
@@ -80,24 +87,51 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
     return total
 
 
+WHOLE, NEW = "whole", "new"  # what an estimate covers: a whole prompt, or what was appended
+
+# a model's stored figures: whole-prompt ratio and samples, appended-part ratio and samples,
+# the window an overflow error revealed
+Stats = tuple[float, int, float, int, int | None]
+
+
+@dataclass
+class _Ratio:
+    """A running ratio reported / estimated, and its running mean absolute deviation."""
+
+    ratio: float = 1.0
+    deviation: float = 0.0
+    samples: int = 0
+
+    def learn(self, seen: float, weight: float) -> None:
+        weight = max(1 / (self.samples + 1), weight)
+        if not self.samples:
+            self.ratio, self.deviation = seen, 0.0
+        else:
+            self.deviation += (abs(seen - self.ratio) - self.deviation) * weight
+            self.ratio += (seen - self.ratio) * weight
+        self.samples += 1
+
+
 @dataclass
 class _Learned:
-    ratio: float = 1.0  # reported / estimated, a running mean
-    deviation: float = 0.0  # its running mean absolute deviation
-    samples: int = 0
+    whole: _Ratio = field(default_factory=_Ratio)
+    new: _Ratio = field(default_factory=_Ratio)
     window: int | None = None  # the context window an overflow error revealed
 
 
 class Calibration:
     """Per model, how its server counts tokens against :func:`estimate_tokens`, learned
-    from the calls it answers (reported prompt tokens / the estimate of the same prompt),
-    and the windows overflow errors revealed.
+    from the calls it answers, and the windows overflow errors revealed.
 
-    :meth:`estimate` scales an estimate by the running ratio plus twice its running mean
-    deviation (so it errs high, as budgets need), never below the raw estimate times
-    ``FLOOR``; a model not seen yet gets the raw estimate. The figures survive restarts
-    through ``store.model_stats`` (:meth:`take_changes` / :meth:`load`), saved by the
-    worker's maintenance.
+    Two ratios, reported / estimated: of whole prompts (a task's first call, or its first
+    after a compaction: the opening prompts of an agent are much alike), and of what a step
+    appended to the previous prompt (tool results, mostly), measured as the server's count
+    of this prompt minus its count of the previous prompt and answer. :meth:`estimate`
+    scales an estimate by its ratio plus twice the ratio's running mean deviation (so it
+    errs high, as budgets need), never below the raw estimate times ``FLOOR``; a model not
+    seen yet gets the raw estimate, an appended part not seen yet the whole-prompt ratio.
+    The figures survive restarts through ``store.model_stats`` (:meth:`take_changes` /
+    :meth:`load`), saved by the worker's maintenance.
     """
 
     WEIGHT = 0.25  # how much each new call moves the running figures, after the first few
@@ -107,46 +141,47 @@ class Calibration:
         self._models: dict[str, _Learned] = {}
         self.changed: set[str] = set()
 
-    def load(self, stats: Mapping[str, tuple[float, int, int | None]]) -> None:
-        """Figures stored by :meth:`take_changes`; the spread of the ratio is not stored, so
+    def load(self, stats: Mapping[str, Stats]) -> None:
+        """Figures stored by :meth:`take_changes`; the spread of a ratio is not stored, so
         it starts at 5% (the estimates err 10% high until calls narrow it)."""
-        for model, (ratio, samples, window) in stats.items():
-            self._models[model] = _Learned(ratio, ratio * 0.05, samples, window)
+        for model, (ratio, samples, new_ratio, new_samples, window) in stats.items():
+            self._models[model] = _Learned(
+                _Ratio(ratio, ratio * 0.05, samples),
+                _Ratio(new_ratio, new_ratio * 0.05, new_samples),
+                window,
+            )
 
-    def take_changes(self) -> dict[str, tuple[float, int, int | None]]:
-        """The figures of the models that learned something since the last call, to store:
-        ratio, samples, window (a restart adds a margin of its own: see :meth:`load`)."""
-        out = {}
+    def take_changes(self) -> dict[str, Stats]:
+        """The figures of the models that learned something since the last call, to store
+        (a restart adds a margin of its own: see :meth:`load`)."""
+        out: dict[str, Stats] = {}
         for m in sorted(self.changed & set(self._models)):
-            known = self._models[m]
-            out[m] = (known.ratio, known.samples, known.window)
+            k = self._models[m]
+            out[m] = (k.whole.ratio, k.whole.samples, k.new.ratio, k.new.samples, k.window)
         self.changed.clear()
         return out
 
-    def multiplier(self, model: str) -> float:
+    def multiplier(self, model: str, part: str = WHOLE) -> float:
         known = self._models.get(model)
-        if known is None or not known.samples:
+        if known is None:
             return 1.0
-        return max(known.ratio + 2 * known.deviation, self.FLOOR)
+        figures = known.new if part == NEW and known.new.samples else known.whole
+        if not figures.samples:
+            return 1.0
+        return max(figures.ratio + 2 * figures.deviation, self.FLOOR)
 
-    def estimate(self, model: str, estimated: int) -> int:
-        """``estimated`` tokens as ``model``'s server will likely count them, erring high."""
-        return math.ceil(estimated * self.multiplier(model))
+    def estimate(self, model: str, estimated: int, part: str = WHOLE) -> int:
+        """``estimated`` tokens (of a whole prompt, or of a ``NEW`` part appended to one) as
+        ``model``'s server will likely count them, erring high."""
+        return math.ceil(estimated * self.multiplier(model, part))
 
-    def observe(self, model: str, estimated: int, reported: int) -> None:
-        """A call's prompt: ``estimated`` by :func:`estimate_prompt_tokens`, ``reported`` by
-        the server."""
+    def observe(self, model: str, estimated: int, reported: int, part: str = WHOLE) -> None:
+        """A call's prompt (or its ``NEW`` part): ``estimated`` by :func:`estimate_tokens`
+        and the rest, ``reported`` by the server."""
         if estimated <= 0 or reported <= 0:
             return
         known = self._models.setdefault(model, _Learned())
-        seen = reported / estimated
-        weight = max(1 / (known.samples + 1), self.WEIGHT)
-        if not known.samples:
-            known.ratio, known.deviation = seen, 0.0
-        else:
-            known.deviation += (abs(seen - known.ratio) - known.deviation) * weight
-            known.ratio += (seen - known.ratio) * weight
-        known.samples += 1
+        (known.new if part == NEW else known.whole).learn(reported / estimated, self.WEIGHT)
         self.changed.add(model)
 
     def learn_window(self, model: str, window: int) -> None:

@@ -252,6 +252,8 @@ model_stats = Table(
     Column("model", String(128), primary_key=True),
     Column("estimate_ratio", Float, nullable=False, default=1.0),  # reported / estimated
     Column("samples", Integer, nullable=False, default=0),
+    Column("new_ratio", Float, nullable=False, default=1.0),  # of what steps append
+    Column("new_samples", Integer, nullable=False, default=0),
     Column("context_window", Integer),  # the observed limit, when smaller than configured
     Column("updated_at", Float, nullable=False),
 )

@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import secrets
 import signal
 import sys
@@ -63,6 +64,7 @@ class Outcome(StrEnum):
 FAULTS = list(Outcome)[1:]
 ERRORS = (Outcome.RATE_LIMITED, Outcome.SERVER_ERROR)
 _TEXT = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor"
+_DENSE = re.compile(r"[A-Za-z]{1,3}|[0-9]|[^\sA-Za-z0-9]")
 MAX_TOKENS = 8192  # longest answer; ``completion_tokens`` above it is capped
 _TOKENS = [(" " if i else "") + w for i, w in zip(range(MAX_TOKENS), cycle(_TEXT.split()))]
 _DELTAS = [b'{"content":"' + t.encode() + b'"}' for t in _TOKENS]  # plain words: no escaping
@@ -96,6 +98,10 @@ class FakeConfig:
     # report the window the way those servers do
     context_window: int = 0
     overflow_style: str = "openai"
+    # how prompts are counted: "bytes" (the request body's bytes // 4) or "dense" (a denser
+    # tokenizer than harness's estimate: each digit and punctuation mark is a token, letters
+    # go in threes, plus 4 per message), for measuring how estimates follow a real server
+    tokenizer: str = "bytes"
 
     def __post_init__(self) -> None:
         if self.tool_calls not in ("required", "always", "never"):
@@ -104,6 +110,8 @@ class FakeConfig:
             raise ValueError("fault probabilities add up to more than 1")
         if self.overflow_style not in ("openai", "llamacpp", "vllm"):
             raise ValueError(f"overflow_style: openai, llamacpp or vllm: {self.overflow_style!r}")
+        if self.tokenizer not in ("bytes", "dense"):
+            raise ValueError(f"tokenizer: bytes or dense: {self.tokenizer!r}")
         # a list is accepted too; an unknown outcome is a ValueError
         object.__setattr__(self, "schedule", tuple(Outcome(s).value for s in self.schedule))
         object.__setattr__(self, "models", tuple(self.models))
@@ -356,12 +364,22 @@ class FakeServer:
             error = {"message": f"The model `{model}` does not exist",
                      "type": "invalid_request_error", "code": "model_not_found"}  # fmt: skip
             return web.json_response({"error": error}, status=404)
-        prompt, window = len(raw) // 4, self.config.context_window
+        prompt, window = self._prompt_tokens(body, raw), self.config.context_window
         if window and prompt > window:
             return web.json_response(
                 _overflow(self.config.overflow_style, prompt, window), status=400
             )
         return None
+
+    def _prompt_tokens(self, body: dict[str, Any], raw: bytes) -> int:
+        if self.config.tokenizer == "bytes":
+            return len(raw) // 4
+        parts = [json.dumps(body.get("tools") or [])]
+        for m in body.get("messages") or []:
+            parts.append(str(m.get("content") or ""))
+            parts += [json.dumps(c.get("function") or {}) for c in m.get("tool_calls") or []]
+        text = "\n".join(parts)
+        return len(_DENSE.findall(text)) + 4 * len(body.get("messages") or []) + 3
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
@@ -391,7 +409,7 @@ class FakeServer:
         self.received[outcome] += 1
         self.in_flight += 1
         try:
-            answer = _Answer(self, body, max(len(raw) // 4, 1))
+            answer = _Answer(self, body, max(self._prompt_tokens(body, raw), 1))
             return await self._respond(request, body, outcome, answer)
         except ConnectionError:
             self.aborted += 1

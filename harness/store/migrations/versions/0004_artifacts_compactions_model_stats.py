@@ -28,6 +28,8 @@ def upgrade() -> None:
         sa.Column("model", sa.String(length=128), nullable=False),
         sa.Column("estimate_ratio", sa.Float(), nullable=False),
         sa.Column("samples", sa.Integer(), nullable=False),
+        sa.Column("new_ratio", sa.Float(), nullable=False),
+        sa.Column("new_samples", sa.Integer(), nullable=False),
         sa.Column("context_window", sa.Integer(), nullable=True),
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("model", name=op.f("pk_model_stats")),
