@@ -40,7 +40,7 @@ test: lint typecheck pytest
 
 demo: setup
 	$(BIN)/harness db upgrade
-	$(BIN)/harness run --show-ledger "Write a short briefing on the economics of AI inference: why decode is memory-bound, what the shift from training to inference means for chips and for firms' token budgets."
+	$(BIN)/harness run --show-ledger "Write a short briefing on why decode is memory-bound, and what that means for AI chips and for firms' token budgets."
 
 bench: setup
 	$(BIN)/pip install -q -e '.[bench-peers]'

@@ -63,7 +63,7 @@ def workspace(
     _, environ = make_workspace(root, base_url, HARNESS_MODELS__LOCAL__TOOLS="native", **env)
     (root / "tools/sources.py").write_text(SOURCES_TOOL)
     toml = root / "config/harness.toml"
-    text = toml.read_text().replace("loop_repeats = 3", "loop_repeats = 100000")
+    text = toml.read_text().replace("loop_repeats = 3", "loop_repeats = 1000")
     if window:
         text = text.replace(
             'id = "smollm2-135m-instruct"',

@@ -1,4 +1,6 @@
-"""B8: worker memory with many calls in flight; CLI start time (``harness --help``)."""
+"""B8: worker memory with many calls in flight; CLI start time (``harness --help``) and the
+read-only commands a morning starts with (``status``, ``show``, ``ledger``, ``agents list``)
+against the database the worker left (a warm disk: each is run once before it is timed)."""
 
 from __future__ import annotations
 
@@ -34,13 +36,44 @@ def _rss_mb(pid: int) -> float:
     return float(total / 2**20)
 
 
-def _time_command(args: list[str], runs: int) -> Spread:
+def _time_command(args: list[str], runs: int, env: dict[str, str] | None = None) -> Spread:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        subprocess.run(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env
+        )
         times.append(time.perf_counter() - t0)
     return Spread.of(times)
+
+
+READ_ONLY = (["status"], ["show", "1"], ["ledger"], ["agents", "list"])
+READ_BUDGET_S = 0.3
+
+
+def _read_only_rows(s: Section, env: dict[str, str], runs: int) -> None:
+    """One row per read-only command: its wall time (warm: run once before, with bytecode
+    written, as after any install), and whether it imported SQLAlchemy (the largest import
+    there is; the light read path avoids it)."""
+    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for command in READ_ONLY:
+        args = [harness_bin(), *command]
+        subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        spread = _time_command(args, runs, env)
+        probe = "import sys, runpy; sys.argv = ['harness', *sys.argv[1:]]\ntry:\n"
+        probe += "    runpy.run_module('harness', run_name='__main__')\nexcept SystemExit:\n"
+        probe += "    pass\nprint('sqlalchemy' in sys.modules, file=sys.stderr)"
+        check = subprocess.run(
+            [sys.executable, "-c", probe, *command], capture_output=True, text=True, env=env
+        )
+        heavy = check.stderr.strip().endswith("True")
+        s.add(
+            f"`harness {' '.join(command)}` wall time",
+            spread.scaled(1000).fmt(0, " ms"),
+            f"<= {READ_BUDGET_S * 1000:.0f} ms",
+            verdict(spread.median <= READ_BUDGET_S),
+            "imports SQLAlchemy" if heavy else "no SQLAlchemy (light read path)",
+        )
 
 
 def _in_flight(server: FakeServerProcess) -> int:
@@ -57,7 +90,9 @@ async def run(sizes: Sizes) -> Section:
         "the worker's RSS (with any children) is sampled 5 times over a second and the "
         "largest kept. For context, the RSS of the same worker idle, before the tasks were "
         "queued. CLI start: "
-        f"wall time of `harness --help` over {sizes.b8_cli_runs} runs (median, min–max).",
+        f"wall time of `harness --help` over {sizes.b8_cli_runs} runs (median, min–max), then "
+        "of the read-only commands against the workspace the worker left (each run once "
+        "first: a warm disk).",
     )
     with FakeServerProcess(ttft_s=120.0) as server, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ws"
@@ -78,6 +113,7 @@ async def run(sizes: Sizes) -> Section:
             flying = _in_flight(server)
         finally:
             w.kill()
+        _read_only_rows(s, full_env, sizes.b8_cli_runs)
     peak = max(samples)
     s.add(
         f"worker RSS, {flying} calls in flight",

@@ -8,6 +8,7 @@ ratios with their spread (min..max). Absolute figures are context only.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -458,8 +459,11 @@ def quiet_harness_logs() -> None:
 
 @functools.cache
 def _devnull() -> Any:
-    """One /dev/null stream for the whole process (configuring logs again reuses it)."""
-    return open(os.devnull, "w")
+    """One /dev/null stream for the whole process (configuring logs again reuses it),
+    closed when the process exits."""
+    stream = open(os.devnull, "w")  # noqa: SIM115 (kept open on purpose until exit)
+    atexit.register(stream.close)
+    return stream
 
 
 # -- workspaces ---------------------------------------------------------------------------

@@ -15,12 +15,11 @@ from collections.abc import Iterator
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from croniter import CroniterError, croniter
-
 __all__ = ["CRON_ERRORS", "instants", "latest_instant", "next_instant", "problem"]
 
-#: What a bad expression (or one that never matches) raises while instants are computed.
-CRON_ERRORS = (CroniterError, ValueError, KeyError, TypeError)
+#: What a bad expression (or one that never matches) raises while instants are computed
+#: (croniter's own CroniterError is a ValueError: croniter is imported only to compute).
+CRON_ERRORS = (ValueError, KeyError, TypeError)
 
 
 def instants(expr: str, tz: ZoneInfo, start: float, *, backwards: bool) -> Iterator[float]:
@@ -29,6 +28,8 @@ def instants(expr: str, tz: ZoneInfo, start: float, *, backwards: bool) -> Itera
     croniter yields both occurrences of a repeated wall time; the second one (``fold=1``) is
     dropped unless the hour field is a wildcard.
     """
+    from croniter import croniter
+
     it = croniter(expr, datetime.fromtimestamp(start, tz))
     every_hour = it.expanded[1] == ["*"]
     step = it.get_prev if backwards else it.get_next

@@ -20,12 +20,14 @@ class HarnessError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
-    """One validation problem: where it is (file, field, line) and what is wrong."""
+    """One validation problem: where it is (file, line, field), what is wrong and, when one
+    is known, how to fix it (``hint``: "did you mean `web_fetch`?")."""
 
     file: str
     message: str
     field: str | None = None
     line: int | None = None
+    hint: str | None = None
 
     def __str__(self) -> str:
         where = self.file
@@ -33,7 +35,12 @@ class Problem:
             where += f":{self.line}"
         if self.field:
             where += f": {self.field}"
-        return f"{where}: {self.message}"
+        hint = f" ({self.hint})" if self.hint else ""
+        return f"{where}: {self.message}{hint}"
+
+    def sort_key(self) -> tuple[str, int, str]:
+        """File, then line (problems without one first), then field: reading order."""
+        return (self.file, self.line or 0, self.field or "")
 
 
 class ConfigError(Exception):
@@ -99,6 +106,12 @@ class ToolsUnavailable(HarnessError):
         self.source = source
         self.retryable = retryable
         super().__init__(message)
+
+
+class DatabaseFailing(HarnessError):
+    """The database kept failing with errors that are not transient (a file damaged under a
+    running worker, a table gone) for longer than ``worker.db_failure_exit_s``: the worker
+    stops, so a supervisor restarts it or a human sees it. Exit code 2."""
 
 
 class RunFailed(HarnessError):

@@ -3,37 +3,34 @@
 Every event passes through ``redact``: values of keys that look like secrets, and any API key
 harness has read (or secret-looking environment variable at start), are replaced before
 anything is written.
+
+structlog is imported only when something logs: a read-only command that logs nothing never
+pays for it (it and the Rich tracebacks it loads cost ~80 ms). :func:`configure` applies at
+once when structlog is loaded, else as soon as anything imports it; :func:`get_logger` is a
+logger that imports it on first use.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import json as stdjson
 import logging
-import os
 import sys
 import time
 from collections.abc import MutableMapping
 from functools import cache
 from typing import Any
 
-import structlog
+from . import scrub
 
 SECRET_KEYS = ("authorization", "api_key", "apikey", "password", "secret", "token_value")
 
 
-_secrets: set[str] = set()  # values never written: API keys read, secret-looking env vars
-
-
 def add_secret(value: str | None) -> None:
-    """Never log ``value`` (called for every API key harness reads)."""
-    if value and len(value) >= 8:
-        _secrets.add(value)
-
-
-def _scan_environment() -> None:
-    for name, value in os.environ.items():
-        if name.endswith(("_API_KEY", "_TOKEN", "_SECRET")) or name == "HARNESS_API_KEY":
-            add_secret(value)
+    """Never log ``value`` (called for every API key harness reads): see
+    :func:`harness.scrub.add_secret`, the one registry of secrets."""
+    scrub.add_secret(value)
 
 
 @cache
@@ -43,14 +40,20 @@ def _secret_key(key: str) -> bool:
 
 
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    secrets = _secrets
     for key, value in event.items():  # values change in place, keys never: safe to iterate
         if _secret_key(key):
-            event[key] = "[redacted]"
-        elif secrets and isinstance(value, str):
-            for s in secrets:
-                if s in value:
-                    value = event[key] = value.replace(s, "[redacted]")
+            event[key] = scrub.REDACTED
+        elif isinstance(value, str):
+            event[key] = scrub.redact(value)
+    return event
+
+
+def _printable(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = scrub.printable(value)
     return event
 
 
@@ -101,25 +104,88 @@ def _json_line(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> s
     return _ENCODER.encode(event)
 
 
+_pending: dict[str, Any] | None = None  # the configuration waiting for structlog
+
+
 def configure(*, json: bool | None = None, level: str = "info", stream: Any = None) -> None:
-    """Configure structlog once per process. ``json=None``: JSON unless stderr is a terminal."""
-    _scan_environment()
+    """Configure structlog (again to change it). ``json=None``: JSON unless stderr is a
+    terminal. Applied at once when structlog is loaded, else when it first is."""
+    global _pending
+    scrub.scan_environment()
+    _pending = {"json": json, "level": level, "stream": stream}
+    if "structlog" in sys.modules:
+        _apply()
+    elif not any(isinstance(f, _WhenImported) for f in sys.meta_path):
+        sys.meta_path.insert(0, _WhenImported())
+
+
+def _apply() -> None:
+    global _pending
+    options, _pending = _pending, None
+    if options is not None:
+        _configure(**options)
+
+
+class _WhenImported(importlib.abc.MetaPathFinder):
+    """Finds structlog as the other finders do, and applies the pending configuration as
+    soon as its module has run: code that imports structlog itself logs as configured."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "structlog":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        loader = spec.loader if spec is not None else None
+        run = getattr(loader, "exec_module", None)
+        if loader is not None and run is not None:
+
+            def exec_module(module: Any) -> None:
+                run(module)
+                _apply()
+
+            loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+class _Lazy:
+    """A structlog logger imported (and the configuration applied) at its first use."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import structlog
+
+        _apply()
+        return getattr(structlog.get_logger(self._name), attr)
+
+
+def get_logger(name: str) -> Any:
+    """A logger for ``name`` that costs nothing until it logs."""
+    return _Lazy(name)
+
+
+def _configure(*, json: bool | None, level: str, stream: Any) -> None:
+    import structlog
+
     if json is None:
         json = not (stream or sys.stderr).isatty()
     stamp: Any
     renderer: Any
-    if json:
+    safe: list[Any] = [redact]
+    if json:  # JSON escapes control characters itself
         stamp, renderer = _UtcStamp(), _json_line
-    else:
+    else:  # a terminal would obey them: a model's text in an event is shown, never acted on
         stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
         renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
+        safe.append(_printable)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             stamp,
             structlog.processors.format_exc_info,
-            redact,
+            *safe,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -176,7 +176,7 @@ class TaskRunner:
             tools=tools or None,
             tool_choice=choice if tools else None,
             max_tokens=agent.max_tokens or settings.models[model].max_tokens,
-            temperature=agent.temperature,
+            **agent.sampling(),
             min_tool_calls=min_calls,
         )
 
@@ -381,7 +381,7 @@ class TaskRunner:
                 spawn.append(NewTask(child.agent, child.input, call.id))
             else:
                 try:
-                    agent, task = delegation(call.function.arguments, targets)
+                    agent, task = delegation(call.function.arguments, targets, self.task.input)
                 except ToolError as exc:
                     results.append(_tool_message(call, f"error: {exc}"))
                     continue

@@ -1,15 +1,22 @@
 """The OpenAI chat-completions wire format as pydantic models.
 
 Requests are strict (we build them); responses tolerate unknown fields (servers add their own).
+Every text a message holds is storable (:func:`harness.scrub.storable`: no NUL, no lone
+surrogate), whoever built it; token counts are whole numbers a database column holds.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+
+from .scrub import storable
 
 Role = Literal["system", "user", "assistant", "tool"]
+Text = Annotated[str, AfterValidator(storable)]
+# a token count as servers report it: a whole number (not a boolean, not 12.5) in 0..2^53
+Count = Annotated[StrictInt, Field(ge=0, le=2**53)]
 
 
 class _Wire(BaseModel):
@@ -17,22 +24,22 @@ class _Wire(BaseModel):
 
 
 class FunctionCall(_Wire):
-    name: str
-    arguments: str = "{}"  # a JSON document, as sent by the server (may be invalid)
+    name: Text
+    arguments: Text = "{}"  # a JSON document, as sent by the server (may be invalid)
 
 
 class ToolCall(_Wire):
-    id: str
+    id: Text
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
 class ChatMessage(_Wire):
     role: Role
-    content: str | None = None
+    content: Text | None = None
     tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
-    name: str | None = None
+    tool_call_id: Text | None = None
+    name: Text | None = None
 
     def wire(self) -> dict[str, Any]:
         """The message as sent on the wire: no null fields, but an assistant's ``content``
@@ -55,6 +62,18 @@ class ToolSpec(_Wire):
     function: FunctionSpec
 
 
+SENT_IF_SET = (
+    "response_format",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "stop",
+)
+
+
 class ChatRequest(BaseModel):
     """What the loop asks of a model. ``model`` is the configured model *name*."""
 
@@ -67,6 +86,9 @@ class ChatRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     seed: int | None = None
     stop: list[str] | None = None
     stream: bool | None = None  # None: the provider's configured default
@@ -87,7 +109,7 @@ class ChatRequest(BaseModel):
             body["tools"] = [t.model_dump() for t in self.tools]
             if self.tool_choice is not None:
                 body["tool_choice"] = self.tool_choice
-        for key in ("response_format", "max_tokens", "temperature", "seed", "stop"):
+        for key in SENT_IF_SET:
             value = getattr(self, key)
             if value is not None:
                 body[key] = value
@@ -98,17 +120,17 @@ class ChatRequest(BaseModel):
 
 
 class PromptTokensDetails(_Wire):
-    cached_tokens: int | None = None
+    cached_tokens: Count | None = None
 
 
 class CompletionTokensDetails(_Wire):
-    reasoning_tokens: int | None = None
+    reasoning_tokens: Count | None = None
 
 
 class WireUsage(_Wire):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
+    prompt_tokens: Count | None = None
+    completion_tokens: Count | None = None
+    total_tokens: Count | None = None
     prompt_tokens_details: PromptTokensDetails | None = None
     completion_tokens_details: CompletionTokensDetails | None = None
 

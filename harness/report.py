@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, and_, func, select
 
+from . import scrub
 from .settings import Settings
 from .store import views
 from .store.schema import TERMINAL, TaskStatus, calls, runs, tasks
@@ -36,7 +37,9 @@ def build_report(
     now: float,
     budgets: Mapping[str, Budget] | None = None,
 ) -> str:
-    """The report for ``since <= t <= now`` as Markdown; ``budgets`` maps agent -> daily budget."""
+    """The report for ``since <= t <= now`` as Markdown; ``budgets`` maps agent -> daily budget.
+    Models' and tools' words in it are redacted and free of terminal control characters
+    (:func:`harness.scrub.shown`): it is printed, written to files and served."""
     tz = settings.tz
     groups = _run_groups(conn, since, now)
     usage = _agent_usage(conn, since, now)
@@ -48,7 +51,7 @@ def build_report(
         _slowest_section(conn, since, now),
         _expensive_section(conn, since, now),
     ]
-    return "\n\n".join(parts) + "\n"
+    return scrub.shown("\n\n".join(parts) + "\n")
 
 
 # -- formatting helpers ----------------------------------------------------------------------

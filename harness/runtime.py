@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from .agents import Team, load_team
-from .errors import ConfigError
+from .errors import ConfigError, Problem
 from .provider import OpenAIProvider, Provider, catalogue
 from .provider.local import ensure_local_server
 from .provider.probe import Probe, probe_models, reported_windows
@@ -30,12 +30,13 @@ from .tools.mcp_pool import attach_mcp
 log = structlog.get_logger("harness.runtime")
 
 
-def load_tools(workspace: Workspace) -> ToolRegistry:
+def load_tools(workspace: Workspace, problems: list[Problem] | None = None) -> ToolRegistry:
     """The built-in tools plus the workspace's ``tools/*.py`` and MCP servers (which start
-    only when a task needs them)."""
+    only when a task needs them). A tool file that fails raises ConfigError, or with
+    ``problems`` given is added to it (the other files' tools are loaded all the same)."""
     registry = default_registry()
     if workspace.tools_dir.is_dir():
-        load_workspace_tools(workspace.tools_dir, registry)
+        load_workspace_tools(workspace.tools_dir, registry, problems)
     attach_mcp(registry, workspace)
     return registry
 

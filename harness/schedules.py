@@ -11,6 +11,7 @@ machines (SQLite or PostgreSQL) a given instant fires exactly once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -160,7 +161,12 @@ def _write_report(
     budgets: Mapping[str, Budget] | None,
 ) -> None:
     local = datetime.fromtimestamp(instant, zone(s, settings))
-    path = (root or Path.cwd()) / local.strftime(s.report or "")
+    base = root or Path.cwd()
+    path = base / local.strftime(s.report or "")
+    if not s.report_outside_workspace and not _inside(path, base):
+        why = "the report path leaves the workspace (set report_outside_workspace to allow it)"
+        log.error("schedule_report_refused", schedule=s.name, path=str(path), error=why)
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(build_report(conn, settings, since, instant, budgets), encoding="utf-8")
@@ -168,6 +174,11 @@ def _write_report(
         log.error("schedule_report_failed", schedule=s.name, path=str(path), error=repr(exc))
         return
     log.info("schedule_report_written", schedule=s.name, path=str(path))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (links resolved, as far as they exist) lies inside ``root``."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
 
 
 def _unfinished_run(conn: Connection, name: str) -> int | None:

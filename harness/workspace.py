@@ -27,4 +27,15 @@ def write_workspace(target: Path) -> list[Path]:
                 shutil.copyfile(src, dest)
                 written.append(dest)
     (target / "var").mkdir(parents=True, exist_ok=True)
+    written.append(_ignore_var(target / ".gitignore"))
     return written
+
+
+def _ignore_var(path: Path) -> Path:
+    """A ``.gitignore`` keeping ``var/`` (the database, run folders, logs) out of git; an
+    existing one gets the line added unless it has it."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    if not {"var", "var/", "/var", "/var/"} & {line.strip() for line in lines}:
+        lines.append("var/")
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -22,7 +22,9 @@ ROOT = Path(harness.__file__).parent
 # Layers, lowest first. A module may import from a lower layer, and within its own family
 # (subpackage); never from its own layer or above. docs/architecture.md draws the same.
 LAYERS: list[set[str]] = [
+    {"scrub"},  # secrets redacted, control characters made visible: used by every layer
     {"errors", "clock", "usage", "messages", "logs", "cron", "workspace"},  # plain data
+    {"sources"},  # reading what a user wrote: files, HARNESS_* variables
     {"settings"},
     {"agents"},
     {"store"},

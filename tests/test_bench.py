@@ -76,8 +76,14 @@ def test_worker_process_benchmarks_and_report(tmp_path: Path) -> None:
     assert main(args) == 0
     text = out.read_text()
     assert "python -m bench --sizes tiny --only B7,B8,B14 --soak-minutes 0.1" in text
-    rows = ("start -> first task's model call", "worker RSS", "`harness --help` wall time")
-    for row in (*rows, "WAL high-water mark"):
+    for row in (
+        "start -> first task's model call",
+        "worker RSS",
+        "`harness --help` wall time",
+        "`harness status` wall time",
+        "`harness agents list` wall time",
+        "WAL high-water mark",
+    ):
         assert row in text
     assert "## Summary" in text and "B7" in text and "B8" in text and "B14" in text
 

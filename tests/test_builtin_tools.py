@@ -205,17 +205,45 @@ async def test_symlinked_dir_outside_is_refused(
     assert ok and "secret" not in out
 
 
-async def test_links_inside_and_a_symlinked_workdir_are_fine(
+async def test_links_inside_and_a_symlinked_runs_folder_are_fine(
     reg: ToolRegistry, ctx: ToolContext, tmp_path: Path
 ) -> None:
     real = tmp_path / "real_runs"
     real.mkdir()
-    ctx.workdir.parent.mkdir(parents=True)
-    ctx.workdir.symlink_to(real, target_is_directory=True)
-    (real / "a.txt").write_text("inside")
-    (real / "alias.txt").symlink_to(real / "a.txt")
+    ctx.workdir.parent.parent.mkdir(parents=True)
+    ctx.workdir.parent.symlink_to(real, target_is_directory=True)  # var/runs on another disk
+    (real / "7").mkdir()
+    (real / "7" / "a.txt").write_text("inside")
+    (real / "7" / "alias.txt").symlink_to(real / "7" / "a.txt")
     assert await call(reg, ctx, "read_file", '{"path": "alias.txt"}') == (True, "inside")
     assert await call(reg, ctx, "read_file", '{"path": "./a.txt"}') == (True, "inside")
+
+
+@pytest.mark.parametrize("plant", ["symlink", "dangling", "file"])
+async def test_a_planted_run_folder_is_refused(
+    reg: ToolRegistry, ctx: ToolContext, tmp_path: Path, plant: str
+) -> None:
+    """Run ids are sequential: whoever plants ``var/runs/<next id>`` as a link must not
+    redirect that run's file tools (nothing is read or written through it)."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    ctx.workdir.parent.mkdir(parents=True)
+    if plant == "symlink":
+        ctx.workdir.symlink_to(outside, target_is_directory=True)
+    elif plant == "dangling":
+        ctx.workdir.symlink_to(tmp_path / "not-yet", target_is_directory=True)
+    else:
+        ctx.workdir.write_text("not a folder")
+    for name, args in [
+        ("read_file", '{"path": "secret.txt"}'),
+        ("write_file", '{"path": "new.txt", "content": "pwned"}'),
+        ("list_files", "{}"),
+    ]:
+        ok, out = await call(reg, ctx, name, args)
+        assert not ok and "run folder" in out and "refusing" in out, (name, out)
+    assert sorted(os.listdir(outside)) == ["secret.txt"]
+    assert not (tmp_path / "not-yet").exists()
 
 
 # ---------------------------------------------------------------------------------- notes

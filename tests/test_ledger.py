@@ -356,7 +356,7 @@ def test_ledger_cli_json_and_csv_shapes(workspace_dir: Path) -> None:
     res = runner.invoke(app, ["--workspace", str(workspace_dir), "ledger", "--forecast", "--json"])
     assert res.exit_code == 0
     assert {f["agent"] for f in json.loads(res.stdout)} >= {"veblen", "arnold"}
-    res = runner.invoke(app, ["--workspace", str(workspace_dir), "ledger", "--since", "yesterday"])
+    res = runner.invoke(app, ["--workspace", str(workspace_dir), "ledger", "--since", "last week"])
     assert res.exit_code == 2 and "--day/--since" in res.output
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from harness import logs
+from harness import logs, scrub
 
 
 def _lines(emit: Any) -> list[dict[str, Any]]:
@@ -62,6 +62,14 @@ def test_secrets_are_redacted_by_key_and_by_value() -> None:
             )
         )
     finally:
-        logs._secrets.discard("sk-test-abcdefgh")
+        scrub.forget_secret("sk-test-abcdefgh")
     assert line["api_key"] == "[redacted]" and line["status"] == 401
     assert line["body"] == "key [redacted] refused" and line["url"] == "https://x/?k=[redacted]"
+
+
+def test_a_console_log_line_shows_control_characters_as_text() -> None:
+    out = io.StringIO()
+    logs.configure(json=False, stream=out)
+    structlog.get_logger("t").warning("task_failed", reason="model said \x1b[2J\x1b]0;x\x07")
+    line = out.getvalue()
+    assert "\x1b[2J" not in line and "\\x1b[2J" in line and "\x07" not in line

@@ -326,6 +326,7 @@ async def test_the_end_of_a_budget_is_used_with_a_shrunk_max_tokens(workspace_di
     """An agent with a small budget used to stop at about half of it: each call reserved its
     whole max_tokens. Now the last calls get the room left."""
     set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "3000")
+    set_front_matter(workspace_dir / "agents/veblen.md", "max_tokens", "384")
     words = " ".join(["word"] * 600)  # a long answer: capped by whatever max_tokens is sent
     rt, provider = runtime(workspace_dir, lambda r: ScriptedProvider.text(words))
     for i in range(20):

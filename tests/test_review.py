@@ -324,6 +324,7 @@ async def test_retried_attempts_inside_one_call_cannot_take_an_agent_past_its_bu
     from tests.helpers import no_shrinking, set_front_matter
 
     set_front_matter(workspace_dir / "agents/veblen.md", "daily_token_budget", "1000")
+    set_front_matter(workspace_dir / "agents/veblen.md", "max_tokens", "384")
     no_shrinking(workspace_dir)  # the canned attempts below spend 384 whatever is granted
     spent = Usage(prompt_tokens=200, completion_tokens=384)  # cut at max_tokens (384)
 

@@ -390,3 +390,24 @@ def test_a_report_schedule_writes_the_morning_report_instead_of_a_run(
     sqlite_store.write_sync(schedules.fire_due, st, at(2024, 6, 2, 7, 30), root=tmp_path)
     assert not (tmp_path / "reports/2024-06-02.md").exists()
     assert run_id > 0
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_a_report_path_through_a_link_out_of_the_workspace_is_refused(
+    sqlite_store: Store, tmp_path: Path, allowed: bool
+) -> None:
+    """``report`` may not be absolute or climb out (a config error); a link inside the
+    workspace that leads out is caught when the report is written."""
+    outside, root = tmp_path / "elsewhere", tmp_path / "ws"
+    outside.mkdir()
+    root.mkdir()
+    (root / "reports").symlink_to(outside, target_is_directory=True)
+    schedule = {"name": "m", "cron": "0 7 * * *", "timezone": "Europe/London"}
+    schedule["report"] = "reports/r.md"
+    st = make_settings({**schedule, "report_outside_workspace": allowed})
+    sqlite_store.write_sync(schedules.fire_due, st, at(2024, 6, 1, 8), root=root)
+    sqlite_store.write_sync(schedules.fire_due, st, at(2024, 6, 2, 7, 0, 5), root=root)
+    assert (outside / "r.md").exists() == allowed
+    bad = ScheduleConfig(name="x", cron="0 7 * * *", report="/etc/cron.daily/r")
+    problems = validate_schedules(Settings(schedules=[bad]))
+    assert [p.field for p in problems] == ["schedules[0].report"]

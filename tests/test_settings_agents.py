@@ -139,11 +139,12 @@ def test_agent_validation_reports_every_problem_with_file_field_and_line(
     assert "broken.md:3" in joined and "malformed YAML" in joined
     assert "stranger.md:4: colour: unknown field" in joined
     assert "wrongname.md:2: name: name 'other' does not match the file name 'wrongname'" in joined
-    assert "misfit.md: model: unknown model 'gpt-9'" in joined
-    assert "misfit.md: tools: unknown tool 'telepathy'" in joined
-    assert "misfit.md: delegates_to: unknown delegate target 'ghost'" in joined
+    assert "misfit.md:4: model: unknown model 'gpt-9'" in joined
+    assert "misfit.md:5: tools: unknown tool 'telepathy'" in joined
+    assert "misfit.md:6: delegates_to: unknown delegate target 'ghost'" in joined
     assert "nofront.md:1: missing YAML front matter" in joined
     assert len(problems) == 7
+    assert problems == [str(p) for p in sorted(info.value.problems, key=lambda p: p.sort_key())]
 
 
 def test_delegation_cycles_and_duplicates_are_errors(workspace_dir: Path) -> None:

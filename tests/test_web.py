@@ -169,7 +169,7 @@ def test_the_api_has_the_cli_json_shapes(web: TestClient, seeded: Seeded) -> Non
     assert set(workers) == {"running", "workers"} and workers["running"] == []
     assert web.get("/api/runs/999").status_code == 404
     assert web.get("/api/runs/999").json() == {"error": "no run 999"}
-    assert web.get("/api/ledger?since=yesterday").status_code == 400
+    assert web.get("/api/ledger?since=last-week").status_code == 400
 
 
 def test_ledger_csv_download_matches_the_cli(web: TestClient, seeded: Seeded) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import budgets, fail, opened_store, out, print_json, workspace
+from ._common import MAX_ID, budgets, fail, opened_store, out, print_json, workspace
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -21,7 +21,7 @@ ledger_app = typer.Typer(
 
 
 def _table(console: Console, data: list[dict[str, Any]], by_model: bool) -> None:
-    from rich.table import Table
+    from .display import table
 
     if not data:
         console.print("no ledger rows for this selection")
@@ -39,11 +39,11 @@ def _table(console: Console, data: list[dict[str, Any]], by_model: bool) -> None
         "% used",
         "est.",
     ]
-    table = Table(*cols)
+    grid = table(*cols)
     for r in data:
         budget = f"{r['budget_tokens']:,}" if r["budget_tokens"] is not None else "-"
         pct = f"{r['used_pct']:.1f}" if r["used_pct"] is not None else "-"
-        table.add_row(
+        grid.add_row(
             r["day"],
             r["agent"],
             *([r["model"]] if by_model else []),
@@ -54,22 +54,60 @@ def _table(console: Console, data: list[dict[str, Any]], by_model: bool) -> None
             f"{r['cost_usd']:.4f}",
             budget,
             pct,
-            str(r["estimated_calls"])
-            + (f" (+{r['unsettled_calls']} unsettled)" if r["unsettled_calls"] else ""),
+            _estimated(r),
         )
-    console.print(table)
+    if len(data) > 1:
+        grid.add_section()
+        grid.add_row(*_totals(data, by_model), style="bold")
+    console.print(grid)
+
+
+def _estimated(r: dict[str, Any]) -> str:
+    unsettled = f" (+{r['unsettled_calls']} unsettled)" if r["unsettled_calls"] else ""
+    return f"{r['estimated_calls']}{unsettled}"
+
+
+def _totals(data: list[dict[str, Any]], by_model: bool) -> list[str]:
+    """The totals row: every count and the cost summed (budgets are per agent and day)."""
+
+    def total(key: str) -> Any:
+        return sum(r[key] for r in data)
+
+    days = sorted({r["day"] for r in data})
+    span = days[0] if len(days) == 1 else f"{days[0]}..{days[-1]}"
+    return [
+        f"total {span}",
+        f"{len({r['agent'] for r in data})} agents",
+        *([""] if by_model else []),
+        f"{total('calls'):,}",
+        f"{total('prompt_tokens'):,}",
+        f"{total('cached_tokens'):,}",
+        f"{total('completion_tokens'):,}",
+        f"{total('cost_usd'):.4f}",
+        "",
+        "",
+        _estimated(
+            {
+                "estimated_calls": total("estimated_calls"),
+                "unsettled_calls": total("unsettled_calls"),
+            }
+        ),
+    ]
+
+
+TIME_HELP = "today, yesterday, YYYY-MM-DD, or e.g. 7d (the last 7 days), 12h"
 
 
 @ledger_app.callback(invoke_without_command=True)
 def ledger(
     ctx: typer.Context,
-    day: Annotated[str | None, typer.Option(help="One day (YYYY-MM-DD, or 'today').")] = None,
-    since: Annotated[
-        str | None, typer.Option(help="First day (YYYY-MM-DD, or e.g. 7d for the last 7 days).")
-    ] = None,
-    until: Annotated[str | None, typer.Option(help="Last day (YYYY-MM-DD).")] = None,
+    day: Annotated[str | None, typer.Option(help=f"One day: {TIME_HELP}.")] = None,
+    since: Annotated[str | None, typer.Option(help=f"First day: {TIME_HELP}.")] = None,
+    until: Annotated[str | None, typer.Option(help=f"Last day: {TIME_HELP}.")] = None,
     agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
-    run: Annotated[int | None, typer.Option(help="Only calls of this run (all its tasks).")] = None,
+    run: Annotated[
+        int | None, typer.Option(min=1, max=MAX_ID, help="Only calls of this run (all its tasks).")
+    ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Break down by: model.")] = None,
     forecast: Annotated[
         bool, typer.Option(help="When will each agent hit its budget at today's pace?")
@@ -81,18 +119,22 @@ def ledger(
         bool, typer.Option("--csv", help="Print CSV with the same columns as --json.")
     ] = False,
 ) -> None:
-    """Show the ledger: calls, input / cached / output tokens, cost, budget and % used."""
+    """Show the ledger: calls, input / cached / output tokens, cost, budget and % used, per
+    day and agent, with a totals row."""
     if ctx.invoked_subcommand is not None:
         return
     from .. import clock
-    from ..ledger import day_of, reads
+    from ..ledger import reads
 
     if by not in (None, "model"):
         fail(f"--by takes 'model', not {by!r}")
+    if as_json and as_csv:
+        fail("--json and --csv are two different outputs: give one")
     ws = workspace()
-    today = day_of(clock.now(), ws.settings.tz)
-    since, until = _range(day, since, until, today)
+    since, until = _range(day, since, until, ws)
     limits = budgets(ws)
+    if agent is not None and agent not in limits:
+        _known_agent(ws, agent, limits)
     with opened_store(ws) as store:
         if forecast:
             data = store.read_sync(reads.forecast, limits, ws.settings.tz)
@@ -114,36 +156,52 @@ def ledger(
             writer.writeheader()
             writer.writerows(data)
     elif forecast:
-        _forecast_table(out, data)
+        _forecast_table(out, data, clock.now())
     else:
         _table(out, data, by == "model")
 
 
 def _range(
-    day: str | None, since: str | None, until: str | None, today: str
+    day: str | None, since: str | None, until: str | None, ws: Workspace
 ) -> tuple[str | None, str | None]:
-    from ..ledger import day_range
+    from .. import clock
 
     try:
-        return day_range(today, day=day, since=since, until=until)
+        return clock.period_days(day, since, until, clock.now(), ws.settings.tz)
     except ValueError as exc:
         fail(f"--day/--since/--until: {exc}")
 
 
-def _forecast_table(console: Console, data: list[dict[str, Any]]) -> None:
-    from rich.table import Table
+def _known_agent(ws: Workspace, agent: str, limits: dict[str, Any]) -> None:
+    """Fail naming the known agents, unless the ledger holds rows of ``agent`` (one whose
+    file is gone still has its history)."""
+    from ..ledger import reads
 
-    table = Table("agent", "used today", "budget", "tokens/hour", "hits budget at")
+    with opened_store(ws) as store:
+        rows = store.read_sync(reads.rows, {}, agent=agent)
+    if not rows:
+        fail(f"unknown agent {agent!r} (known: {', '.join(sorted(limits)) or 'none'})")
+
+
+def _forecast_table(console: Console, data: list[dict[str, Any]], now: float) -> None:
+    from datetime import datetime
+
+    from .display import ago, table
+
+    grid = table("agent", "used today", "budget", "tokens/hour", "hits budget at")
     for r in data:
         when = "exhausted" if r["exhausted"] else (r["hits_budget_at"] or "not today")
-        table.add_row(
+        if r["hits_budget_at"] and not r["exhausted"]:
+            at = datetime.fromisoformat(r["hits_budget_at"]).timestamp()
+            when += f" ({ago(now - at)})"
+        grid.add_row(
             r["agent"],
             f"{r['used_tokens']:,}",
             f"{r['budget_tokens']:,}",
             f"{r['tokens_per_hour']:,.0f}",
             when,
         )
-    console.print(table)
+    console.print(grid)
 
 
 @ledger_app.command("prune")
@@ -152,6 +210,8 @@ def prune(
         int | None,
         typer.Option(
             "--older-than",
+            min=1,
+            max=100_000,
             help="Days of call rows to keep (default: config ledger_retention_days).",
         ),
     ] = None,

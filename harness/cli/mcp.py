@@ -48,27 +48,30 @@ def mcp_list(as_json: JsonOpt = False) -> None:
 
 
 def _print_servers(console: Console, rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
+    from ..scrub import shown
+    from .display import safe, table
 
     for row in rows:
         state = "[green]up[/green]" if row["status"] == "up" else "[red]unavailable[/red]"
-        console.print(f"[bold]{row['server']}[/bold] ({row['transport']}) {state}: ", end="")
-        console.print(row["target"], markup=False, highlight=False)
+        console.print(f"[bold]{safe(row['server'])}[/bold] ({row['transport']}) {state}: ", end="")
+        console.print(shown(row["target"]), markup=False, highlight=False)
         if row["error"]:
-            console.print(f"  {row['error']}", markup=False, highlight=False)
+            console.print(f"  {shown(row['error'])}", markup=False, highlight=False)
         if row["tools"]:
-            table = Table("tool (as agents name it)", "server's name", "description")
+            grid = table("tool (as agents name it)", "server's name", "description")
             for t in row["tools"]:
-                table.add_row(t["name"], t["mcp_name"], t["description"].split("\n")[0][:80])
-            console.print(table)
+                summary = (t["description"].strip().splitlines() or [""])[0]
+                grid.add_row(safe(t["name"]), safe(t["mcp_name"]), safe(summary))
+            console.print(grid)
         if row["excluded"]:
-            console.print("  excluded: " + ", ".join(row["excluded"]), markup=False)
+            console.print("  excluded: " + shown(", ".join(row["excluded"])), markup=False)
 
 
 @mcp_app.command("serve")
 def mcp_serve(
     port: Annotated[
-        int | None, typer.Option(help="Serve streamable HTTP on this port (default: stdio).")
+        int | None,
+        typer.Option(min=0, max=65535, help="Serve streamable HTTP on this port (default: stdio)."),
     ] = None,
     host: Annotated[
         str, typer.Option(help="HTTP address; beyond loopback only with a token configured.")

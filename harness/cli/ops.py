@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..clock import parse_since
 from ._common import JsonOpt, budgets, err, fail, opened_store, out, print_json, workspace
 
 if TYPE_CHECKING:
@@ -36,21 +35,18 @@ def schedules_list(as_json: JsonOpt = False) -> None:
 
 
 def _schedules_table(console: Console, data: list[dict[str, Any]]) -> None:
-    from rich.table import Table
+    from .display import table
 
     if not data:
         console.print("no schedules: add [[schedules]] to config/harness.toml", markup=False)
         return
-    table = Table("name", "cron", "zone", "agent", "next", "last run")
-    for i in (0, 1, 4):
-        table.columns[i].no_wrap = True
-    table.columns[2].overflow = "fold"
+    grid = table("name", "cron", "zone", "agent", "next", "last run")
     for s in data:
         last_run = "-"
         if s["last_run_id"] is not None:
             last_run = f"{s['last_run_id']} {s['last_run_status']}"
         overlap = " (queue)" if s["overlap"] == "queue" else ""
-        table.add_row(
+        grid.add_row(
             s["name"],
             s["cron"],
             s["timezone"],
@@ -58,7 +54,7 @@ def _schedules_table(console: Console, data: list[dict[str, Any]]) -> None:
             _short(s["next_fire_at"]),
             last_run,
         )
-    console.print(table)
+    console.print(grid)
 
 
 def _short(iso: str | None) -> str:
@@ -68,13 +64,18 @@ def _short(iso: str | None) -> str:
 
 def report_command(
     since: Annotated[
-        str, typer.Option(help="Start of the period: 12h, 2d, 30m, or an ISO date/time.")
+        str,
+        typer.Option(help="Start: 12h, 2d, 30m, yesterday, or an ISO date or date/time."),
     ] = "12h",
+    until: Annotated[
+        str | None,
+        typer.Option(help="End (default now): the same forms; a date includes its whole day."),
+    ] = None,
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the Markdown to FILE instead of stdout.")
     ] = None,
 ) -> None:
-    """Write the morning report (Markdown) for the last 12 hours, or since --since.
+    """Write the morning report (Markdown) for the last 12 hours, or --since/--until.
 
     Runs finished, failed, paused and still running; tokens and cost per agent against
     budgets; retries and fallbacks; the slowest and the most expensive tasks.
@@ -84,12 +85,15 @@ def report_command(
     ws = workspace()
     now = clock.now()
     try:
-        start = parse_since(since, now, ws.settings.tz)
+        start, end = clock.parse_period(since, until, now, ws.settings.tz)
     except ValueError as exc:
-        fail(f"--since: {exc}")
+        fail(f"--since/--until: {exc}")
+    assert start is not None
     limits = budgets(ws)
     with opened_store(ws) as store:
-        text = store.read_sync(report.build_report, ws.settings, start, now, limits)
+        text = store.read_sync(
+            report.build_report, ws.settings, start, min(end or now, now), limits
+        )
     if out_file is None:
         sys.stdout.write(text)
         return

@@ -9,14 +9,44 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
+from ..errors import ConfigError
 from . import agents, ledger, mcp, models, ops, runs, serve
-from ._common import EXIT_USAGE, State, err, fail, out, workspace
+from ._common import EXIT_USAGE, State, err, fail, fit_width, out, workspace
+
+
+def print_problems(exc: ConfigError) -> None:
+    """``error: <problem>`` on stderr, or a count and one problem a line (file:line, field,
+    message and hint each), in the order found."""
+    from ..scrub import shown
+
+    if len(exc.problems) == 1:
+        err.print("[red]error:[/red] ", end="", highlight=False)
+        err.print(shown(str(exc.problems[0])), markup=False, highlight=False)
+        return
+    err.print(f"[red]error:[/red] {len(exc.problems)} problems:", highlight=False)
+    for p in exc.problems:
+        err.print(f"  {shown(str(p))}", highlight=False, markup=False)
+
+
+class _Harness(TyperGroup):
+    """The ``harness`` group: a ConfigError from any command is printed as problems and
+    exits 2 (in the console script and under a test runner alike)."""
+
+    def invoke(self, ctx: Any) -> Any:  # (typer's click Context)
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            print_problems(exc)
+            raise typer.Exit(EXIT_USAGE) from None
+
 
 app = typer.Typer(
+    cls=_Harness,
     rich_markup_mode=None,
     name="harness",
     help="A runtime for teams of LLM agents that work unattended overnight.",
@@ -47,24 +77,24 @@ def _main(
 ) -> None:
     from .. import logs
 
+    fit_width()
     State.workspace_dir = workspace
+    State.log_json = log_json
     State.log_level_given = bool(log_level or os.environ.get("HARNESS_LOG_LEVEL"))
     level = log_level or os.environ.get("HARNESS_LOG_LEVEL", "info")
-    if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise typer.BadParameter(f"unknown level {level!r}", param_hint="--log-level")
+    if level.lower() not in ("debug", "info", "warning", "error"):
+        where = "--log-level" if log_level else "HARNESS_LOG_LEVEL"
+        raise typer.BadParameter(f"unknown level {level!r}", param_hint=where)
     logs.configure(json=True if log_json else None, level=level)
 
 
 def main() -> None:
-    """Console-script entry point: maps ConfigError to exit code 2 with every problem listed."""
-    from ..errors import ConfigError
-
+    """Console-script entry point: maps ConfigError to exit code 2 with every problem listed
+    (also done inside the app, for problems raised while a command runs)."""
     try:
         app()
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {len(exc.problems)} problem(s):", highlight=False)
-        for p in exc.problems:
-            err.print(f"  {p}", highlight=False, markup=False)
+        print_problems(exc)
         sys.exit(EXIT_USAGE)
 
 
@@ -76,6 +106,8 @@ def init(
     """Write a new workspace (config, the default team of agents, example tools) to DIRECTORY."""
     from ..workspace import write_workspace
 
+    if directory.exists() and not directory.is_dir():
+        fail(f"{directory} is not a folder")
     if directory.exists() and any(directory.iterdir()) and not force:
         fail(f"{directory} is not empty (use --force to write into it)")
     written = write_workspace(directory)
@@ -88,13 +120,15 @@ def init(
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Apply pending schema migrations (also done automatically on first use)."""
+    """Apply pending schema migrations (also done automatically on first use). The one
+    command that accepts an empty (zero-byte) database file: it becomes a new database."""
     from ..store import engine as db
 
     ws = workspace()
-    engine = db.make_engine(ws.database_url())
+    url = ws.database_url()
+    engine = db.open_engine(url, migrate=False, allow_empty=True)  # may start afresh in it
     try:
-        applied = db.upgrade(engine)
+        applied = db.checked_upgrade(engine, url)
         out.print(
             f"database {db.redact(ws.database_url())} at revision {db.current_revision(engine)}"
             + (" (upgraded)" if applied else " (already current)"),

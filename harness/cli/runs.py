@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from functools import partial
 from pathlib import Path
@@ -14,10 +13,13 @@ import typer
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
+    MAX_ID,
+    MAX_SLOTS,
     JsonOpt,
     State,
     err,
     fail,
+    opened_reader,
     opened_store,
     out,
     print_json,
@@ -84,19 +86,22 @@ def submit(
 
 def worker(
     concurrency: Annotated[
-        int | None, typer.Option("--concurrency", "-c", min=1, help="Task slots.")
+        int | None,
+        typer.Option("--concurrency", "-c", min=1, max=MAX_SLOTS, help="Task slots."),
     ] = None,
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Exit when nothing is left to run.")
     ] = False,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve this worker's Prometheus metrics on this port.")
+        int | None,
+        typer.Option(min=0, max=65535, help="Serve this worker's Prometheus metrics on this port."),
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "127.0.0.1",
 ) -> None:
     """Run tasks until stopped (SIGTERM/SIGINT drain gracefully; a second signal exits at once)."""
     import anyio
 
+    from ..errors import DatabaseFailing
     from ..runtime import open_runtime
     from ..store import Store
     from ..telemetry import attached
@@ -113,7 +118,10 @@ def worker(
         async with open_runtime(ws, store=store) as rt, attached(rt, metrics=metrics):
             await Worker(rt, slots, until_idle=until_idle).run()
 
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except DatabaseFailing as exc:
+        fail(str(exc))
 
 
 def run(
@@ -122,30 +130,39 @@ def run(
         str | None, typer.Option(help="Agent to hand the goal to (default: the chief).")
     ] = None,
     as_json: JsonOpt = False,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1)] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", min=1, max=MAX_SLOTS)
+    ] = None,
     show_ledger: Annotated[
         bool, typer.Option("--show-ledger", help="Print the run's ledger at the end.")
     ] = False,
+    answer_only: Annotated[
+        bool,
+        typer.Option("--answer-only", help="Print the final answer without the specialists'."),
+    ] = False,
 ) -> None:
-    """Submit a run and work it to the end in this process; print the final answer."""
+    """Submit a run and work it to the end in this process; print the final answer and,
+    under it, what each specialist handed back."""
     import anyio
 
     from .. import logs
+    from ..errors import DatabaseFailing
 
     if out.is_terminal and not State.log_level_given:
+        State.quieted = True
         logs.configure(level="warning")  # the live task tree shows progress; keep it clean
     ws = workspace()
     name = _chief(ws, agent)
     slots = concurrency or ws.settings.worker.concurrency
-    result = anyio.run(_work, ws, goal, name, slots, None if as_json else out)
+    try:
+        result = anyio.run(_work, ws, goal, name, slots, None if as_json else out)
+    except DatabaseFailing as exc:
+        fail(str(exc))
     ok = result["status"] == "done"
     if as_json:
         _print_result(result, ok)
-    elif ok:
-        out.print(result["answer"] or "", markup=False, highlight=False)
     else:
-        out.print(f"[red]run {result['id']} {result['status']}[/]: ", end="")
-        out.print(result["error"] or result["reason"] or "", markup=False, highlight=False)
+        _print_outcome(result, ok, with_specialists=not answer_only)
     if show_ledger and not as_json:
         from .ledger import print_ledger_for_run
 
@@ -154,14 +171,33 @@ def run(
 
 
 def _print_result(run: dict[str, Any], ok: bool) -> None:
-    data = {
-        "run_id": run["id"],
-        "status": run["status"],
-        "answer": run["answer"],
-        "error": run["error"] or (None if ok else run["reason"]),
-        "usage": run["usage"],
-    }
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    print_json(
+        {
+            "run_id": run["id"],
+            "status": run["status"],
+            "answer": run["answer"],
+            "error": run["error"] or (None if ok else run["reason"]),
+            "usage": run["usage"],
+        }
+    )
+
+
+def _print_outcome(run: dict[str, Any], ok: bool, *, with_specialists: bool) -> None:
+    """The answer (or why there is none) as plain text, then each specialist's result."""
+    from ..scrub import shown
+    from .display import safe, specialists
+
+    if ok:
+        out.print(shown(run["answer"] or ""), markup=False, highlight=False, soft_wrap=True)
+    else:
+        out.print(f"[red]run {run['id']} {run['status']}[/]: ", end="")
+        why = run["error"] or run["reason"] or ""
+        out.print(shown(why), markup=False, highlight=False, soft_wrap=True)
+    for task in specialists(run) if with_specialists else []:
+        out.print()
+        out.rule(f"{safe(task['agent'])} (task {task['id']}, {safe(task['status'])})", style="dim")
+        text = task["result"] if task["status"] == "done" else f"error: {task['error']}"
+        out.print(shown(text or ""), markup=False, highlight=False, soft_wrap=True)
 
 
 async def _work(
@@ -257,16 +293,19 @@ def _setup_problem(settings: Settings, error: ProviderError) -> Problem:
 
 
 def status(
-    run_id: Annotated[int | None, typer.Argument(help="One run, with its task tree.")] = None,
+    run_id: Annotated[
+        int | None, typer.Argument(min=1, max=MAX_ID, help="One run, with its task tree.")
+    ] = None,
     as_json: JsonOpt = False,
-    limit: Annotated[int, typer.Option(help="How many recent runs.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many recent runs.")] = 20,
 ) -> None:
     """Runs and their status; with RUN_ID, one run and its task tree."""
+    from .. import clock
     from ..store import views
     from . import display
 
     ws = workspace()
-    with opened_store(ws) as store:
+    with opened_reader(ws) as store:
         if run_id is None:
             data: Any = store.read_sync(views.list_runs, limit=limit)
             live = store.read_sync(views.live_work)
@@ -277,16 +316,17 @@ def status(
     if as_json:
         print_json(data)
     elif run_id is None:
-        display.print_runs(out, data)
+        display.print_runs(out, data, clock.now())
         display.print_live(out, live)
     else:
-        display.print_run(out, data)
+        display.print_run(out, data, clock.now())
 
 
 def show(
-    run_id: Annotated[int, typer.Argument(help="The run.")],
+    run_id: Annotated[int, typer.Argument(min=1, max=MAX_ID, help="The run.")],
     task: Annotated[
-        int | None, typer.Option("--task", help="Print this task's transcript.")
+        int | None,
+        typer.Option("--task", min=1, max=MAX_ID, help="Print this task's transcript."),
     ] = None,
     as_sent: Annotated[
         bool,
@@ -296,30 +336,47 @@ def show(
             "applied), not the whole transcript.",
         ),
     ] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full", help="Plain text, every task's input and result in full (for machines)."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print a run's task tree (status, agent, tokens), or one task's transcript (its
-    compactions marked)."""
+    """Print a run: its task tree (status, agent, tokens), answer and the specialists'
+    results, or one task's transcript (--task, its compactions marked). Nothing is cut:
+    long text wraps."""
+    from .. import clock
     from ..store import views
     from . import display
 
+    if full and as_json:
+        fail("--full and --json are two different outputs: give one")
     if as_sent and task is None:
         fail("--as-sent shows one task's messages: give --task too")
     ws = workspace()
-    with opened_store(ws) as store:
+    with opened_reader(ws) as store:
         run_data = store.read_sync(views.get_run, run_id)
         if run_data is None:
             fail(f"no run {run_id}")
-        read = _as_sent if as_sent else views.transcript
-        msgs = store.read_sync(read, task) if task is not None else None
+        msgs = None
+        if task is not None and not as_sent:
+            msgs = store.read_sync(views.transcript, task)
     if task is not None and not _in_tree(run_data["tasks"], task):
         fail(f"task {task} is not part of run {run_id}")
+    if as_sent and task is not None:  # the view is built by the loop's code (SQLAlchemy)
+        with opened_store(ws) as full_store:
+            msgs = full_store.read_sync(_as_sent, task)
     if as_json:
         print_json(msgs if msgs is not None else run_data)
+    elif full:
+        text = display.plain_transcript(msgs) if msgs is not None else display.plain_run(run_data)
+        sys.stdout.write(text)
     elif msgs is not None:
         display.print_transcript(out, task or 0, msgs)
     else:
-        display.print_run(out, run_data)
+        display.print_run(out, run_data, clock.now())
 
 
 def _as_sent(conn: Connection, task_id: int) -> list[dict[str, Any]]:
@@ -330,7 +387,17 @@ def _as_sent(conn: Connection, task_id: int) -> list[dict[str, Any]]:
     from ..store.transcripts import load_transcript
 
     view = View(load_transcript(conn, task_id), load_compactions(conn, task_id))
-    return [views.message_item(None, m) for m in view.messages()]
+    return [
+        views.message_item(
+            None,
+            m.role,
+            m.content,
+            [c.model_dump() for c in m.tool_calls or []],
+            m.tool_call_id,
+            m.name,
+        )
+        for m in view.messages()
+    ]
 
 
 def _in_tree(nodes: list[dict[str, Any]], task_id: int) -> bool:
@@ -338,7 +405,9 @@ def _in_tree(nodes: list[dict[str, Any]], task_id: int) -> bool:
 
 
 def cancel(
-    run_id: Annotated[int, typer.Argument(help="The run to cancel (its whole task tree).")],
+    run_id: Annotated[
+        int, typer.Argument(min=1, max=MAX_ID, help="The run to cancel (its whole task tree).")
+    ],
 ) -> None:
     """Cancel a run and every unfinished task in it."""
     from ..store import queue, views
@@ -352,7 +421,9 @@ def cancel(
 
 
 def serve_local(
-    port: Annotated[int | None, typer.Option(help="Port (default: config local.port).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port (default: config local.port).")
+    ] = None,
 ) -> None:
     """Run the embedded llama.cpp server with the bundled model in the foreground."""
     from ..provider.local import serve_forever

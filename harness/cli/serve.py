@@ -14,7 +14,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind (not loopback: needs a token).")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8700,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8700,
     read_only: Annotated[
         bool, typer.Option("--read-only", help="Offer no actions (no cancel, no submit).")
     ] = False,

@@ -7,7 +7,7 @@ calendar (days in the workspace's time zone).
 """
 
 from .budgets import reserve, today_use
-from .days import day_after_start, day_of, day_range, days_back, next_day_start
+from .days import day_after_start, day_of, days_back, next_day_start
 from .reads import forecast, rows
 from .writes import CallContext, prune, record, release, settle_orphans, settle_unsettled
 
@@ -15,7 +15,6 @@ __all__ = [
     "CallContext",
     "day_after_start",
     "day_of",
-    "day_range",
     "days_back",
     "forecast",
     "next_day_start",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-__all__ = ["day_after_start", "day_of", "day_range", "days_back", "next_day_start"]
+__all__ = ["day_after_start", "day_of", "days_back", "next_day_start"]
 
 _last_day: tuple[ZoneInfo, float, float, str] | None = None  # tz, start, end, day
 
@@ -40,22 +40,3 @@ def _midnight(day: date, tz: ZoneInfo) -> float:
 def days_back(today: str, n: int) -> str:
     """The ISO date ``n`` days before ``today``."""
     return (date.fromisoformat(today) - timedelta(days=n)).isoformat()
-
-
-def day_range(
-    today: str, *, day: str | None = None, since: str | None = None, until: str | None = None
-) -> tuple[str | None, str | None]:
-    """``(since, until)`` as inclusive ISO dates from what a user wrote: one ``day`` (or
-    ``today``), ``since`` as a date or ``Nd`` (the last N days, today included), ``until`` a
-    date. Raises ValueError naming the bad value."""
-    if day:
-        since = until = today if day == "today" else day
-    if since and since.endswith("d") and since[:-1].isdigit():
-        since = days_back(today, int(since[:-1]) - 1)
-    for value in (since, until):
-        if value:
-            try:
-                date.fromisoformat(value)
-            except ValueError:
-                raise ValueError(f"not a date (YYYY-MM-DD): {value!r}") from None
-    return since, until

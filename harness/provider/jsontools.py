@@ -242,7 +242,9 @@ def decode_reply(
     if message.tool_calls:
         return message
     try:
-        data = json.loads(_strip_fences(message.content or ""))
+        # strict=False: a control character (a raw newline) inside a string, which grammars
+        # of local servers let through, is text, not a broken reply
+        data = json.loads(_strip_fences(message.content or ""), strict=False)
     except ValueError:
         if strict:
             raise ValueError("not valid JSON (cut short?)") from None

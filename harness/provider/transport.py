@@ -31,6 +31,7 @@ import httpx
 import structlog
 from httpx_aiohttp import AiohttpTransport
 
+from .. import scrub
 from ..messages import ChatMessage, WireUsage
 from ..settings import ProviderConfig
 from ..usage import Usage
@@ -43,7 +44,6 @@ ErrorKind = Literal["http", "format", "connect", "timeout", "stream"]
 
 CHAT_PATH = "/chat/completions"
 RETRYABLE_STATUS = frozenset({408, 409, 429})
-_SECRET_HEADER_WORDS = ("auth", "key", "token", "secret")
 # request bodies as httpx writes them; built once (json.dumps with options builds one a call)
 _BODY = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -163,20 +163,21 @@ class ProviderClient:
         self._direct: AiohttpDirect | None = None  # the direct aiohttp path, when in use
         self._throttled = 0  # 429s in a row: the provider-wide pause grows with them
         self._limiter: anyio.Semaphore | None = None
-        # shared by all providers: a server may echo any of our keys back
-        self._secrets: set[str] = set() if secrets is None else secrets
+        # one registry for every provider (a server may echo any of our keys back), and
+        # for everything else harness stores or prints
+        for secret in secrets or ():
+            scrub.add_secret(secret)
 
     # -- setup -------------------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
         headers = {"user-agent": "harness", **self.config.headers}
-        for name, value in self.config.headers.items():
-            if any(word in name.lower() for word in _SECRET_HEADER_WORDS) and len(value) >= 8:
-                self._secrets.add(value)
+        for value in self.config.headers.values():  # any header may be echoed in an error
+            scrub.add_secret(value)
         key = self.config.api_key()
         if key:
             headers["authorization"] = f"Bearer {key}"
-            self._secrets.add(key)
+            scrub.add_secret(key)
         return headers
 
     def _http(self) -> httpx.AsyncClient:
@@ -278,10 +279,9 @@ class ProviderClient:
         return self._limiter
 
     def redact(self, text: str) -> str:
-        """``text`` with every known secret (of any provider) replaced by ``***``."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        """``text`` with every known secret (of any provider, see :mod:`harness.scrub`)
+        replaced by ``[redacted]``."""
+        return scrub.redact(text)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -436,7 +436,10 @@ class ProviderClient:
                 status=status,
                 ttft_ms=ttft,
             )
-        message, finish_reason, usage = events.result()
+        try:
+            message, finish_reason, usage = events.result()
+        except FormatProblem as exc:
+            raise self._format_error(str(exc), status, exc.sample) from None
         return Reply(message, finish_reason, usage, status, self._ms(started), ttft)
 
     # -- outcomes ----------------------------------------------------------------------

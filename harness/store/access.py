@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,10 +35,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
-import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from .. import logs
 from . import engine as db
 from .artifacts import get_artifact
 from .notes import add_note, find_notes
@@ -53,7 +54,7 @@ CHECKPOINT_EVERY = 500  # inline SQLite commits between two checkpoints (in a th
 WAL_LIMIT_BYTES = db.WAL_LIMIT_BYTES
 RETRY_MAX_DELAY_S = 5.0  # the longest wait between two tries of a write that must not be lost
 
-log = structlog.get_logger("harness.store")
+log = logs.get_logger("harness.store")
 
 #: True while ``Store.write_until_done`` runs a write again after a transient error. The
 #: earlier try may have committed (a connection dropped at COMMIT leaves its outcome
@@ -63,14 +64,10 @@ RETRYING: ContextVar[bool] = ContextVar("harness_store_retrying", default=False)
 
 
 def _driver_transient() -> tuple[type[BaseException], ...]:
-    try:
-        import psycopg
-    except ImportError:  # a SQLite-only installation
-        return ()
-    return (psycopg.OperationalError, psycopg.InterfaceError)
-
-
-_DRIVER_TRANSIENT = _driver_transient()
+    """psycopg's own transient errors; none before it is loaded (none can be raised then,
+    and a SQLite process never pays for importing it)."""
+    psycopg = sys.modules.get("psycopg")
+    return () if psycopg is None else (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def transient(exc: BaseException) -> bool:
@@ -83,7 +80,29 @@ def transient(exc: BaseException) -> bool:
         isinstance(exc, OperationalError) and isinstance(exc.orig, sqlite3.OperationalError)
     ):
         return _locked(exc)
-    return isinstance(exc, (OperationalError, InterfaceError, *_DRIVER_TRANSIENT))
+    return isinstance(exc, (OperationalError, InterfaceError, *_driver_transient()))
+
+
+def _wait_until_up(url: str, wait_s: float) -> None:
+    """Return once the server at ``url`` answers, or on an error not worth waiting out, or
+    after ``wait_s`` (what :func:`harness.store.engine.open_engine` then meets it reports)."""
+    engine = db.make_engine(url)
+    deadline, tries = time.monotonic() + wait_s, 0
+    try:
+        while True:
+            try:
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1")
+                return
+            except Exception as exc:
+                tries += 1
+                if not transient(exc) or time.monotonic() >= deadline:
+                    return
+                delay = min(RETRY_MAX_DELAY_S, 0.05 * 2**tries)
+                log.warning("store_open_retry", tries=tries, delay_s=delay, error=_line(exc))
+                time.sleep(delay)
+    finally:
+        engine.dispose()
 
 
 def _line(exc: BaseException) -> str:
@@ -148,23 +167,14 @@ class Store:
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True, wait_s: float = 0.0) -> Store:
-        """Connect to ``url`` and (by default) apply pending migrations. With ``wait_s``, a
-        database that is down or restarting (:func:`transient`) is waited for that long."""
-        engine = db.make_engine(url)
-        deadline, tries = time.monotonic() + wait_s, 0
-        while migrate:
-            try:
-                db.upgrade(engine)
-                break
-            except Exception as exc:
-                tries += 1
-                if not transient(exc) or time.monotonic() >= deadline:
-                    engine.dispose()
-                    raise
-                delay = min(RETRY_MAX_DELAY_S, 0.05 * 2**tries)
-                log.warning("store_open_retry", tries=tries, delay_s=delay, error=_line(exc))
-                time.sleep(delay)
-        return cls(engine)
+        """Connect to ``url`` and (by default) apply pending migrations. A database that
+        cannot be used (unreachable, damaged, read-only, an empty file) is a ConfigError
+        saying what to do (see :func:`harness.store.engine.open_engine`). With ``wait_s``, a
+        database server that is down or restarting (:func:`transient`) is waited for that
+        long first."""
+        if wait_s > 0 and db.sqlite_path(url) is None:
+            _wait_until_up(url, wait_s)
+        return cls(db.open_engine(url, migrate=migrate))
 
     def close(self) -> None:
         with self._lock:

@@ -17,10 +17,9 @@ from sqlalchemy import Connection, bindparam, select
 from .. import clock
 from .engine import insert_ignore, run
 from .schema import compactions
+from .status import MASK, SUMMARY
 
 __all__ = ["MASK", "SUMMARY", "Compaction", "add_compaction", "load_compactions"]
-
-MASK, SUMMARY = "mask", "summary"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuch
 
 from .. import clock
 from ..errors import ConfigError, Problem
+from . import light
 from .migrations import HEAD_REVISION
 
 if TYPE_CHECKING:
@@ -47,6 +48,65 @@ def make_engine(url: str) -> Engine:
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise ConfigError(Problem("database_url", f"cannot use {redact(url)!r}: {exc}")) from exc
     return engine
+
+
+def open_engine(url: str, *, migrate: bool = True, allow_empty: bool = False) -> Engine:
+    """An engine for ``url`` that has answered (the schema brought current with ``migrate``).
+
+    Every way this fails is a ConfigError of one line naming the URL (password hidden) and
+    what to do: a file that cannot be opened or created, a read-only file or folder, a
+    damaged or truncated file, a server that cannot be reached or refuses us. A SQLite file
+    of zero bytes (its history gone, or never written) is refused unless ``allow_empty`` (as
+    ``harness db upgrade`` asks): it would silently become a new, empty database.
+    """
+    if not allow_empty:
+        _refuse_empty(url)
+    engine = make_engine(url)
+    try:
+        if migrate:
+            checked_upgrade(engine, url)
+        else:
+            _checked(url, current_revision, engine)
+    except ConfigError:
+        engine.dispose()
+        raise
+    return engine
+
+
+def checked_upgrade(engine: Engine, url: str) -> bool:
+    """:func:`upgrade`, a database that cannot be used raising the ConfigError of
+    :func:`unusable`."""
+    return bool(_checked(url, upgrade, engine))
+
+
+def _checked(url: str, fn: Callable[[Engine], Any], engine: Engine) -> Any:
+    try:
+        return fn(engine)
+    except (DBAPIError, sqlite3.Error, OSError) as exc:
+        raise unusable(url, exc) from None
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for PostgreSQL and for in-memory databases)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _refuse_empty(url: str) -> None:
+    path = sqlite_path(url)
+    if path is not None:
+        light.refuse_empty(path, redact(url))
+
+
+def unusable(url: str, exc: BaseException) -> ConfigError:
+    """One line for a database that cannot be used (see :func:`harness.store.light.unusable`),
+    the URL's password hidden."""
+    return light.unusable(redact(url), exc, url)
 
 
 def redact(url: str) -> str:

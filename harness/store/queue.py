@@ -34,6 +34,7 @@ from sqlalchemy import (
 
 from .. import clock
 from ..errors import LeaseLost
+from ..scrub import storable
 from .engine import is_postgres, lease_now, run
 from .schema import TERMINAL, TaskStatus, runs, tasks
 
@@ -122,7 +123,9 @@ def create_run(
     schedule: str | None = None,
     priority: int = 0,
 ) -> tuple[int, int]:
-    """Insert a run and its root task (queued). Returns ``(run_id, task_id)``."""
+    """Insert a run and its root task (queued). Returns ``(run_id, task_id)``. The goal is
+    stored as :func:`harness.scrub.storable` makes it (no NUL, no lone surrogate)."""
+    goal = storable(goal)
     t = now()
     values = {"goal": goal, "agent": agent, "schedule": schedule, "created_at": t}
     run_id = run(conn, _INSERT_RUN, values).fetchone()[0]

@@ -6,8 +6,6 @@ Days (``day``) are ISO dates in the workspace's configured time zone.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -23,6 +21,10 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+# re-exported: statuses live in .status, importable without SQLAlchemy
+from .status import TERMINAL as TERMINAL
+from .status import TaskStatus as TaskStatus
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -32,18 +34,6 @@ metadata = MetaData(
     }
 )
 
-
-class TaskStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    WAITING = "waiting"  # a parent waiting for its children; holds no worker
-    PAUSED = "paused"  # out of budget; queued again at the next day or when the budget grows
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 WORKSPACE = "*"  # the usage_daily row that sums every agent (for the workspace budget)
 

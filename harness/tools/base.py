@@ -24,7 +24,9 @@ import contextlib
 import hashlib
 import importlib.util
 import inspect
+import os
 import re
+import stat
 import sys
 import threading
 import traceback
@@ -40,6 +42,7 @@ import pydantic_core
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from .. import scrub
 from ..errors import ConfigError, ControlSignal, Problem, ToolError
 from ..messages import FunctionSpec, ToolSpec
 from ..settings import Settings
@@ -102,9 +105,28 @@ class ToolContext:
     artifacts: ArtifactReader | None = None  # the run's large results (read_artifact)
 
     def ensure_workdir(self) -> Path:
-        """Create the run folder if needed; return its real (symlink-free) path."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        return self.workdir.resolve(strict=True)
+        """Create the run folder if needed; return its real (symlink-free) path.
+
+        The folder is made and opened without following links: one planted beforehand as a
+        symbolic link (run ids are sequential), or anything but a folder directly inside its
+        parent (``var/runs``), is refused with a ToolError, so no file tool of the run ever
+        reaches outside it.
+        """
+        runs = self.workdir.parent
+        runs.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # an existing link is not followed
+            os.mkdir(self.workdir)
+        try:
+            os.close(os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))
+        except OSError:
+            raise ToolError(
+                f"the run folder {self.workdir} is not a plain folder (a symbolic link?); "
+                "refusing to use it"
+            ) from None
+        real = Path(os.path.realpath(self.workdir))
+        if real.parent != Path(os.path.realpath(runs)):
+            raise ToolError(f"the run folder {self.workdir} is not inside {runs}; refusing it")
+        return real
 
 
 @dataclass(frozen=True)
@@ -395,10 +417,13 @@ class ToolRegistry:
         """Run tool ``name`` with the model's JSON arguments; never raises for tool problems.
 
         Sync tools run in a worker thread. Output: a ``str`` as is, anything else as JSON;
-        every content (errors included) is capped to ``max_chars`` characters.
+        every content (errors included) has every known secret redacted and characters no
+        database can hold replaced (:mod:`harness.scrub`), and is capped to ``max_chars``
+        characters: it is stored, shown and sent back to the model.
         """
         result = await self._call(name, arguments_json, ctx, allowed)
-        return ToolResult(ok=result.ok, content=_cap(result.content, max_chars))
+        content = scrub.storable(scrub.redact(result.content))
+        return ToolResult(ok=result.ok, content=_cap(content, max_chars))
 
     async def _call(
         self, name: str, arguments_json: str, ctx: ToolContext, allowed: Collection[str]
@@ -520,39 +545,62 @@ def _import_error(path: Path, exc: BaseException) -> ConfigError:
     )
 
 
-def load_workspace_tools(tools_dir: Path, registry: ToolRegistry) -> list[str]:
+def load_workspace_tools(
+    tools_dir: Path, registry: ToolRegistry, problems: list[Problem] | None = None
+) -> list[str]:
     """Import every ``tools_dir/*.py`` not starting with ``_`` and register its ``@tool``s.
 
     Each file becomes a module under a private name. Returns the registered names in load
-    order. A file that fails to import raises ConfigError naming it (and the line when known);
-    a name clash raises ConfigError naming both definitions. A missing folder yields ``[]``.
+    order. Every file is tried: one that fails to import (its line named when known; a
+    ``sys.exit()`` at import too) or defines a name twice is a problem; with ``problems``
+    given they are added to it, else they raise one ConfigError once every file was tried.
+    A missing folder yields ``[]``.
     """
     if not tools_dir.is_dir():
         return []
     tag = hashlib.sha1(str(tools_dir.resolve()).encode()).hexdigest()[:10]
     names: list[str] = []
+    found_problems: list[Problem] = []
     for path in sorted(tools_dir.glob("*.py")):
         if path.name.startswith("_"):
             continue
-        module_name = f"_harness_workspace_{tag}_{path.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise ConfigError(Problem(str(path), "cannot be imported as a module"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # pydantic resolves forward refs through it
-        found: list[Tool] = []
-        _collectors.append(found)
         try:
-            spec.loader.exec_module(module)
-        except ConfigError:  # from @tool itself: it already names the file and line
-            sys.modules.pop(module_name, None)
-            raise
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() at import too
-            sys.modules.pop(module_name, None)
-            raise _import_error(path, exc) from exc
-        finally:
-            _collectors.pop()
-        for t in found:
-            registry.register(t)
-            names.append(t.name)
+            for t in _import_tools(path, f"_harness_workspace_{tag}_{path.stem}"):
+                registry.register(t)
+                names.append(t.name)
+        except ConfigError as exc:
+            found_problems += exc.problems
+    if problems is not None:
+        problems += found_problems
+    elif found_problems:
+        raise ConfigError(found_problems)
     return names
+
+
+def _import_tools(path: Path, module_name: str) -> list[Tool]:
+    """The ``@tool``s defined by importing ``path``; ConfigError naming the file (one that
+    is not a regular file, a FIFO say, is refused unopened: reading it could block)."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        raise ConfigError(Problem(str(path), f"cannot read: {exc.strerror or exc}")) from None
+    if not regular:
+        raise ConfigError(Problem(str(path), "is not a regular file; expected Python source"))
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(Problem(str(path), "cannot be imported as a module"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # pydantic resolves forward refs through it
+    found: list[Tool] = []
+    _collectors.append(found)
+    try:
+        spec.loader.exec_module(module)
+    except ConfigError:  # from @tool itself: it already names the file and line
+        sys.modules.pop(module_name, None)
+        raise
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() at import too
+        sys.modules.pop(module_name, None)
+        raise _import_error(path, exc) from exc
+    finally:
+        _collectors.pop()
+    return found

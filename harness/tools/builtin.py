@@ -21,12 +21,14 @@ from pydantic import Field, StringConstraints
 from ..agents import DELEGATE
 from ..errors import ConfigError, ToolError
 from ..messages import FunctionSpec, ToolSpec
+from ..scrub import storable
 from .base import Tool, ToolContext, ToolRegistry, make_tool
 from .webfetch import make_web_fetch_tool
 
 __all__ = [
     "BUILTIN_TOOL_NAMES",
     "DELEGATE_TOOL",
+    "GOAL_NOTE",
     "LIST_MAX_ENTRIES",
     "NOTE_APPEND",
     "NOTE_MAX_CHARS",
@@ -179,7 +181,7 @@ async def note_append(text: str, ctx: ToolContext) -> str:
     Args:
         text: What to remember, self-contained (say what it is about).
     """
-    text = text.strip()
+    text = storable(text.strip())
     if not text:
         raise ToolError("the note is empty")
     if len(text) > NOTE_MAX_CHARS:
@@ -261,14 +263,27 @@ DELEGATE_TOOL = make_tool(delegate, name=DELEGATE)
 the call out (a child task). Agents are offered :func:`delegate_spec` for their team."""
 
 
-def delegation(arguments_json: str, targets: Collection[str]) -> tuple[str, str]:
-    """``(agent, task)`` of a delegate call to one of ``targets``; ToolError with a message
-    for the model when the arguments are not valid or name someone else."""
+GOAL_NOTE = "(For: {goal})"  # worded so that small models neither echo it nor ramble about a team
+
+
+def delegation(
+    arguments_json: str, targets: Collection[str], goal: str | None = None
+) -> tuple[str, str]:
+    """``(agent, child input)`` of a delegate call to one of ``targets``; ToolError with a
+    message for the model when the arguments are not valid or name someone else.
+
+    With ``goal`` (the delegating task's own input) the child's input is the task followed by
+    that goal (``GOAL_NOTE``), unless the task already quotes it: a specialist always sees,
+    in the goal's own words, what its work is for (a small model's task text drifts off the
+    point, or echoes the schema's wording instead of a task)."""
     args = DELEGATE_TOOL.arguments(arguments_json)
-    agent, task = args["agent"], args["task"]
+    agent, task = args["agent"], storable(args["task"])  # the child's input is stored
     if agent not in targets:
         choices = ", ".join(sorted(targets)) or "nobody"
         raise ToolError(f"cannot delegate to {agent!r}; you may delegate to: {choices}")
+    goal = storable(goal.strip()) if goal else ""
+    if goal and goal not in task:
+        task = f"{task}\n\n{GOAL_NOTE.format(goal=goal)}"
     return agent, task
 
 

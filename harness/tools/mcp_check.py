@@ -8,14 +8,13 @@ the ``tools`` field and the line of the name in the front matter.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 
 import anyio
 
-from ..agents import FRONT_MATTER, parse_agent_file
+from ..agents import agent_files, read_agent_file
 from ..errors import Problem, ToolsUnavailable
 from ..settings import CONFIG_FILE, Workspace
 from .base import WILDCARD, ToolRegistry
@@ -26,22 +25,10 @@ __all__ = ["check_agent_tools", "tool_line"]
 
 
 def tool_line(path: Path, name: str) -> int | None:
-    """The line of ``name`` in the ``tools`` field of an agent file's front matter (the
-    field's own line for a flow list), or None."""
-    match = FRONT_MATTER.match(path.read_text(encoding="utf-8"))
-    if match is None:
-        return None
-    lines = match.group(1).splitlines()
-    start = next((i for i, ln in enumerate(lines) if re.match(r"^tools\s*:", ln)), None)
-    if start is None:
-        return None
-    token = re.compile(rf"(?<![\w*-]){re.escape(name)}(?![\w*-])")
-    for i in range(start, len(lines)):
-        if i > start and re.match(r"^[A-Za-z_][\w-]*\s*:", lines[i]):
-            break  # the next field
-        if token.search(lines[i]):
-            return i + 2  # 1-based, after the opening '---'
-    return start + 2
+    """The file line of ``name`` in the ``tools`` list of an agent file, or None."""
+    af = read_agent_file(path)
+    index = next((i for i, n in af.names("tools") if n == name), None)
+    return af.line("tools", index) if "tools" in af.data else None
 
 
 async def check_agent_tools(
@@ -71,9 +58,8 @@ async def check_agent_tools(
 def _mcp_names(agents_dir: Path, registry: ToolRegistry) -> list[tuple[Path, str]]:
     """Every ``x__y`` name in an agent's ``tools`` that no other source defines."""
     out = []
-    for path in sorted(agents_dir.glob("*.md")):
-        spec, _ = parse_agent_file(path)
-        for name in spec.tools if spec is not None else []:
+    for path in agent_files(agents_dir):
+        for _, name in read_agent_file(path).names("tools"):
             prefix, sep, rest = name.partition("__")
             if sep and prefix and rest and registry.get(name) is None:
                 out.append((path, name))

@@ -22,11 +22,11 @@ import httpx2
 from mcp.client import Transport
 from mcp.client.streamable_http import streamable_http_client
 
-from .. import logs
+from .. import logs, scrub
 
 __all__ = ["REDACTED", "Secrets", "http", "last_line", "log_size", "open_log", "watched"]
 
-REDACTED = "[redacted]"
+REDACTED = scrub.REDACTED
 LOG_ROTATE_BYTES = 10_000_000
 
 
@@ -44,9 +44,8 @@ class Secrets:
         return value
 
     def redact(self, text: str) -> str:
-        for value in self._values:
-            text = text.replace(value, REDACTED)
-        return text
+        """``text`` without this server's values (however short) nor any other known secret."""
+        return scrub.redact(text, also=self._values)
 
 
 class _Watched:

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .. import clock
-from ..ledger import day_of, day_range, days_back
+from ..ledger import day_of, days_back
 from ..report import build_report
 from ..store import queue, views
 from ..store.schema import TERMINAL, TaskStatus
@@ -68,12 +68,11 @@ async def _overview(board: Dashboard) -> dict[str, Any]:
 
 def ledger_range(request: Request, board: Dashboard) -> tuple[str, str]:
     """``since``/``until`` (dates, or ``since=7d``) or ``days=N``; default the last 30 days."""
-    q = request.query_params
-    today = day_of(clock.now(), board.rt.settings.tz)
+    q, now, tz = request.query_params, clock.now(), board.rt.settings.tz
+    today = day_of(now, tz)
     days = _int(q.get("days"), "days", DEFAULT_DAYS) or DEFAULT_DAYS
     try:
-        since, until = day_range(today, day=q.get("day"), since=q.get("since"),
-                                 until=q.get("until"))  # fmt: skip
+        since, until = clock.period_days(q.get("day"), q.get("since"), q.get("until"), now, tz)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
     until = until or today
@@ -111,7 +110,7 @@ def run_filters(request: Request, board: Dashboard) -> dict[str, Any]:
     for key in ("since", "until"):
         if q.get(key):
             try:
-                out[key] = clock.parse_since(q[key], now, tz)
+                out[key] = clock.parse_time(q[key], now, tz, end=key == "until")
             except ValueError as exc:
                 raise HTTPException(400, f"{key}: {exc}") from None
     return out
@@ -168,7 +167,7 @@ async def report(request: Request) -> Response:
     since_text = request.query_params.get("since", "12h")
     now = clock.now()
     try:
-        since = clock.parse_since(since_text, now, board.rt.settings.tz)
+        since = clock.parse_time(since_text, now, board.rt.settings.tz)
     except ValueError as exc:
         raise HTTPException(400, f"since: {exc}") from None
     markdown = await board.rt.store.read(build_report, board.rt.settings, since, now,
