@@ -395,3 +395,54 @@ def test_day_of_agrees_with_the_calendar_across_dst_changes_at_midnight(zone: st
     while ts < end:
         assert ledger.day_of(ts, tz) == datetime.fromtimestamp(ts, tz).date().isoformat(), ts
         ts += 1799.0  # not a divisor of an hour: lands on every side of each change
+
+
+def test_the_light_reader_reads_the_ledger_as_the_store_does(workspace_dir: Path) -> None:
+    """``harness ledger`` reads a SQLite file with ``sqlite3`` (no SQLAlchemy): the same rows
+    and forecast as the store, for every selection; the command never imports SQLAlchemy."""
+    import subprocess
+    import sys
+
+    from harness.store.light import open_reader
+
+    url = f"sqlite:///{workspace_dir / 'var/harness.db'}"
+    store = Store.open(url)
+    run_id, task_id = store.write_sync(queue.create_run, "g", "veblen", max_attempts=3)
+    now = clock.now()
+    for agent, model, n in (("veblen", "m", 100), ("veblen", "n", 7), ("simmons", "m", 30)):
+        record = CallRecord(
+            provider="p", model=model, outcome=CallOutcome.OK, usage=Usage(n, n // 2), attempt=1
+        )
+        failed = CallRecord(provider="p", model=model, outcome=CallOutcome.ERROR, status=500)
+        ctx = CallContext(agent, run_id if agent == "veblen" else None, task_id)
+        store.write_sync(ledger.record, ctx, [failed, record], SETTINGS, ts=now - 60)
+    budgets = {"veblen": Budget(tokens=10_000), "simmons": Budget(tokens=40)}
+    today = ledger.day_of(now, SETTINGS.tz)
+    reader = open_reader(url)
+    assert reader is not None
+    selections: list[dict[str, Any]] = [
+        {},
+        {"by_model": True},
+        {"agent": "veblen"},
+        {"run_id": run_id},
+        {"since": today, "until": today, "by_model": True},
+        {"until": ledger.days_back(today, 1)},
+    ]
+    for kw in selections:
+        light = reader.read_sync(ledger_report.rows, budgets, **kw)
+        assert light == store.read_sync(ledger_report.rows, budgets, **kw), kw
+    assert len(reader.read_sync(ledger_report.rows, budgets, by_model=True)) == 3
+    assert reader.read_sync(ledger_report.rows, budgets, until=ledger.days_back(today, 1)) == []
+    forecast = reader.read_sync(ledger_report.forecast, budgets, SETTINGS.tz, now)
+    assert forecast == store.read_sync(ledger_report.forecast, budgets, SETTINGS.tz, now)
+    assert [f["agent"] for f in forecast] == ["simmons", "veblen"] and forecast[0]["exhausted"]
+    reader.close()
+    store.close()
+    probe = (
+        "import sys\nfrom harness.cli import main\n"
+        f"sys.argv = ['harness', '--workspace', {str(workspace_dir)!r}, 'ledger']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('sqlalchemy' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert res.stdout.strip().splitlines()[-1] == "False", res.stdout + res.stderr

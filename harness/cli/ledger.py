@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import MAX_ID, budgets, fail, opened_store, out, print_json, workspace
+from ._common import (
+    MAX_ID,
+    budgets,
+    fail,
+    opened_reader,
+    opened_store,
+    out,
+    print_json,
+    workspace,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -135,7 +144,7 @@ def ledger(
     limits = budgets(ws)
     if agent is not None and agent not in limits:
         _known_agent(ws, agent, limits)
-    with opened_store(ws) as store:
+    with opened_reader(ws) as store:
         if forecast:
             data = store.read_sync(reads.forecast, limits, ws.settings.tz)
         else:
@@ -177,7 +186,7 @@ def _known_agent(ws: Workspace, agent: str, limits: dict[str, Any]) -> None:
     file is gone still has its history)."""
     from ..ledger import reads
 
-    with opened_store(ws) as store:
+    with opened_reader(ws) as store:
         rows = store.read_sync(reads.rows, {}, agent=agent)
     if not rows:
         fail(f"unknown agent {agent!r} (known: {', '.join(sorted(limits)) or 'none'})")
@@ -232,7 +241,7 @@ def prune(
 def print_ledger_for_run(ws: Workspace, run_id: int, console: Console) -> None:
     from ..ledger import reads
 
-    with opened_store(ws) as store:
+    with opened_reader(ws) as store:
         data = store.read_sync(reads.rows, budgets(ws), run_id=run_id)
     console.print(f"\nledger for run {run_id}:")
     _table(console, data, False)

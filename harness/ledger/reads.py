@@ -2,22 +2,26 @@
 
 The default table reads the daily roll-ups (one indexed row per agent and day). Asking for a
 run, or for a breakdown by model, aggregates the call rows instead (indexed by run and day).
+The tables and forecasts are portable SQL (``store.sql``): ``harness ledger`` reads them on
+the light path without SQLAlchemy (``store.light``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Integer, cast, func, select
-
 from .. import clock
-from ..store.schema import WORKSPACE, calls, usage_daily
+from ..store.sql import Conn, fetch
+from ..store.status import WORKSPACE
 from ..store.views import histogram
 from ..usage import Budget
 from .days import day_of, next_day_start
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 FIELDS = (
     "day",
@@ -63,7 +67,7 @@ def _finish(row: dict[str, Any], budgets: Mapping[str, Budget]) -> dict[str, Any
 
 
 def rows(
-    conn: Connection,
+    conn: Conn,
     budgets: Mapping[str, Budget],
     *,
     since: str | None = None,
@@ -73,53 +77,33 @@ def rows(
     by_model: bool = False,
 ) -> list[dict[str, Any]]:
     """Ledger rows ordered by day, agent (and model). Days are inclusive ISO dates."""
+    given = {"since": since, "until": until, "agent": agent, "run_id": run_id}
+    params = {k: v for k, v in given.items() if v is not None}
+    tests = {"since": "day >= :since", "until": "day <= :until", "agent": "agent = :agent"}
+    where = " AND ".join(["1 = 1"] + [tests[k] for k in params if k in tests])
     if run_id is None and not by_model:
-        u = usage_daily.c
-        q = select(usage_daily).where(u.agent != WORKSPACE)
-        if since:
-            q = q.where(u.day >= since)
-        if until:
-            q = q.where(u.day <= until)
-        if agent:
-            q = q.where(u.agent == agent)
-        result = conn.execute(q.order_by(u.day, u.agent)).mappings()
-        return [_finish(dict(r), budgets) for r in result if r["calls"]]
-    c = calls.c
-    keys = [c.day, c.agent, *([c.model] if by_model else [])]
-    q = (
-        select(
-            *keys,
-            func.count().label("calls"),
-            func.sum(c.prompt_tokens).label("prompt_tokens"),
-            func.sum(c.cached_tokens).label("cached_tokens"),
-            func.sum(c.completion_tokens).label("completion_tokens"),
-            func.sum(c.reasoning_tokens).label("reasoning_tokens"),
-            func.sum(c.cost_usd).label("cost_usd"),
-            func.sum(cast(c.estimated, Integer)).label("estimated_calls"),
-            _outcomes("unsettled").label("unsettled_calls"),
-            _outcomes("error").label("error_calls"),
+        sql = (
+            f"SELECT * FROM usage_daily WHERE agent != :everyone AND calls > 0 AND {where}"
+            " ORDER BY day, agent"
         )
-        .group_by(*keys)
-        .order_by(*keys)
-    )
+        return [_finish(r, budgets) for r in fetch(conn, sql, {**params, "everyone": WORKSPACE})]
+    keys = "day, agent" + (", model" if by_model else "")
     if run_id is not None:
-        q = q.where(c.run_id == run_id)
-    if since:
-        q = q.where(c.day >= since)
-    if until:
-        q = q.where(c.day <= until)
-    if agent:
-        q = q.where(c.agent == agent)
-    return [_finish(dict(r), budgets) for r in conn.execute(q).mappings()]
-
-
-def _outcomes(name: str) -> Any:
-    """How many call rows of a group have outcome ``name``."""
-    return func.sum(cast(calls.c.outcome == name, Integer))
+        where += " AND run_id = :run_id"
+    sql = (
+        f"SELECT {keys}, COUNT(*) AS calls, SUM(prompt_tokens) AS prompt_tokens,"
+        " SUM(cached_tokens) AS cached_tokens, SUM(completion_tokens) AS completion_tokens,"
+        " SUM(reasoning_tokens) AS reasoning_tokens, SUM(cost_usd) AS cost_usd,"
+        " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated_calls,"
+        " SUM(CASE WHEN outcome = 'unsettled' THEN 1 ELSE 0 END) AS unsettled_calls,"
+        " SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) AS error_calls"
+        f" FROM calls WHERE {where} GROUP BY {keys} ORDER BY {keys}"
+    )
+    return [_finish(r, budgets) for r in fetch(conn, sql, params)]
 
 
 def forecast(
-    conn: Connection, budgets: Mapping[str, Budget], tz: ZoneInfo, now: float | None = None
+    conn: Conn, budgets: Mapping[str, Budget], tz: ZoneInfo, now: float | None = None
 ) -> list[dict[str, Any]]:
     """For each agent with a token budget: today's use, pace (tokens/hour since the day's first
     call) and when, at that pace, it will hit its budget (null when not today)."""
@@ -129,20 +113,23 @@ def forecast(
     start = datetime(today.year, today.month, today.day, tzinfo=tz).timestamp()
     end = next_day_start(now, tz)
     out = []
-    firsts = dict(
-        conn.execute(
-            select(calls.c.agent, func.min(calls.c.ts))
-            .where(calls.c.day == day)
-            .group_by(calls.c.agent)
-        ).all()
-    )
-    used = dict(
-        conn.execute(
-            select(
-                usage_daily.c.agent, usage_daily.c.prompt_tokens + usage_daily.c.completion_tokens
-            ).where(usage_daily.c.day == day)
-        ).all()
-    )
+    firsts = {
+        r["agent"]: r["first"]
+        for r in fetch(
+            conn,
+            "SELECT agent, MIN(ts) AS first FROM calls WHERE day = :day GROUP BY agent",
+            {"day": day},
+        )
+    }
+    used = {
+        r["agent"]: r["used"]
+        for r in fetch(
+            conn,
+            "SELECT agent, prompt_tokens + completion_tokens AS used FROM usage_daily"
+            " WHERE day = :day",
+            {"day": day},
+        )
+    }
     for agent, budget in sorted(budgets.items()):
         if budget.tokens is None:
             continue
@@ -173,6 +160,8 @@ def call_latency(conn: Connection, bounds: Sequence[float]) -> list[dict[str, An
     """Per agent and model, a histogram of call latency in seconds (every attempt that reached
     a server and was answered; unsettled ones have no latency): ``{"agent", "model", "count",
     "sum", "buckets"}``, ``buckets`` cumulative over ``bounds`` (see ``views.histogram``)."""
+    from ..store.schema import calls
+
     seconds = calls.c.latency_ms / 1000.0
     answered = calls.c.outcome != "unsettled"
     return histogram(conn, seconds, [calls.c.agent, calls.c.model], bounds, answered)

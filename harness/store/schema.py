@@ -23,6 +23,7 @@ from sqlalchemy import (
 
 # re-exported: statuses live in .status, importable without SQLAlchemy
 from .status import TERMINAL as TERMINAL
+from .status import WORKSPACE as WORKSPACE
 from .status import TaskStatus as TaskStatus
 
 metadata = MetaData(
@@ -34,8 +35,6 @@ metadata = MetaData(
     }
 )
 
-
-WORKSPACE = "*"  # the usage_daily row that sums every agent (for the workspace budget)
 
 USAGE_COUNTERS = (
     "calls",

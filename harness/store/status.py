@@ -1,11 +1,11 @@
-"""Task statuses and compaction kinds: plain values, importable without SQLAlchemy
-(``schema`` and ``compactions`` re-export them)."""
+"""Task statuses, compaction kinds and the workspace's ledger key: plain values, importable
+without SQLAlchemy (``schema`` and ``compactions`` re-export them)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["MASK", "SUMMARY", "TERMINAL", "TaskStatus"]
+__all__ = ["MASK", "SUMMARY", "TERMINAL", "WORKSPACE", "TaskStatus"]
 
 
 class TaskStatus(StrEnum):
@@ -22,3 +22,6 @@ TERMINAL = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 # the kinds of compaction record (``store.compactions``)
 MASK, SUMMARY = "mask", "summary"
+
+# the usage_daily row that sums every agent (for the workspace budget)
+WORKSPACE = "*"
