@@ -53,6 +53,10 @@ class Sizes:
     b7_rounds: int
     b8_in_flight: int
     b8_cli_runs: int
+    b9_runs: int  # one-call runs per arm per round
+    b9_delegated: int  # delegated runs (a chief + 4 children) per arm per round
+    b9_concurrency: tuple[int, ...]
+    b9_rounds: int
     b10_steps: int  # steps of B10's one long task
     b10_rounds: int
     b13_tasks: int  # tasks of B13 (each its own mix of results)
@@ -80,6 +84,10 @@ FULL = Sizes(
     b7_rounds=5,
     b8_in_flight=256,
     b8_cli_runs=15,
+    b9_runs=3000,
+    b9_delegated=500,
+    b9_concurrency=(64, 256),
+    b9_rounds=3,
     b10_steps=200,
     b10_rounds=3,
     b13_tasks=24,
@@ -106,6 +114,10 @@ QUICK = Sizes(
     b7_rounds=1,
     b8_in_flight=32,
     b8_cli_runs=3,
+    b9_runs=600,
+    b9_delegated=100,
+    b9_concurrency=(64,),
+    b9_rounds=1,
     b10_steps=60,
     b10_rounds=1,
     b13_tasks=8,
@@ -132,6 +144,10 @@ TINY = Sizes(
     b7_rounds=1,
     b8_in_flight=4,
     b8_cli_runs=1,
+    b9_runs=24,
+    b9_delegated=4,
+    b9_concurrency=(8,),
+    b9_rounds=1,
     b10_steps=12,
     b10_rounds=1,
     b13_tasks=2,

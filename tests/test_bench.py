@@ -70,12 +70,15 @@ def test_queue_and_ledger_benchmarks() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_worker_process_benchmarks_and_report(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
-    args = ["--sizes", "tiny", "--only", "B7,B8,B14", "--soak-minutes", "0.1", "--out", str(out)]
+    args = [
+        "--sizes", "tiny", "--only", "B7,B8,B9,B14", "--soak-minutes", "0.1", "--out", str(out)
+    ]  # fmt: skip
     assert main(args) == 0
     text = out.read_text()
-    assert "python -m bench --sizes tiny --only B7,B8,B14 --soak-minutes 0.1" in text
+    assert "python -m bench --sizes tiny --only B7,B8,B9,B14 --soak-minutes 0.1" in text
     for row in (
         "start -> first task's model call",
         "worker RSS",
@@ -83,6 +86,9 @@ def test_worker_process_benchmarks_and_report(tmp_path: Path) -> None:
         "`harness status` wall time",
         "`harness agents list` wall time",
         "WAL high-water mark",
+        "one-call, 8 in flight, sqlite: wall / raw",
+        "one-call, 8 in flight, postgres: worker CPU per run",
+        "delegated, 8 in flight, sqlite: worker CPU per run",
     ):
         assert row in text
     assert "## Summary" in text and "B7" in text and "B8" in text and "B14" in text
@@ -91,7 +97,7 @@ def test_worker_process_benchmarks_and_report(tmp_path: Path) -> None:
 def test_unknown_benchmark_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         main(["--only", "B99"])
-    assert suite.KEYS == ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B10", "B13", "B14")
+    assert suite.KEYS == ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B13", "B14")
 
 
 @pytest.mark.slow
