@@ -124,7 +124,8 @@ def build_runtime(
     """Wire a runtime for ``workspace``; ``provider``/``store`` may be given (tests)."""
     tools = load_tools(workspace)
     team = load_agents(workspace, tools)
-    settings, facts = catalogue.resolve(workspace.settings)
+    kept = workspace.var_dir / catalogue.KEPT_FILE
+    settings, facts = catalogue.resolve(workspace.settings, kept=kept)
     resolved = replace(workspace, settings=settings)
     rt = Runtime(
         workspace=resolved,

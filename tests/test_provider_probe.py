@@ -4,12 +4,15 @@ the workspace instead of loaded)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.messages import ChatMessage, ChatRequest
-from harness.provider import OpenAIProvider
+from harness.provider import OpenAIProvider, catalogue
+from harness.provider.catalogue import Entry, Kept
 from harness.provider.probe import probe, probe_models
 from harness.settings import Settings
 from harness.testing.fakeserver import FakeConfig, FakeServer
@@ -55,3 +58,82 @@ async def test_a_probe_of_its_own_says_what_went_wrong() -> None:
     assert gone.kind == "connect" and gone.problem is not None
     assert gone.problem.startswith("cannot reach http://127.0.0.1:9/v1: ")
     assert "ssl:" not in gone.problem
+
+
+ENTRY = Entry(1000, 0.4, 0.1, 1.6, "genai-prices 0.0: openai/gpt-4.1-mini")
+
+
+def test_catalogue_answers_are_kept_and_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+
+    def lookup(model_id: str, base_url: str | None = None) -> Entry | None:
+        asked.append(model_id)
+        return ENTRY if model_id == "gpt-4.1-mini" else None
+
+    monkeypatch.setattr(catalogue, "lookup", lookup)
+    kept = tmp_path / "var" / catalogue.KEPT_FILE
+    settings = settings_for("http://x.test/v1").model_copy()
+    settings.models["n"] = settings.models["m"].model_copy(update={"id": "unknown-model"})
+    first, facts = catalogue.resolve(settings, kept=kept)
+    assert sorted(asked) == ["gpt-4.1-mini", "unknown-model"] and kept.is_file()
+    asked.clear()
+    again, facts_again = catalogue.resolve(settings, kept=kept)
+    assert asked == []  # both answers (a miss too) read from the file
+    assert again == first and facts_again == facts
+    assert first.models["m"].price_input == 0.4 and first.models["m"].context_window == 1000
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: "not json {",
+        lambda data: json.dumps(data | {"stamp": "genai-prices 0.0.1, 1999-01-01"}),
+        lambda data: json.dumps(data | {"entries": []}),
+        lambda data: json.dumps(
+            data | {"entries": {k: v | {"window": "many"} for k, v in data["entries"].items()}}
+        ),
+        lambda data: json.dumps(
+            data | {"entries": {k: v | {"price_input": -1} for k, v in data["entries"].items()}}
+        ),
+        lambda data: json.dumps(data | {"entries": {k: {"window": 5} for k in data["entries"]}}),
+    ],
+    ids=[
+        "not-json",
+        "other-version-or-day",
+        "entries-not-a-mapping",
+        "bad-window",
+        "negative-price",
+        "missing-fields",
+    ],
+)
+def test_a_stale_or_damaged_file_is_looked_up_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: Any
+) -> None:
+    asked: list[str] = []
+
+    def lookup(model_id: str, base_url: str | None = None) -> Entry | None:
+        asked.append(model_id)
+        return ENTRY
+
+    monkeypatch.setattr(catalogue, "lookup", lookup)
+    kept = tmp_path / catalogue.KEPT_FILE
+    settings = settings_for("http://x.test/v1")
+    catalogue.resolve(settings, kept=kept)
+    kept.write_text(damage(json.loads(kept.read_text())))
+    asked.clear()
+    resolved, _ = catalogue.resolve(settings, kept=kept)
+    assert asked == ["gpt-4.1-mini"] and resolved.models["m"].price_output == 1.6
+    assert Kept.open(kept).entries  # written again, whole
+
+
+def test_an_unwritable_place_only_costs_the_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catalogue, "lookup", lambda model_id, base_url=None: ENTRY)
+    blocker = tmp_path / "var"
+    blocker.write_text("a file where the folder should be")
+    resolved, _ = catalogue.resolve(settings_for("http://x.test/v1"), kept=blocker / "c.json")
+    assert resolved.models["m"].price_input == 0.4
+    assert list(tmp_path.iterdir()) == [blocker]  # nothing left behind
