@@ -59,6 +59,7 @@ class Sizes:
     b9_rounds: int
     b10_steps: int  # steps of B10's one long task
     b10_rounds: int
+    b12_rounds: int  # B12: `harness run` processes per arm (each a few seconds)
     b13_tasks: int  # tasks of B13 (each its own mix of results)
     b13_steps: int
     soak_minutes: float  # B14 (run only when named: ``make soak``)
@@ -90,6 +91,7 @@ FULL = Sizes(
     b9_rounds=3,
     b10_steps=200,
     b10_rounds=3,
+    b12_rounds=7,
     b13_tasks=24,
     b13_steps=12,
     soak_minutes=60,
@@ -120,6 +122,7 @@ QUICK = Sizes(
     b9_rounds=1,
     b10_steps=60,
     b10_rounds=1,
+    b12_rounds=3,
     b13_tasks=8,
     b13_steps=8,
     soak_minutes=2,
@@ -150,6 +153,7 @@ TINY = Sizes(
     b9_rounds=1,
     b10_steps=12,
     b10_rounds=1,
+    b12_rounds=1,
     b13_tasks=2,
     b13_steps=4,
     soak_minutes=0.1,
@@ -322,6 +326,12 @@ class FakeServerProcess:
 
     def stats(self) -> dict[str, Any]:
         return self._call("/stats")
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The server's request log since the last reset (arrival and served times, path,
+        client port), in arrival order."""
+        entries: list[dict[str, Any]] = self._call("/requests")["requests"]
+        return entries
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the server process has used so far."""

@@ -18,7 +18,7 @@ from .agents import Team, load_team
 from .errors import ConfigError, Problem
 from .provider import OpenAIProvider, Provider, catalogue
 from .provider.local import ensure_local_server
-from .provider.probe import Probe, probe_models, reported_windows
+from .provider.probe import Clients, Probe, probe_models, reported_windows
 from .provider.tokens import Calibration
 from .settings import Settings, Workspace
 from .store import Store
@@ -124,7 +124,8 @@ def build_runtime(
     """Wire a runtime for ``workspace``; ``provider``/``store`` may be given (tests)."""
     tools = load_tools(workspace)
     team = load_agents(workspace, tools)
-    settings, facts = catalogue.resolve(workspace.settings)
+    kept = workspace.var_dir / catalogue.KEPT_FILE
+    settings, facts = catalogue.resolve(workspace.settings, kept=kept)
     resolved = replace(workspace, settings=settings)
     rt = Runtime(
         workspace=resolved,
@@ -139,6 +140,12 @@ def build_runtime(
     return rt
 
 
+def _own_clients(provider: OpenAIProvider) -> Clients:
+    """The probes go through the provider's own clients: one TLS context and one connection
+    per server, which the first model call then reuses (no set-up of its own)."""
+    return lambda name: provider.client(name).http_client()
+
+
 @asynccontextmanager
 async def open_runtime(workspace: Workspace, **kwargs: Any) -> AsyncIterator[Runtime]:
     """A runtime for ``workspace`` (see :func:`build_runtime`) with the embedded model's
@@ -151,7 +158,9 @@ async def open_runtime(workspace: Workspace, **kwargs: Any) -> AsyncIterator[Run
             if not transient(exc):
                 raise
             log.warning("model_stats_unread", error=str(exc).splitlines()[0][:200])
-        rt.learn(await probe_models(rt.settings, rt.models_in_use()))
+        provider = rt.provider if kwargs.get("provider") is None else None
+        clients = _own_clients(provider) if isinstance(provider, OpenAIProvider) else None
+        rt.learn(await probe_models(rt.settings, rt.models_in_use(), clients))
         log_path = workspace.var_dir / "local-server.log"
         async with ensure_local_server(rt.settings, log_path=log_path, models=rt.models_in_use()):
             yield rt

@@ -16,6 +16,7 @@ from bench import (
     b5_queue,
     b6_ledger,
     b10_long,
+    b12_first_call,
     b13_estimates,
     suite,
 )
@@ -94,10 +95,21 @@ def test_worker_process_benchmarks_and_report(tmp_path: Path) -> None:
     assert "## Summary" in text and "B7" in text and "B8" in text and "B14" in text
 
 
+def test_first_call_benchmark() -> None:
+    """B12 runs real `harness run` processes: its rows, the ledger and the server's request
+    log read (no timing is checked)."""
+    b12 = anyio.run(b12_first_call.run, TINY)
+    measures = _measures(b12)
+    assert measures[0] == "start -> first model request (used workspace)"
+    assert "first call's latency / later calls' (used workspace)" in measures
+    assert "first call's latency / later calls' (raw aiohttp)" in measures
+    assert all(r.value != "n/a" for r in b12.rows), b12.markdown()
+
+
 def test_unknown_benchmark_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         main(["--only", "B99"])
-    assert suite.KEYS == ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B13", "B14")
+    assert ",".join(suite.KEYS) == "B1,B2,B3,B4,B5,B6,B7,B8,B9,B10,B12,B13,B14"
 
 
 @pytest.mark.slow

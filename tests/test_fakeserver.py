@@ -310,6 +310,23 @@ async def _provider_round(server: FakeServer, provider: OpenAIProvider) -> None:
     assert json.loads(call.function.arguments)["agent"] == "veblen"
 
 
+async def test_the_request_log_says_when_each_request_came_and_on_which_connection() -> None:
+    async with serve(FakeConfig(schedule=("ok", "cut"))) as (server, client):
+        before = time.time()
+        await client.get("/models")
+        await post(client)
+        with pytest.raises(httpx.TransportError):
+            await post(client)  # cut: never served
+        log = (await client.get("/requests")).json()["requests"]
+        chat_path = "/v1/chat/completions"
+        assert [e["path"] for e in log] == ["/v1/models", chat_path, chat_path]
+        assert before <= log[0]["arrived"] <= log[1]["arrived"] <= log[2]["arrived"]
+        assert log[1]["arrived"] <= log[1]["served"] and log[2]["served"] is None
+        assert log[0]["port"] == log[1]["port"]  # one keep-alive connection
+        server.reset()
+        assert (await client.get("/requests")).json()["requests"] == []
+
+
 def test_subprocess_prints_its_port_and_stops_on_sigterm() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.testing.fakeserver", "--port", "0", "--schedule", "500,ok"],

@@ -7,7 +7,11 @@ config, else from the model catalogue, else :data:`~harness.settings.DEFAULT_WIN
 come from the config where set, else from the catalogue, else they are 0 (the ledger then
 counts the model's calls as free: ``harness models`` says so). The catalogue is pydantic's
 ``genai-prices`` (offline data kept up to date by its maintainers), imported only when a
-figure is missing from the config: it takes a few hundred milliseconds to load.
+figure is missing from the config: it takes 100-200 ms to load. So a runtime keeps what it
+found for its models in the workspace (``var/catalogue.json``, :class:`Kept`): the next
+process reads its few entries in a millisecond instead, for as long as the same genai-prices
+version is installed, on the same UTC day (a catalogue price may change on a date; a worker
+that runs for days keeps its first answer all the same).
 
 :func:`resolve` returns the settings with every figure filled in (what the runtime, the
 ledger and the budgets use) and the :class:`Facts` that ``harness models`` shows.
@@ -15,16 +19,24 @@ ledger and the budgets use) and the :class:`Facts` that ``harness models`` shows
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
+import json
+import math
+import os
+import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ..settings import DEFAULT_WINDOW, ModelConfig, Settings
 
-__all__ = ["Entry", "Facts", "lookup", "resolve"]
+__all__ = ["KEPT_FILE", "Entry", "Facts", "Kept", "lookup", "resolve"]
+
+KEPT_FILE = "catalogue.json"  # in a workspace's var/ folder
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,95 @@ def lookup(model_id: str, base_url: str | None = None) -> Entry | None:
     )
 
 
+def _catalogue_version() -> str:
+    try:
+        return importlib.metadata.version("genai-prices")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+@dataclass
+class Kept:
+    """The catalogue's answers for a workspace's models, kept in a JSON file between
+    processes; valid for one genai-prices version and one UTC day, else found again. An
+    unreadable, damaged or foreign file is as good as none; one that cannot be written is
+    left as it is."""
+
+    path: Path
+    stamp: str
+    entries: dict[str, Any] = field(default_factory=dict)
+    changed: bool = False
+
+    @classmethod
+    def open(cls, path: Path) -> Kept:
+        stamp = f"genai-prices {_catalogue_version()}, {datetime.now(UTC).date().isoformat()}"
+        kept = cls(path, stamp)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return kept
+        if isinstance(data, dict) and data.get("stamp") == stamp:
+            entries = data.get("entries")
+            kept.entries = entries if isinstance(entries, dict) else {}
+        return kept
+
+    def lookup(self, model_id: str, base_url: str | None) -> Entry | None:
+        """:func:`lookup`, answered from the file when it has the answer."""
+        key = f"{model_id} at {base_url or ''}"
+        if key in self.entries:
+            raw = self.entries[key]
+            if raw is None:
+                return None
+            entry = _entry_from(raw)
+            if entry is not None:
+                return entry
+        found = lookup(model_id, base_url)
+        self.entries[key] = None if found is None else asdict(found)
+        self.changed = True
+        return found
+
+    def save(self) -> None:
+        """Write the file if anything was added (atomically: a reader sees the old or the
+        new one)."""
+        if not self.changed:
+            return
+        text = json.dumps({"stamp": self.stamp, "entries": self.entries}, indent=1)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return
+        self.changed = False
+
+
+def _entry_from(raw: Any) -> Entry | None:
+    """An Entry from its JSON form, or None when any field is missing or of the wrong type."""
+    if not isinstance(raw, dict) or set(raw) != {f.name for f in fields(Entry)}:
+        return None
+    if not isinstance(raw["source"], str):
+        return None
+    window = raw["window"]
+    if window is not None and (type(window) is not int or window <= 0):
+        return None
+    prices = {k: raw[k] for k in ("price_input", "price_cached_input", "price_output")}
+    for price in prices.values():
+        if price is not None and (type(price) not in (int, float) or not 0 <= price < math.inf):
+            return None
+    return Entry(
+        window=window,
+        **{k: None if p is None else float(p) for k, p in prices.items()},
+        source=raw["source"],
+    )
+
+
 def _per_million(value: Any) -> float | None:
     """A price as USD per million tokens (a tiered price: its base tier)."""
     if value is None:
@@ -93,17 +194,22 @@ def _per_million(value: Any) -> float | None:
 
 
 def resolve(
-    settings: Settings, reported: Mapping[str, tuple[int, str]] | None = None
+    settings: Settings,
+    reported: Mapping[str, tuple[int, str]] | None = None,
+    *,
+    kept: Path | None = None,
 ) -> tuple[Settings, dict[str, Facts]]:
     """Settings with every model's window and prices filled in, and each model's facts.
-    ``reported``: model name -> (window, source) that servers reported."""
+    ``reported``: model name -> (window, source) that servers reported. ``kept``: the file
+    of :class:`Kept` answers to read the catalogue's from (and add to)."""
     reported = reported or {}
+    book = Kept.open(kept) if kept is not None else None
     models: dict[str, ModelConfig] = {}
     facts: dict[str, Facts] = {}
     for name, cfg in settings.models.items():
         provider = settings.providers.get(cfg.provider)
         base_url = provider.base_url if provider else ""
-        entry = _catalogue(settings, name, cfg, base_url)
+        entry = _catalogue(settings, cfg, base_url, book)
         window, window_source = _window(settings, name, cfg, entry, reported)
         filled, price_source = _prices(cfg, entry)
         models[name] = filled.model_copy(update={"context_window": window})
@@ -123,6 +229,8 @@ def resolve(
             tools=cfg.tools,
             max_tokens=cfg.max_tokens,
         )
+    if book is not None:
+        book.save()
     return settings.model_copy(update={"models": models}), facts
 
 
@@ -131,10 +239,14 @@ def _is_local(settings: Settings, cfg: ModelConfig) -> bool:
     return provider is not None and provider.local
 
 
-def _catalogue(settings: Settings, name: str, cfg: ModelConfig, base_url: str) -> Entry | None:
+def _catalogue(
+    settings: Settings, cfg: ModelConfig, base_url: str, book: Kept | None
+) -> Entry | None:
     needed = cfg.context_window is None or None in (cfg.price_input, cfg.price_output)
     if not needed or _is_local(settings, cfg):  # the embedded model is in no catalogue
         return None
+    if book is not None:
+        return book.lookup(cfg.id, base_url or None)
     return lookup(cfg.id, base_url or None)
 
 

@@ -13,6 +13,8 @@ calls slower, never wrong.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,8 +45,15 @@ _OWNERS: dict[str, Any] = {
 
 def missing_internals() -> list[str]:
     """The internals of :data:`INTERNALS` that this httpx / httpx-aiohttp no longer has
-    (``client`` and ``proxy`` are set per transport, so a fresh one is asked)."""
-    sample = httpx_aiohttp.AiohttpTransport()
+    (``client`` and ``proxy`` are set per transport, so a fresh one is asked). Found once
+    per process: each provider's first call waits for the answer."""
+    return list(_missing())
+
+
+@functools.cache
+def _missing() -> tuple[str, ...]:
+    # a context without CAs: the default one loads the CA bundle (~30 ms) for nothing
+    sample = httpx_aiohttp.AiohttpTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     missing = []
     for owner, name in INTERNALS:
         target = _OWNERS[owner]
@@ -52,7 +61,7 @@ def missing_internals() -> list[str]:
             target = sample
         if not hasattr(target, name):
             missing.append(f"{owner}.{name}")
-    return missing
+    return tuple(missing)
 
 
 def transport_for(client: httpx.AsyncClient, url: httpx.URL) -> httpx.AsyncBaseTransport | None:

@@ -8,6 +8,7 @@ A probe never raises: it returns what it found, with a sentence for what went wr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +17,13 @@ import httpx
 
 from ..errors import Problem
 from ..settings import CONFIG_FILE, HOSTED, ProviderConfig, Settings
+from .transport import default_transport, plain_http_text
+
+#: A provider's pooled HTTP client by provider name (the one its model calls use).
+Clients = Callable[[str], httpx.AsyncClient]
 
 __all__ = [
+    "Clients",
     "Probe",
     "complaints",
     "config_key",
@@ -44,31 +50,51 @@ class Probe:
     server_window: int | None = None  # one window for every model (llama.cpp's n_ctx)
 
 
-async def probe(name: str, config: ProviderConfig, timeout_s: float = PROBE_TIMEOUT_S) -> Probe:
-    """Probe one provider; never raises."""
+async def probe(
+    name: str,
+    config: ProviderConfig,
+    timeout_s: float = PROBE_TIMEOUT_S,
+    client: httpx.AsyncClient | None = None,
+) -> Probe:
+    """Probe one provider; never raises. With ``client`` (the provider's own, which carries
+    its headers and key), the probe's connection stays in its pool for the first model call;
+    without, a client of the same transport is made for the probe and closed."""
     found = Probe(provider=name, url=config.base_url)
+    try:
+        with anyio.fail_after(timeout_s + 1):
+            if client is not None:
+                await _ask(found, client, config.base_url, timeout_s)
+            else:
+                async with _own_client(config) as own:
+                    await _ask(found, own, config.base_url, timeout_s)
+    except (httpx.HTTPError, OSError, TimeoutError) as exc:
+        found.kind = "connect"
+        found.problem = f"cannot reach {config.base_url}: {_describe(exc, config.base_url)}"
+    return found
+
+
+def _own_client(config: ProviderConfig) -> httpx.AsyncClient:
     headers = {"user-agent": "harness", **config.headers}
     key = config.api_key()
     if key:
         headers["authorization"] = f"Bearer {key}"
-    try:
-        async with httpx.AsyncClient(timeout=timeout_s, trust_env=True, headers=headers) as client:
-            with anyio.fail_after(timeout_s + 1):
-                response = await client.get(config.base_url + "/models")
-                _read_models(found, response)
-                if found.problem is None:
-                    await _read_props(found, client, config.base_url)
-    except (httpx.HTTPError, OSError, TimeoutError) as exc:
-        found.kind = "connect"
-        found.problem = f"cannot reach {config.base_url}: {_describe(exc)}"
-    return found
+    # the calls' transport: aiohttp, no CA bundle loaded for a plain-HTTP URL
+    transport = default_transport(config)
+    return httpx.AsyncClient(transport=transport, trust_env=True, headers=headers)
 
 
-def _describe(exc: BaseException) -> str:
+async def _ask(found: Probe, client: httpx.AsyncClient, base_url: str, timeout_s: float) -> None:
+    response = await client.get(base_url + "/models", timeout=timeout_s)
+    _read_models(found, response)
+    if found.problem is None:
+        await _read_props(found, client, base_url, timeout_s)
+
+
+def _describe(exc: BaseException, base_url: str) -> str:
     text = str(exc).strip()
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return "no answer in time"
-    return text or type(exc).__name__
+    return plain_http_text(text, base_url) or type(exc).__name__
 
 
 def _read_models(found: Probe, response: httpx.Response) -> None:
@@ -100,11 +126,13 @@ def _read_models(found: Probe, response: httpx.Response) -> None:
                 found.windows[item["id"]] = window
 
 
-async def _read_props(found: Probe, client: httpx.AsyncClient, base_url: str) -> None:
+async def _read_props(
+    found: Probe, client: httpx.AsyncClient, base_url: str, timeout_s: float
+) -> None:
     """llama.cpp's server: ``GET /props`` (beside ``/v1``) reports its ``n_ctx``."""
     root = base_url.removesuffix("/v1")
     try:
-        response = await client.get(root + "/props")
+        response = await client.get(root + "/props", timeout=timeout_s)
         props: Any = response.json() if response.status_code == 200 else {}
     except (httpx.HTTPError, ValueError):
         return
@@ -115,15 +143,18 @@ async def _read_props(found: Probe, client: httpx.AsyncClient, base_url: str) ->
         found.server_window = n_ctx
 
 
-async def probe_models(settings: Settings, models: set[str]) -> dict[str, Probe]:
+async def probe_models(
+    settings: Settings, models: set[str], clients: Clients | None = None
+) -> dict[str, Probe]:
     """Probe the providers of ``models`` (not the embedded one: harness started it), side by
-    side; by provider name."""
+    side; by provider name. ``clients``: each provider's own client, to probe through."""
     names = {settings.models[m].provider for m in models if m in settings.models}
     wanted = {n: settings.providers[n] for n in names if not settings.providers[n].local}
     found: dict[str, Probe] = {}
 
     async def one(name: str, config: ProviderConfig) -> None:
-        found[name] = await probe(name, config)
+        client = clients(name) if clients is not None else None
+        found[name] = await probe(name, config, client=client)
 
     async with anyio.create_task_group() as tg:
         for name, config in wanted.items():

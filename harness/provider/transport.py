@@ -128,6 +128,12 @@ def default_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
     return httpx.AsyncHTTPTransport(limits=limits, retries=0, **tls)
 
 
+def plain_http_text(text: str, base_url: str) -> str:
+    """An error's text without the SSL context aiohttp names (`` ssl:default``) for any URL,
+    when ``base_url`` is plain HTTP."""
+    return re.sub(r" ssl:\S+", "", text) if base_url.startswith("http://") else text
+
+
 def status_retryable(status: int) -> bool:
     """408, 409, 429 and 5xx are worth retrying; any other status is final."""
     return status in RETRYABLE_STATUS or status >= 500
@@ -179,6 +185,12 @@ class ProviderClient:
             headers["authorization"] = f"Bearer {key}"
             scrub.add_secret(key)
         return headers
+
+    def http_client(self) -> httpx.AsyncClient:
+        """The provider's pooled client (made on first use, inside the event loop), with its
+        headers and key: what the calls go through, and the preflight probe too (its
+        connection is then the first call's)."""
+        return self._http()
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -445,9 +457,7 @@ class ProviderClient:
     # -- outcomes ----------------------------------------------------------------------
 
     def _describe(self, exc: BaseException) -> str:
-        text = str(exc) or type(exc).__name__
-        if self.config.base_url.startswith("http://"):  # aiohttp says ssl:default for any URL
-            text = re.sub(r" ssl:\S+", "", text)
+        text = plain_http_text(str(exc) or type(exc).__name__, self.config.base_url)
         return self.redact(f"{type(exc).__name__}: {text}" if str(exc) else text)
 
     def _before_response(self, exc: BaseException) -> AttemptError:

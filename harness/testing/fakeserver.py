@@ -1,10 +1,11 @@
 """A fake OpenAI-compatible server (aiohttp) for tests, chaos runs and benchmarks.
 
 Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE when ``stream`` is true, with a usage
-event when ``stream_options.include_usage`` is set), ``GET /v1/models``, ``GET /stats`` and
-``POST /reset`` (zero the counters, rewind the schedule, re-seed the RNG; an optional JSON body
-of :class:`FakeConfig` fields changes those knobs). In-process, ``async with FakeServer(cfg)
-as server:`` (``server.base_url``); as a subprocess, ``python -m harness.testing.fakeserver --port 0
+event when ``stream_options.include_usage`` is set), ``GET /v1/models``, ``GET /stats``,
+``GET /requests`` (the request log below) and ``POST /reset`` (zero the counters and the log,
+rewind the schedule, re-seed the RNG; an optional JSON body of :class:`FakeConfig` fields
+changes those knobs). In-process, ``async with FakeServer(cfg) as server:``
+(``server.base_url``); as a subprocess, ``python -m harness.testing.fakeserver --port 0
 --ttft-s 0.05 --p-429 0.1`` (every FakeConfig field is a flag) prints ``listening HOST:PORT``
 as its first stdout line.
 
@@ -28,6 +29,12 @@ a connection error); ``cut`` and ``stall`` calls are never served, and a call wh
 left before the end is *aborted*. ``completions`` = served ``ok`` + ``no_usage``: the only
 responses a client can accept as a successful completion, so no client can have recorded more
 successful calls than ``completions``.
+
+The request log (``GET /requests``, the first ``LOG_LIMIT`` requests since the last reset): for
+each ``/models`` and ``/chat/completions`` request, when its headers arrived and when it was
+served (``time.time()``, so a client on the same machine can compare its own clock; ``served``
+is null for a call never served), its path and the client's port (one port per connection: a
+new port is a new connection).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import re
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
@@ -65,6 +73,7 @@ FAULTS = list(Outcome)[1:]
 ERRORS = (Outcome.RATE_LIMITED, Outcome.SERVER_ERROR)
 _TEXT = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor"
 _DENSE = re.compile(r"[A-Za-z]{1,3}|[0-9]|[^\sA-Za-z0-9]")
+LOG_LIMIT = 10_000  # requests kept in the request log (a long benchmark keeps only the first)
 MAX_TOKENS = 8192  # longest answer; ``completion_tokens`` above it is capped
 _TOKENS = [(" " if i else "") + w for i, w in zip(range(MAX_TOKENS), cycle(_TEXT.split()))]
 _DELTAS = [b'{"content":"' + t.encode() + b'"}' for t in _TOKENS]  # plain words: no escaping
@@ -263,6 +272,8 @@ class FakeServer:
         self.served = dict.fromkeys(Outcome, 0)
         self.aborted = 0
         self.refused = 0  # requests answered 401, 404 or "too long" (never a completion)
+        self.log: list[dict[str, Any]] = []
+        self._logged: dict[int, dict[str, Any]] = {}  # calls in progress, by id(request)
 
     def stats(self) -> dict[str, Any]:
         """Counters as served by ``GET /stats`` (see the module docstring for definitions)."""
@@ -271,6 +282,16 @@ class FakeServer:
                 "completions": self.served[Outcome.OK] + self.served[Outcome.NO_USAGE],
                 "aborted": self.aborted, "in_flight": self.in_flight, "refused": self.refused,
                 "by_outcome": by}  # fmt: skip
+
+    def _arrived(self, request: web.Request) -> dict[str, Any] | None:
+        """Log a request's arrival (while the log has room): its entry, to set ``served``."""
+        if len(self.log) >= LOG_LIMIT:
+            return None
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        port = peer[1] if isinstance(peer, tuple) and len(peer) > 1 else None
+        entry = {"arrived": time.time(), "served": None, "path": request.path, "port": port}
+        self.log.append(entry)
+        return entry
 
     def next_id(self, tagged: bool = False) -> str:
         self._ids += 1
@@ -299,6 +320,7 @@ class FakeServer:
             app.router.add_get(prefix + "/models", self._models)
             app.router.add_get(prefix + "/props", self._props)
             app.router.add_get(prefix + "/stats", self._stats)
+            app.router.add_get(prefix + "/requests", self._requests)
             app.router.add_post(prefix + "/reset", self._reset)
         return app
 
@@ -326,6 +348,7 @@ class FakeServer:
         return f"http://{self.host}:{self.port}/v1"
 
     async def _models(self, request: web.Request) -> web.Response:
+        entry = self._arrived(request)
         refused = self._refuse_key(request)
         if refused is not None:
             return refused
@@ -335,6 +358,8 @@ class FakeServer:
             if self.config.context_window and self.config.overflow_style == "vllm":
                 item["max_model_len"] = self.config.context_window
             data.append(item)
+        if entry is not None:
+            entry["served"] = time.time()  # (near enough: the listing is small)
         return web.json_response({"object": "list", "data": data})
 
     async def _props(self, request: web.Request) -> web.Response:
@@ -384,6 +409,9 @@ class FakeServer:
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
 
+    async def _requests(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": self.log})
+
     async def _reset(self, request: web.Request) -> web.Response:
         raw = await request.read()
         try:
@@ -395,6 +423,15 @@ class FakeServer:
         return web.json_response({"config": asdict(self.config)})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        entry = self._arrived(request)
+        if entry is not None:
+            self._logged[id(request)] = entry  # ``_finish`` sets ``served``
+        try:
+            return await self._completion(request)
+        finally:
+            self._logged.pop(id(request), None)
+
+    async def _completion(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -434,6 +471,9 @@ class FakeServer:
             await resp.prepare(request)
         await resp.write_eof(data)
         self.served[outcome] += 1
+        entry = self._logged.get(id(request))
+        if entry is not None:
+            entry["served"] = time.time()
         return resp
 
     async def _respond(
