@@ -13,7 +13,7 @@ import anyio
 
 from .common import FakeServerProcess, Section, Sizes, log, machine, quiet_harness_logs, versions
 
-KEYS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B10", "B13", "B14")
+KEYS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B10", "B11", "B13", "B14")
 OPT_IN = {"B14"}  # run only when named (the soak takes an hour at full size)
 NEEDS_SERVER = {"B1", "B2", "B3", "B4", "B10", "B13"}
 
@@ -65,7 +65,7 @@ def run(
     sizes: Sizes, keys: list[str], *, litellm: bool = True, soak_minutes: float | None = None
 ) -> Report:
     """Run the benchmarks named in ``keys`` (in the suite's order) at ``sizes``."""
-    from . import b5_queue, b6_ledger, b7_restart, b8_resources, b14_soak
+    from . import b5_queue, b6_ledger, b7_restart, b8_resources, b11_scale, b14_soak
 
     quiet_harness_logs()
     report = Report(sizes, started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
@@ -78,6 +78,7 @@ def run(
         "B6": b6_ledger.run,
         "B7": b7_restart.run,
         "B8": b8_resources.run,
+        "B11": b11_scale.run,
         "B14": lambda sizes: b14_soak.run(sizes, soak_minutes),
     }
     for key, fn in others.items():
