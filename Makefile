@@ -24,7 +24,12 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
-setup: $(STAMP) $(CHROMIUM)
+# tests/test_pgbouncer.py runs harness behind Debian's pgbouncer (a private one per test)
+PGBOUNCER := /usr/sbin/pgbouncer
+$(PGBOUNCER):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer
+
+setup: $(STAMP) $(CHROMIUM) $(PGBOUNCER)
 
 lint: setup
 	$(BIN)/ruff check .

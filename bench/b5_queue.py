@@ -167,7 +167,9 @@ def _sync(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def _arms(h: HarnessQueue, raw: RawQueue, sizes: Sizes, batch: bool) -> dict[str, Any]:
+def _arms(
+    h: HarnessQueue, raw: RawQueue, sizes: Sizes, batch: bool, never: HarnessQueue | None
+) -> dict[str, Any]:
     n, b, nb = sizes.b5_tasks, sizes.b5_batch, sizes.b5_batches
 
     def timed(fn: Callable[[], Any], count: int) -> Any:
@@ -182,19 +184,25 @@ def _arms(h: HarnessQueue, raw: RawQueue, sizes: Sizes, batch: bool) -> dict[str
         for _ in range(nb if batch else n):
             raw.batch(b) if batch else raw.one()
 
-    def harness_run(threaded: bool) -> Callable[[], Any]:
+    def harness_run(threaded: bool, q: HarnessQueue = h) -> Callable[[], Any]:
         async def go() -> None:
             for _ in range(nb if batch else n):
-                await (h.batch(b, threaded) if batch else h.one(threaded))
+                await (q.batch(b, threaded) if batch else q.one(threaded))
 
         return go
 
     count = b * nb if batch else n
-    return {
+    arms = {
         "raw": timed(raw_run, count),
         "harness": timed(harness_run(True), count),
         "harness (write_sync)": timed(harness_run(False), count),
     }
+    if never is not None:  # behind a pooler in transaction mode (docs/configuration.md)
+        arms[NEVER] = timed(harness_run(True, never), count)
+    return arms
+
+
+NEVER = "harness, ?prepare_threshold=none"
 
 
 def _pg_database(name: str, create: bool) -> str:
@@ -212,6 +220,7 @@ async def _backend(sizes: Sizes, backend: str, tmp: Path, s: Section) -> None:
     from harness.store import Store
 
     names: list[str] = []
+    never: Any = None
     if backend == "sqlite":
         h_url, r_path = f"sqlite:///{tmp / 'h.db'}", tmp / "r.db"
         Store.open(f"sqlite:///{r_path}").close()
@@ -227,22 +236,27 @@ async def _backend(sizes: Sizes, backend: str, tmp: Path, s: Section) -> None:
         import psycopg
 
         base = f"harness_bench_{os.getpid()}"
-        names = [base + "_h", base + "_r"]
+        names = [base + "_h", base + "_r", base + "_n"]
         h_url = _pg_database(names[0], True).replace("postgresql://", "postgresql+psycopg://")
         r_url = _pg_database(names[1], True)
+        n_url = _pg_database(names[2], True).replace("postgresql://", "postgresql+psycopg://")
+        never = Store.open(n_url + "?prepare_threshold=none")
         Store.open(r_url.replace("postgresql://", "postgresql+psycopg://")).close()
         conn = psycopg.connect(r_url)
     store = Store.open(h_url)
     try:
         h, raw = HarnessQueue(store), RawQueue(conn, backend == "postgres")
+        n = None if never is None else HarnessQueue(never)
         for batch in (False, True):
             mode = f"batches of {sizes.b5_batch}" if batch else "one at a time"
             log(f"B5: {backend}, {mode}")
-            res = await interleave(_arms(h, raw, sizes, batch), sizes.rounds)
+            res = await interleave(_arms(h, raw, sizes, batch, n), sizes.rounds)
             _rows(s, res, backend, mode, one_at_a_time=not batch)
     finally:
         store.close()
         conn.close()
+        if never is not None:
+            never.close()
         for name in names:
             _pg_database(name, False)
 
@@ -259,6 +273,15 @@ def _rows(s: Section, res: dict[str, Any], backend: str, mode: str, one_at_a_tim
             ">= 0.5x" if judged else "",
             verdict(r.median >= 0.5) if judged else "",
             f"{rate.median:,.0f} vs {raw.median:,.0f} tasks/s",
+        )
+    if NEVER in res:
+        r = ratios(res, NEVER, "harness", "tasks_per_s")
+        rate = metric(res, NEVER, "tasks_per_s")
+        s.add(
+            f"{backend}, {mode}: never prepare / harness",
+            r.fmt() + "x",
+            context=f"{rate.median:,.0f} tasks/s; what `?prepare_threshold=none` (for a pooler "
+            "in transaction mode) costs a direct connection: psycopg prepares nothing",
         )
     if backend == "sqlite" and one_at_a_time:
         rate = metric(res, "harness", "tasks_per_s")
@@ -282,7 +305,9 @@ async def run(sizes: Sizes) -> Section:
         "through `Store.write` (as the worker calls them: inline on an idle SQLite file, in a "
         "worker thread on PostgreSQL); `write_sync` runs them in the caller's thread like the raw "
         "arm. Raw = the same statements with sqlite3 / psycopg 3. PostgreSQL: the local "
-        "server, a fresh database per arm.",
+        "server, a fresh database per arm; one more harness arm there with "
+        "`?prepare_threshold=none` in its URL (psycopg never prepares statements on the "
+        "server, as behind PgBouncer in transaction mode).",
     )
     with tempfile.TemporaryDirectory(prefix="harness-b5-") as tmp:
         await _backend(sizes, "sqlite", Path(tmp), s)

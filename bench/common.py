@@ -60,6 +60,13 @@ class Sizes:
     b10_steps: int  # steps of B10's one long task
     b10_rounds: int
     b12_rounds: int  # B12: `harness run` processes per arm (each a few seconds)
+    b11_runs: int  # one-call runs of B11's backlog, per arm per round
+    b11_workers: tuple[int, ...]  # worker processes sharing B11's 64 slots
+    b11_rounds: int
+    b11_stream_s: float  # how long runs are submitted to idle workers (claim latency)
+    b11_claimers: tuple[int, ...]  # concurrent claimers of the database side
+    b11_claim_s: float
+    b11_queued: int  # tasks queued before each level of claimers
     b13_tasks: int  # tasks of B13 (each its own mix of results)
     b13_steps: int
     soak_minutes: float  # B14 (run only when named: ``make soak``)
@@ -92,6 +99,13 @@ FULL = Sizes(
     b10_steps=200,
     b10_rounds=3,
     b12_rounds=7,
+    b11_runs=2000,
+    b11_workers=(1, 2, 4),
+    b11_rounds=3,
+    b11_stream_s=8.0,
+    b11_claimers=(1, 4, 16, 64),
+    b11_claim_s=3.0,
+    b11_queued=20_000,
     b13_tasks=24,
     b13_steps=12,
     soak_minutes=60,
@@ -123,6 +137,13 @@ QUICK = Sizes(
     b10_steps=60,
     b10_rounds=1,
     b12_rounds=3,
+    b11_runs=400,
+    b11_workers=(1, 2, 4),
+    b11_rounds=1,
+    b11_stream_s=2.0,
+    b11_claimers=(1, 4, 16, 64),
+    b11_claim_s=0.8,
+    b11_queued=5000,
     b13_tasks=8,
     b13_steps=8,
     soak_minutes=2,
@@ -154,6 +175,13 @@ TINY = Sizes(
     b10_steps=12,
     b10_rounds=1,
     b12_rounds=1,
+    b11_runs=24,
+    b11_workers=(1, 2),
+    b11_rounds=1,
+    b11_stream_s=0.5,
+    b11_claimers=(4,),
+    b11_claim_s=0.2,
+    b11_queued=500,
     b13_tasks=2,
     b13_steps=4,
     soak_minutes=0.1,

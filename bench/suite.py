@@ -13,7 +13,9 @@ import anyio
 
 from .common import FakeServerProcess, Section, Sizes, log, machine, quiet_harness_logs, versions
 
-KEYS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B12", "B13", "B14")
+KEYS = (
+    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12", "B13", "B14",
+)  # fmt: skip
 OPT_IN = {"B14"}  # run only when named (the soak takes an hour at full size)
 NEEDS_SERVER = {"B1", "B2", "B3", "B4", "B10", "B13"}
 
@@ -71,6 +73,7 @@ def run(
         b7_restart,
         b8_resources,
         b9_runs,
+        b11_scale,
         b12_first_call,
         b14_soak,
     )
@@ -88,6 +91,7 @@ def run(
         "B8": b8_resources.run,
         "B9": b9_runs.run,
         "B12": b12_first_call.run,  # its own server (200 ms a call)
+        "B11": b11_scale.run,
         "B14": lambda sizes: b14_soak.run(sizes, soak_minutes),
     }
     for key, fn in others.items():

@@ -301,6 +301,7 @@ HOSTED_MODEL: dict[str, Any] = {"provider": HOSTED, "id": "gpt-4.1-mini"}
 
 
 class Settings(_Frozen):
+    # PostgreSQL behind a pooler in transaction mode: ``?prepare_threshold=none`` (store.engine)
     database_url: str = "sqlite:///var/harness.db"
     timezone: str = "UTC"
     default_model: str = "local"

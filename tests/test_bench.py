@@ -16,6 +16,7 @@ from bench import (
     b5_queue,
     b6_ledger,
     b10_long,
+    b11_scale,
     b12_first_call,
     b13_estimates,
     suite,
@@ -72,6 +73,22 @@ def test_queue_and_ledger_benchmarks() -> None:
 
 @pytest.mark.slow
 @pytest.mark.postgres
+def test_scale_out_benchmark() -> None:
+    b11 = anyio.run(b11_scale.run, TINY)
+    measures = _measures(b11)
+    for row in (
+        "1 worker(s) x 64 slots: aggregate runs/s",
+        "2 workers / 1 worker: aggregate runs/s",
+        "2 worker(s): claim latency p99",
+        "4 claimer(s): claims/s",
+        "PostgreSQL CPU per claim (a claim transaction), all levels",
+        "4 caller(s): ledger calls/s",
+    ):
+        assert any(m.startswith(row) for m in measures), b11.markdown()
+    assert all(r.value != "n/a" for r in b11.rows), b11.markdown()
+
+
+@pytest.mark.slow
 def test_worker_process_benchmarks_and_report(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
     args = [
@@ -109,7 +126,7 @@ def test_first_call_benchmark() -> None:
 def test_unknown_benchmark_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         main(["--only", "B99"])
-    assert ",".join(suite.KEYS) == "B1,B2,B3,B4,B5,B6,B7,B8,B9,B10,B12,B13,B14"
+    assert ",".join(suite.KEYS) == "B1,B2,B3,B4,B5,B6,B7,B8,B9,B10,B11,B12,B13,B14"
 
 
 @pytest.mark.slow

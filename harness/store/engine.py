@@ -3,7 +3,13 @@
 SQLite is tuned once per connection: WAL, ``synchronous=NORMAL``, ``busy_timeout``, foreign keys,
 and write transactions that start with ``BEGIN IMMEDIATE`` so two writers never deadlock on a
 lock upgrade. Read-only work uses ``read_only=True`` connections (a plain deferred ``BEGIN``).
-PostgreSQL uses psycopg 3 (``postgresql+psycopg://``).
+PostgreSQL uses psycopg 3 (``postgresql+psycopg://``). psycopg prepares a statement on the
+server once a connection has run it ``prepare_threshold`` times (5): a third less work per
+queue transition here (docs/operations.md, "Capacity"), but a named prepared statement lives
+on one server connection, and a pooler in transaction mode (PgBouncer before 1.21) hands each
+transaction whichever server connection is free. The URL's ``prepare_threshold`` query
+parameter (psycopg's own name; ``none``: never prepare) is taken off the URL and given to
+psycopg, so ``...:6432/harness?prepare_threshold=none`` works behind such a pooler.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Executable, Insert, Table, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError
 
 from .. import clock
@@ -43,11 +49,35 @@ def make_engine(url: str) -> Engine:
             engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
             _tune_sqlite(engine)
         else:
-            engine = create_engine(url, pool_size=10, max_overflow=20)
+            parsed, connect_args = server_options(url)
+            engine = create_engine(parsed, pool_size=10, max_overflow=20, connect_args=connect_args)
             _ping_when_idle(engine)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise ConfigError(Problem("database_url", f"cannot use {redact(url)!r}: {exc}")) from exc
     return engine
+
+
+PREPARE_THRESHOLD = "prepare_threshold"
+
+
+def server_options(url: str) -> tuple[URL, dict[str, Any]]:
+    """A server URL without harness's own query parameters, and the driver's arguments they
+    ask for: ``prepare_threshold=none`` (never prepare statements on the server: behind a
+    pooler in transaction mode) or a count (psycopg's default is 5). A ConfigError names a
+    value that is neither."""
+    parsed = make_url(url)
+    if PREPARE_THRESHOLD not in parsed.query:
+        return parsed, {}
+    raw = parsed.query[PREPARE_THRESHOLD]
+    value = (raw[-1] if isinstance(raw, tuple) else raw).strip().lower()
+    if value in ("none", "off", "never"):
+        threshold: int | None = None
+    elif value.isdigit():
+        threshold = int(value)
+    else:
+        why = f"prepare_threshold={value!r} in {redact(url)!r}: give a count, or none"
+        raise ConfigError(Problem("database_url", why + " (never prepare: behind a pooler)"))
+    return parsed.difference_update_query([PREPARE_THRESHOLD]), {PREPARE_THRESHOLD: threshold}
 
 
 def open_engine(url: str, *, migrate: bool = True, allow_empty: bool = False) -> Engine:
