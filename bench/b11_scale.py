@@ -308,9 +308,11 @@ async def run(sizes: Sizes) -> Section:
         f"same workers idle, then runs submitted one per transaction at {OPEN_LOAD:.0%} of "
         f"one worker's backlog rate for {sizes.b11_stream_s:g} s; claim latency = the task's "
         "`started_at` - `created_at` (the first tenth left out). Database side: "
-        f"{', '.join(map(str, sizes.b11_claimers))} claimers (threads in up to 4 processes) "
+        f"{', '.join(map(str, sizes.b11_claimers))} claimers (threads, up to 8 a process) "
         "running the worker's claim transaction (`workers.is_alive` + `harness.steps.claim`, "
-        f"one task) for {sizes.b11_claim_s:g} s on a queue of {sizes.b11_queued:,} tasks. "
+        f"one task) for {sizes.b11_claim_s:g} s on a queue of {sizes.b11_queued:,} tasks; "
+        "then as many callers of a call's ledger work (`ledger.reserve`, then `ledger.record` "
+        "of an ok answer, two transactions, every call by one agent). "
         f"{sizes.b11_rounds} round(s), arms in rotated order.",
     )
     try:
