@@ -243,8 +243,11 @@ def _section(sizes: Sizes, res: dict[str, list[dict[str, float]]]) -> Section:
     s.notes.append(
         "The server answers in a fixed time, so the first call's extra latency is the "
         "client's own set-up on that call's path (the HTTP client, its TLS context, the "
-        "connection); ~1.0x is the floor (a new local connection costs ~1 ms). Start -> first "
-        "request is mostly imports (see bench/NOTES.md, B12)."
+        "connection); 1.0x is the floor (the raw arm's first call opens a local connection, "
+        "~1 ms; harness's first call reuses the preflight probe's). Start -> first request "
+        "is mostly imports (~0.7 s: SQLAlchemy, aiohttp, pydantic and the settings models, "
+        "httpx, structlog and Rich); a new workspace also creates its database (alembic and "
+        "the migrations) and loads the model catalogue once. See bench/NOTES.md (B12)."
     )
     return s
 
