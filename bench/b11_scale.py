@@ -1,12 +1,13 @@
 """B11: scale-out on one PostgreSQL database. 1, 2 and 4 ``harness worker`` processes share a
 fixed total concurrency against the fake server (100 ms a call): aggregate runs/s through a
 backlog, and claim latency (a run submitted -> its task claimed) under a steady stream of
-runs. Then the database side alone (``b11_claims``): 1..64 concurrent claimers, no model
-calls: claims/s, the server's CPU per claim, lock waits.
+runs. Then the database side alone (``b11_claims``), no model calls: 1..64 concurrent
+claimers (claims/s, the server's CPU per claim, lock waits), and as many callers of a model
+call's two ledger transactions.
 
-This machine has 2 cores shared by the workers, the fake server and PostgreSQL, so the
-end-to-end figure is capped by the machine, not by the queue; the database side says what
-the queue costs, so the capacity of a real server can be estimated from it
+This machine has 2 cores shared by the workers, the fake server and PostgreSQL; whether a
+figure is capped by the machine or by the database shows in each row's context (cores busy,
+lock waits). The database side is what a real server's capacity is estimated from
 (docs/operations.md, "Capacity").
 """
 
