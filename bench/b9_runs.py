@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -25,8 +26,8 @@ from .common import (
     subprocess_env,
     verdict,
 )
+from .pgprobe import fresh_database
 
-PG_ADMIN = os.environ.get("HARNESS_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 LATENCY_S = 0.1
 CHILDREN = 4  # a delegated run: the chief's call, one call per child, the chief's answer
 CALLS_PER_RUN = {"one-call": 1, "delegated": 2 + CHILDREN}
@@ -83,35 +84,19 @@ def _timed_process(args: list[str], env: dict[str, str], what: str) -> tuple[flo
 
 class Backend:
     """One database for the harness arms: a SQLite file, or a PostgreSQL database made afresh
-    for every measured round."""
+    for every measured round (``pgprobe.fresh_database``), all dropped by :meth:`drop_all`."""
 
     def __init__(self, kind: str, root: Path) -> None:
         self.kind, self.root = kind, root
-        self.made: list[str] = []
+        self._made = contextlib.ExitStack()
 
     def fresh(self) -> str:
         if self.kind == "sqlite":
-            path = self.root / f"b9-{uuid.uuid4().hex[:8]}.db"
-            return f"sqlite:///{path}"
-        import psycopg
-
-        name = f"harness_b9_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        self.made.append(name)
-        return PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + (
-            f"/{name}"
-        )
+            return f"sqlite:///{self.root / f'b9-{uuid.uuid4().hex[:8]}.db'}"
+        return self._made.enter_context(fresh_database("harness_b9"))
 
     def drop_all(self) -> None:
-        if not self.made:
-            return
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            for name in self.made:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.made = []
+        self._made.close()
 
 
 def _enqueue(url: str, agent: str, n: int) -> None:
