@@ -303,6 +303,8 @@ HOSTED_MODEL: dict[str, Any] = {"provider": HOSTED, "id": "gpt-4.1-mini"}
 class Settings(_Frozen):
     # PostgreSQL behind a pooler in transaction mode: ``?prepare_threshold=none`` (store.engine)
     database_url: str = "sqlite:///var/harness.db"
+    # transactions one process runs in threads at once (see store.access.DEFAULT_THREADS)
+    database_threads: int = Field(default=2, ge=1, le=256)
     timezone: str = "UTC"
     default_model: str = "local"
     chief: str = "arnold"

@@ -113,7 +113,7 @@ def opened_store(ws: Workspace) -> Iterator[Store]:
     from ..store.engine import unusable
 
     url = ws.database_url()
-    store = Store.open(url)
+    store = Store.open(url, threads=ws.settings.database_threads)
     try:
         yield store
     except (DBAPIError, sqlite3.Error) as exc:

@@ -15,7 +15,15 @@ if TYPE_CHECKING:
     from .budgets import reserve, today_use
     from .days import day_after_start, day_of, days_back, next_day_start
     from .reads import forecast, rows
-    from .writes import CallContext, prune, record, release, settle_orphans, settle_unsettled
+    from .writes import (
+        CallContext,
+        RollUps,
+        prune,
+        record,
+        release,
+        settle_orphans,
+        settle_unsettled,
+    )
 
 # loaded on first use: ``reads`` and ``days`` run without SQLAlchemy (the read-only
 # commands' light path), ``budgets`` and ``writes`` import it
@@ -24,7 +32,15 @@ _HOME = {
     **dict.fromkeys(("day_after_start", "day_of", "days_back", "next_day_start"), "days"),
     **dict.fromkeys(("forecast", "rows"), "reads"),
     **dict.fromkeys(
-        ("CallContext", "prune", "record", "release", "settle_orphans", "settle_unsettled"),
+        (
+            "CallContext",
+            "RollUps",
+            "prune",
+            "record",
+            "release",
+            "settle_orphans",
+            "settle_unsettled",
+        ),
         "writes",
     ),
 }
@@ -41,6 +57,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CallContext",
+    "RollUps",
     "day_after_start",
     "day_of",
     "days_back",

@@ -53,7 +53,9 @@ def reserve(
     """Reserve one call on ``day``; returns ``(reservation id, max_tokens granted)``.
 
     Raises BudgetExceeded when the budgets cannot cover the prompt and ``min_tokens``; the
-    caller must then roll back its transaction (``Store.write`` does), reserving nothing.
+    caller must then roll back its transaction (``Store.write`` does), reserving nothing (the
+    reservation's row is written before the budgets are taken). The day rows' UPDATEs are
+    its last statements: call it last in a transaction (see ``writes``).
     ``key`` (unique, the caller's) makes a retried write find the reservation an earlier
     try took, if that try committed.
     """
@@ -63,11 +65,8 @@ def reserve(
             return int(taken[0]), int(taken[1]) - prompt_tokens
     cfg = settings.models[model]
     rows: Rows = ((ctx.agent, budget), (WORKSPACE, workspace_budget))
-    granted = max_tokens
-    if not _take_all(conn, day, rows, prompt_tokens, granted, cfg):
-        granted = min(max_tokens, _room(conn, day, rows, prompt_tokens, cfg))
-        if granted < min_tokens or not _take_all(conn, day, rows, prompt_tokens, granted, cfg):
-            raise _refusal(conn, day, rows, prompt_tokens, min_tokens, cfg, ctx.agent)
+    # the reservation's row first (a new row: no one waits for it), the day rows last: they
+    # are every call's, and stay locked until the transaction ends (see ``writes``)
     values = {
         "day": day,
         "agent": ctx.agent,
@@ -76,15 +75,28 @@ def reserve(
         "worker_id": ctx.worker_id,
         "model": model,
         "provider": cfg.provider,
-        "tokens": prompt_tokens + granted,
-        "cost": cfg.cost(prompt_tokens, 0, granted),
+        "tokens": prompt_tokens + max_tokens,
+        "cost": cfg.cost(prompt_tokens, 0, max_tokens),
         "created_at": clock.now(),
         "key": key,
     }
-    return int(run(conn, _INSERT_RESERVATION, values).fetchone()[0]), granted
+    rid = int(run(conn, _INSERT_RESERVATION, values).fetchone()[0])
+    if _take_all(conn, day, rows, prompt_tokens, max_tokens, cfg):
+        return rid, max_tokens
+    granted = min(max_tokens, _room(conn, day, rows, prompt_tokens, cfg))
+    if granted < min_tokens or not _take_all(conn, day, rows, prompt_tokens, granted, cfg):
+        raise _refusal(conn, day, rows, prompt_tokens, min_tokens, cfg, ctx.agent)
+    shrunk = {"p_id": rid, "tokens": prompt_tokens + granted}
+    run(conn, _SHRINK, shrunk | {"cost": cfg.cost(prompt_tokens, 0, granted)})
+    return rid, granted
 
 
 _INSERT_RESERVATION = insert(reservations).returning(reservations.c.id)
+_SHRINK = (
+    update(reservations)
+    .where(reservations.c.id == bindparam("p_id"))
+    .values(tokens=bindparam("tokens"), cost=bindparam("cost"))
+)
 _BY_KEY = select(reservations.c.id, reservations.c.tokens).where(
     reservations.c.key == bindparam("p_key")
 )

@@ -6,12 +6,18 @@ transcript message it produced commit together (invariant 1). Reserving is
 :mod:`.budgets`'s (invariant 2).
 
 Lock order. On PostgreSQL two transactions that lock the same rows in different orders can
-deadlock, and the victim is rolled back (a live step's answer with it). Every ledger write
-therefore takes its rows in one global order: reservations (by id), then call rows, then the
-runs' roll-ups (by run id), then the days' roll-ups (by day, each day's agents before the
-workspace row ``*``, which is also the order :mod:`.budgets` reserves in), and only then any
-task row (the queue's). Roll-up changes are gathered in :class:`_RollUps` and written at the
-end of each function, in that order.
+deadlock, and the victim is rolled back (a live step's answer with it). Every transaction that
+writes the ledger therefore takes its rows in one global order: task rows first (the queue's:
+the lease checked, the task moved, its messages written), then reservations (by id), call
+rows, the runs' roll-ups (by run id) and last the days' roll-ups (by day, each day's agents
+before the workspace row ``*``, which is also the order :mod:`.budgets` reserves in).
+
+The day rows come last because every call of an agent, and every call of the workspace,
+updates them: a transaction holds their locks from its UPDATE to its COMMIT, so they are
+updated just before it commits, and other calls wait for them as briefly as can be. Roll-up
+changes are gathered in :class:`RollUps` and written at the end, in that order, by the
+function that made them or, when it is handed one (``roll_ups=``), by its caller once the
+transaction's other writes are done.
 """
 
 from __future__ import annotations
@@ -88,7 +94,7 @@ _ROLL_UP_RUN = (
 _NO_RUN_CHANGE = {f"d_{name}": 0 for name in _RUN_COUNTERS}
 
 
-class _RollUps:
+class RollUps:
     """Changes to roll-up rows, summed per row and written with one UPDATE per row, in the
     global lock order: runs by id, then days by (day, agents before the workspace, agent)."""
 
@@ -109,6 +115,7 @@ class _RollUps:
         for day, agent in sorted(self._days, key=lambda k: (k[0], k[1] == WORKSPACE, k[1])):
             params = {**self._days[(day, agent)], "p_day": day, "p_agent": agent}
             _update_day_row(conn, _ADJUST_DAY, params)
+        self._days, self._runs = {}, {}  # written: a second write adds nothing
 
 
 def _sum_into(row: dict[str, Any], deltas: dict[str, Any]) -> None:
@@ -116,12 +123,12 @@ def _sum_into(row: dict[str, Any], deltas: dict[str, Any]) -> None:
         row[key] += value
 
 
-def _give_back(changes: _RollUps, day: str, agent: str, tokens: int, cost: float) -> None:
+def _give_back(changes: RollUps, day: str, agent: str, tokens: int, cost: float) -> None:
     deltas = {"d_reserved_tokens": -tokens, "d_reserved_cost": -cost}
     changes.add(day, (agent, WORKSPACE), deltas)
 
 
-def _release(conn: Connection, reservation_id: int, changes: _RollUps) -> bool:
+def _release(conn: Connection, reservation_id: int, changes: RollUps) -> bool:
     row = run(conn, _RELEASE, {"p_id": reservation_id}).fetchone()
     if row is None:
         return False
@@ -133,7 +140,7 @@ def _release(conn: Connection, reservation_id: int, changes: _RollUps) -> bool:
 def release(conn: Connection, reservation_id: int) -> bool:
     """Drop a reservation (the call was never sent, or has been settled). False when it was
     gone already (settled as unsettled after its worker was declared dead)."""
-    changes = _RollUps()
+    changes = RollUps()
     released = _release(conn, reservation_id, changes)
     changes.write(conn)
     return released
@@ -148,14 +155,17 @@ def record(
     reservation_id: int | None = None,
     ts: float | None = None,
     extra_reservations: Sequence[int] = (),
+    roll_ups: RollUps | None = None,
 ) -> list[int]:
     """Write one ledger row per call record, update the roll-ups (agent/day, workspace/day,
     run) and settle the reservation, all in the caller's transaction. Returns the row ids.
+    With ``roll_ups`` the roll-up changes are added to it, for the caller to write last
+    (see the lock order above); else they are written here.
 
     The rows carry the reservation they settle. A write retried after a commit whose outcome
     was unknown (``RETRYING``) finds its reservation gone and the rows it wrote: it writes
     nothing again and returns their ids."""
-    changes = _RollUps()
+    changes = RollUps() if roll_ups is None else roll_ups
     held = sorted([*([] if reservation_id is None else [reservation_id]), *extra_reservations])
     for rid in held:  # the global lock order
         if _release(conn, rid, changes):
@@ -167,7 +177,8 @@ def record(
     day = day_of(ts, settings.tz)
     key = held[-1] if held else None
     ids = [_record_one(conn, ctx, rec, settings, ts, day, changes, key) for rec in records]
-    changes.write(conn)
+    if roll_ups is None:
+        changes.write(conn)
     return ids
 
 
@@ -182,7 +193,7 @@ def _settled_rows(conn: Connection, reservation_id: int) -> list[int]:
     return [int(r[0]) for r in run(conn, _SETTLED_ROWS, {"p_id": reservation_id}).fetchall()]
 
 
-def _unrecord_unsettled(conn: Connection, reservation_id: int, changes: _RollUps) -> None:
+def _unrecord_unsettled(conn: Connection, reservation_id: int, changes: RollUps) -> None:
     """Remove the unsettled row that stood in for a call whose real answer has now arrived
     (its worker was only paused, not dead), so the call is charged once, with actual usage."""
     row = (
@@ -219,7 +230,7 @@ def _record_one(
     settings: Settings,
     ts: float,
     day: str,
-    changes: _RollUps,
+    changes: RollUps,
     reservation_id: int | None = None,
     cost: float | None = None,
 ) -> int:
@@ -302,7 +313,7 @@ def settle_unsettled(
     may have reached the server, but its answer was never recorded (the worker died, or the
     call was cancelled mid-flight). A late answer replaces it (see ``record``). Returns how
     many were settled (a reservation gone already is skipped)."""
-    changes = _RollUps()
+    changes = RollUps()
     settled = 0
     for rid in sorted(reservation_ids):
         taken = delete(reservations).where(reservations.c.id == rid).returning(*reservations.c)
@@ -316,7 +327,7 @@ def settle_unsettled(
 
 
 def _unsettled_row(
-    conn: Connection, settings: Settings, r: Any, why: str, changes: _RollUps
+    conn: Connection, settings: Settings, r: Any, why: str, changes: RollUps
 ) -> None:
     _give_back(changes, r["day"], r["agent"], r["tokens"], r["cost"])
     ctx = CallContext(agent=r["agent"], run_id=r["run_id"], task_id=r["task_id"])
