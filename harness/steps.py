@@ -133,9 +133,17 @@ class Reservation:
         self.ids = []
 
 
-def _record_tx(conn: Connection, held: Reservation, records: Sequence[CallRecord]) -> list[int]:
-    """Record a call's attempts and settle the reservation held for it."""
-    return ledger.record(conn, held.ctx, records, held.settings, extra_reservations=held.ids)
+def _record_tx(
+    conn: Connection,
+    held: Reservation,
+    records: Sequence[CallRecord],
+    roll_ups: ledger.RollUps | None = None,
+) -> list[int]:
+    """Record a call's attempts and settle the reservation held for it (the roll-ups written
+    here, or added to ``roll_ups`` for the caller to write last)."""
+    return ledger.record(
+        conn, held.ctx, records, held.settings, extra_reservations=held.ids, roll_ups=roll_ups
+    )
 
 
 def _next_attempt_tx(
@@ -146,10 +154,13 @@ def _next_attempt_tx(
     opening: list[ChatMessage],
     key: str,
 ) -> tuple[int, int, list[StoredMessage]]:
-    """Record failed attempts, settling what they held; reserve the next attempt on the day
-    it is sent; check the lease (and store a new task's opening) last: the ledger's rows are
-    taken before the task's, the global lock order (see ``ledger.writes``)."""
+    """Check the lease (storing a new task's opening), record failed attempts, settling what
+    they held, and reserve the next attempt on the day it is sent: in the global lock order
+    (see ``ledger.writes``), the task's row first and the ledger's day rows last."""
     model, prompt_tokens, max_tokens, least = ask
+    stored = _append_tx(conn, held.lease, opening, 0) if opening else []
+    if stored is None or (not opening and not queue.touch(conn, held.lease)):
+        raise LeaseLost(held.lease.task_id)  # nothing reserved: nothing is sent
     _record_tx(conn, held, failed)
     rid, granted = ledger.reserve(
         conn,
@@ -164,9 +175,6 @@ def _next_attempt_tx(
         day=ledger.day_of(queue.now(), held.settings.tz),
         key=key,
     )
-    stored = _append_tx(conn, held.lease, opening, 0) if opening else []
-    if stored is None or (not opening and not queue.touch(conn, held.lease)):
-        raise LeaseLost(held.lease.task_id)  # rolls the reservation back: nothing is sent
     return rid, granted, stored
 
 
@@ -219,20 +227,28 @@ def _persist_step_tx(
 ) -> list[StoredMessage] | None:
     """Ledger rows always (the call was paid for); the transcript only while the lease holds
     (None when it does not). A final answer completes the task in the same statement that
-    counts the step."""
-    ids = _record_tx(conn, held, records)
+    counts the step. In the global lock order: the task's row first, the ledger's roll-ups
+    last (see ``ledger.writes``)."""
     if done := _written(conn, held.lease, seq):  # an earlier try committed all of it
         return done
     try:
         if message.tool_calls:
-            if not queue.touch(conn, held.lease, steps_delta=1):
-                return None
+            owned = queue.touch(conn, held.lease, steps_delta=1)
         else:
             queue.complete(conn, held.lease, message.content or "", step=True)
+            owned = True
     except LeaseLost:
-        return None
+        owned = False
+    roll_ups = ledger.RollUps()
+    ids = _record_tx(conn, held, records, roll_ups)
     call_id = ids[-1] if ids else None
-    return append_messages(conn, held.lease.task_id, [message], call_id=call_id, first_seq=seq)
+    stored = None
+    if owned:
+        stored = append_messages(
+            conn, held.lease.task_id, [message], call_id=call_id, first_seq=seq
+        )
+    roll_ups.write(conn)
+    return stored
 
 
 async def persist_step(
@@ -275,7 +291,13 @@ _TASK_TOKENS = select(
 
 def load_state(conn: Connection, task: Task) -> State:
     """The task's state (one read). A task that has taken no model step yet has delegated,
-    compacted and spent nothing: only its transcript is read."""
+    compacted and spent nothing: only its transcript is read. A task claimed for the first
+    time has no transcript either (every write to one is fenced by a claim): nothing is read.
+    (A task that was running when a database of schema 0001 was upgraded counts no claims:
+    its first claim since finds messages where it writes its opening, fails that attempt
+    before any call, and its next claim reads them.)"""
+    if task.claims <= 1:
+        return State([])
     transcript = load_transcript(conn, task.id)
     if not task.steps:
         return State(transcript)
@@ -294,13 +316,16 @@ def _compaction_tx(
     record: Compaction,
 ) -> int | None:
     """A summary's ledger rows (always: it was paid for) and its record (while the lease
-    holds; None when it does not). Returns the summary call's ledger row."""
-    ids = _record_tx(conn, held, records)
-    if not queue.touch(conn, held.lease):
-        return None
+    holds; None when it does not). Returns the summary call's ledger row. The task's row
+    first, the ledger's roll-ups last (see ``ledger.writes``)."""
+    owned = queue.touch(conn, held.lease)
+    roll_ups = ledger.RollUps()
+    ids = _record_tx(conn, held, records, roll_ups)
     call_id = ids[-1] if ids else None
-    add_compaction(conn, held.lease.task_id, replace(record, call_id=call_id))
-    return call_id
+    if owned:
+        add_compaction(conn, held.lease.task_id, replace(record, call_id=call_id))
+    roll_ups.write(conn)
+    return call_id if owned else None
 
 
 async def persist_compaction(
