@@ -262,3 +262,61 @@ def test_concurrent_processes_never_claim_a_task_twice(store: Store, db_url: str
     )
     assert len(done) == n
     assert os.getpid()  # the parent process is untouched
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_database_threads_bound_the_transactions_run_at_once(pg_url: str) -> None:
+    """``database_threads`` transactions at once (the rest wait their turn, on the event loop),
+    and maintenance's long transactions in a lane of their own: one waiting in it holds up no
+    step's transaction."""
+    import anyio
+
+    store = Store.open(pg_url, threads=2)
+    lock, now, most = threading.Lock(), [0], [0]
+
+    def step(conn: Any) -> None:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        time.sleep(0.02)
+        with lock:
+            now[0] -= 1
+
+    released = threading.Event()
+
+    def long_duty(conn: Any) -> bool:
+        return released.wait(30)  # until a step's transaction ran meanwhile
+
+    def step_then_release(conn: Any) -> None:
+        step(conn)
+        released.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(store.write, step)
+        assert most[0] == 2  # eight wanted to, two ran at once
+
+        async with anyio.create_task_group() as tg:
+            outcome: list[bool] = []
+
+            async def duty() -> None:
+                outcome.append(await store.write_in_thread(long_duty))
+
+            tg.start_soon(duty)
+            await anyio.sleep(0.05)
+            await store.write(step_then_release)
+        assert outcome == [True]
+    finally:
+        store.close()
+
+
+def test_database_threads_is_a_checked_setting(tmp_path: Any) -> None:
+    from harness.errors import ConfigError
+    from harness.settings import load_settings
+
+    assert load_settings(tmp_path, {}).database_threads == 2
+    assert load_settings(tmp_path, {"HARNESS_DATABASE_THREADS": "8"}).database_threads == 8
+    with pytest.raises(ConfigError, match="database_threads"):
+        load_settings(tmp_path, {"HARNESS_DATABASE_THREADS": "0"})
