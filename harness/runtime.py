@@ -132,7 +132,7 @@ def build_runtime(
         team=team,
         tools=tools,
         provider=provider or OpenAIProvider(settings),
-        store=store or Store.open(workspace.database_url(), threads=settings.database_threads),
+        store=store or Store.open_workspace(workspace),
         on_event=on_event,
         facts=facts,
     )

@@ -112,12 +112,11 @@ def opened_store(ws: Workspace) -> Iterator[Store]:
     from ..store import Store
     from ..store.engine import unusable
 
-    url = ws.database_url()
-    store = Store.open(url, threads=ws.settings.database_threads)
+    store = Store.open_workspace(ws)
     try:
         yield store
     except (DBAPIError, sqlite3.Error) as exc:
-        raise unusable(url, exc) from None
+        raise unusable(ws.database_url(), exc) from None
     finally:
         store.close()
 

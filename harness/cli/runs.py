@@ -116,9 +116,7 @@ def worker(
     metrics = (metrics_host, metrics_port) if metrics_port is not None else None
 
     # a worker (re)started while the database restarts waits for it, as running ones do
-    store = Store.open(
-        ws.database_url(), wait_s=STARTUP_WAIT_S, threads=ws.settings.database_threads
-    )
+    store = Store.open_workspace(ws, wait_s=STARTUP_WAIT_S)
 
     async def main() -> None:
         async with open_runtime(ws, store=store) as rt, attached(rt, metrics=metrics):

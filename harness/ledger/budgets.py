@@ -86,8 +86,8 @@ def reserve(
     granted = min(max_tokens, _room(conn, day, rows, prompt_tokens, cfg))
     if granted < min_tokens or not _take_all(conn, day, rows, prompt_tokens, granted, cfg):
         raise _refusal(conn, day, rows, prompt_tokens, min_tokens, cfg, ctx.agent)
-    shrunk = {"p_id": rid, "tokens": prompt_tokens + granted}
-    run(conn, _SHRINK, shrunk | {"cost": cfg.cost(prompt_tokens, 0, granted)})
+    cost = cfg.cost(prompt_tokens, 0, granted)
+    run(conn, _SHRINK, {"p_id": rid, "tokens": prompt_tokens + granted, "cost": cost})
     return rid, granted
 
 

@@ -132,7 +132,7 @@ async def serve(
         where = str(workspace.root / CONFIG_FILE)
         message = f"serving on {host} needs a token: name its variable here"
         raise ConfigError(Problem(where, message, "mcp.serve.token_env"))
-    store = Store.open(workspace.database_url(), threads=workspace.settings.database_threads)
+    store = Store.open_workspace(workspace)
     try:
         app = build_server(workspace, store)
         serving = anyio.CancelScope()

@@ -39,6 +39,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from .. import logs
+from ..settings import DATABASE_THREADS, Workspace
 from . import engine as db
 from .artifacts import get_artifact
 from .notes import add_note, find_notes
@@ -50,11 +51,6 @@ T = TypeVar("T")
 TxFn = Callable[Concatenate[Connection, P], T]
 
 
-# Transactions in threads at once (``database_threads``). Few: while a thread waits for the
-# database it holds no GIL, but every answer it gets must win the GIL back from the event
-# loop and the other threads, and with dozens of threads that contention costs more CPU than
-# the transactions (B9 on PostgreSQL: 32 threads 6 ms of CPU per run, 2 threads 2.6 ms)
-DEFAULT_THREADS = 2
 CHECKPOINT_EVERY = 500  # inline SQLite commits between two checkpoints (in a thread)
 WAL_LIMIT_BYTES = db.WAL_LIMIT_BYTES
 RETRY_MAX_DELAY_S = 5.0  # the longest wait between two tries of a write that must not be lost
@@ -155,7 +151,7 @@ def _roll_back(conn: Connection, driver: Any) -> None:
 class Store:
     """Async facade over a SQLAlchemy engine (SQLite file or PostgreSQL)."""
 
-    def __init__(self, engine: Engine, *, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(self, engine: Engine, *, threads: int = DATABASE_THREADS) -> None:
         self.engine = engine
         self._limiter = anyio.CapacityLimiter(threads)  # the transactions in threads at once
         self._slow_lane = anyio.CapacityLimiter(1)  # write_in_thread's: they may run long
@@ -173,7 +169,7 @@ class Store:
 
     @classmethod
     def open(
-        cls, url: str, *, migrate: bool = True, wait_s: float = 0.0, threads: int = DEFAULT_THREADS
+        cls, url: str, *, migrate: bool = True, wait_s: float = 0.0, threads: int = DATABASE_THREADS
     ) -> Store:
         """Connect to ``url`` and (by default) apply pending migrations. A database that
         cannot be used (unreachable, damaged, read-only, an empty file) is a ConfigError
@@ -184,6 +180,12 @@ class Store:
         if wait_s > 0 and db.sqlite_path(url) is None:
             _wait_until_up(url, wait_s)
         return cls(db.open_engine(url, migrate=migrate), threads=threads)
+
+    @classmethod
+    def open_workspace(cls, workspace: Workspace, *, wait_s: float = 0.0) -> Store:
+        """The store of ``workspace``: its database, with its ``database_threads``."""
+        threads = workspace.settings.database_threads
+        return cls.open(workspace.database_url(), wait_s=wait_s, threads=threads)
 
     def close(self) -> None:
         with self._lock:
@@ -253,9 +255,7 @@ class Store:
         """Like ``write``, but always in a worker thread: for transactions that may run long
         (the worker's maintenance, which can write a morning report), never on the loop. They
         take turns in a lane of their own, so a long one holds up no step."""
-        return await anyio.to_thread.run_sync(
-            partial(self.write_sync, fn, *args, **kwargs), limiter=self._slow_lane
-        )
+        return await self._in_thread(self.write_sync, fn, args, kwargs, self._slow_lane)
 
     async def read(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._inline:
@@ -271,10 +271,12 @@ class Store:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        lane: anyio.CapacityLimiter | None = None,
     ) -> T:
-        """``sync(fn, *args, **kwargs)`` (``write_sync`` or ``read_sync``) in a worker thread."""
+        """``sync(fn, *args, **kwargs)`` (``write_sync`` or ``read_sync``) in a worker thread,
+        in ``lane`` (default: the ``database_threads`` every step's transactions share)."""
         return await anyio.to_thread.run_sync(
-            partial(sync, fn, *args, **kwargs), limiter=self._limiter
+            partial(sync, fn, *args, **kwargs), limiter=lane or self._limiter
         )
 
     def _inline_tx(
