@@ -148,3 +148,27 @@ def test_times_are_shown_with_how_long_ago(workspace_dir: Path) -> None:
     assert code == 0 and "s ago)" in out and "UTC" in out
     code, out, _ = cli(workspace_dir, "show", "1")
     assert code == 0 and "created " in out and "s ago)" in out
+
+
+def test_status_shows_at_most_limit_running_tasks_and_says_how_many_more(
+    workspace_dir: Path,
+) -> None:
+    from harness.store import queue, workers
+
+    rt, _ = runtime(workspace_dir, by_agent({}))
+
+    async def go() -> None:
+        for i in range(5):
+            await submit(rt, f"goal {i}", "veblen")
+        wid = await rt.store.write(workers.register_worker, 5)
+        assert len(await rt.store.write(queue.claim, wid, 600, 5)) == 5
+        await rt.aclose()
+
+    anyio.run(go)
+    code, out, _ = cli(workspace_dir, "status", "--limit", "2")
+    assert code == 0, out
+    rows = [line for line in out.splitlines() if line.startswith("│") and "veblen" in line]
+    assert len(rows) == 2 + 2  # two runs, then two of the running tasks
+    assert "3 more running: --limit 5 shows all" in out
+    code, out, _ = cli(workspace_dir, "status", "--limit", "5")
+    assert code == 0 and "more running" not in out

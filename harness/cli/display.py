@@ -220,10 +220,17 @@ def plain_transcript(msgs: list[dict[str, Any]]) -> str:
     return shown("\n".join(lines)) + "\n"
 
 
-def print_live(console: Console, live: dict[str, Any]) -> None:
-    if live["running"]:
-        grid = table("task", "run", "agent", "running for", "worker", title="running now")
-        for r in live["running"]:
+def print_live(console: Console, live: dict[str, Any], limit: int) -> None:
+    """The tasks running now, longest-running first, at most ``limit`` of them (a line says
+    how many more there are), then the live workers."""
+    running = sorted(live["running"], key=lambda r: (-r["age_s"], r["task_id"]))
+    if running:
+        more = len(running) - limit
+        caption = f"{more} more running: --limit {len(running)} shows all" if more > 0 else None
+        grid = table(
+            "task", "run", "agent", "running for", "worker", title="running now", caption=caption
+        )
+        for r in running[:limit]:
             grid.add_row(
                 str(r["task_id"]),
                 str(r["run_id"]),

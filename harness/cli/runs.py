@@ -311,7 +311,9 @@ def status(
         int | None, typer.Argument(min=1, max=MAX_ID, help="One run, with its task tree.")
     ] = None,
     as_json: JsonOpt = False,
-    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many recent runs.")] = 20,
+    limit: Annotated[
+        int, typer.Option(min=1, max=10_000, help="How many recent runs (and running tasks).")
+    ] = 20,
 ) -> None:
     """Runs and their status; with RUN_ID, one run and its task tree."""
     from .. import clock
@@ -331,7 +333,7 @@ def status(
         print_json(data)
     elif run_id is None:
         display.print_runs(out, data, clock.now())
-        display.print_live(out, live)
+        display.print_live(out, live, limit)
     else:
         display.print_run(out, data, clock.now())
 
