@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import atexit
-import gc
 import sys
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -171,17 +169,7 @@ def run(
         from .ledger import print_ledger_for_run
 
         print_ledger_for_run(ws, result["id"], out)
-    _quick_exit()
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
-
-
-@cache
-def _quick_exit() -> None:
-    """When this process exits, skip the interpreter's last garbage collections over every
-    loaded module's objects (~100 ms after a run, here): at exit, ``gc.freeze()`` leaves them
-    to the operating system. By then the run's store, connections and output are closed or
-    flushed, and ``atexit`` handlers still run; Python never promised ``__del__`` at exit."""
-    atexit.register(gc.freeze)
 
 
 def _print_result(run: dict[str, Any], ok: bool) -> None:
