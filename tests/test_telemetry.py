@@ -187,3 +187,22 @@ async def test_a_delegated_run_is_one_span_tree(tmp_path: Path) -> None:
 
 def a(span: ReadableSpan, key: str) -> Any:
     return (span.attributes or {}).get(key)
+
+
+def test_a_worker_without_a_metrics_port_never_loads_prometheus_client() -> None:
+    """What ``harness worker`` imports to attach telemetry costs nothing it does not use:
+    prometheus_client (and the metric families) load only for ``--metrics-port``."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from harness.telemetry import attached\n"
+        "import harness.cli.runs\n"
+        "assert 'prometheus_client' not in sys.modules, 'prometheus_client imported'\n"
+        "assert 'harness.telemetry.metrics' not in sys.modules, 'metrics imported'\n"
+        "from harness.telemetry import EventMetrics\n"  # the names are still there
+        "assert 'prometheus_client' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

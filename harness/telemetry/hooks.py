@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from prometheus_client import start_http_server
 
 from ..errors import ConfigError, Problem
 from ..runtime import Runtime
-from .metrics import EventMetrics
+
+if TYPE_CHECKING:
+    from .metrics import EventMetrics
 
 log = structlog.get_logger("harness.telemetry")
 
@@ -62,9 +63,13 @@ async def attached(
 ) -> AsyncIterator[EventMetrics | None]:
     """Feed ``rt``'s events to metrics (served on ``metrics = (host, port)``) and to traces
     (when enabled) for the duration; yields the metrics (None when not asked)."""
-    counted = EventMetrics(rt.store, rt.settings, budgets_of(rt)) if metrics else None
-    server = None
-    if counted is not None and metrics is not None:
+    counted, server = None, None
+    if metrics is not None:  # prometheus_client is loaded only for a worker that serves it
+        from prometheus_client import start_http_server
+
+        from .metrics import EventMetrics
+
+        counted = EventMetrics(rt.store, rt.settings, budgets_of(rt))
         server, _thread = start_http_server(metrics[1], addr=metrics[0], registry=counted.registry)
         counted.address = (metrics[0], server.server_port)
         log.info("metrics_serving", host=metrics[0], port=server.server_port)
