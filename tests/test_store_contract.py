@@ -312,6 +312,45 @@ async def test_database_threads_bound_the_transactions_run_at_once(pg_url: str) 
         store.close()
 
 
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_a_cancelled_caller_waits_for_its_running_transaction_and_starts_none(
+    pg_url: str,
+) -> None:
+    """A transaction in a thread is never abandoned halfway (its COMMIT's outcome would be
+    unknown): a caller cancelled meanwhile waits for its end. One cancelled before it was
+    handed to a thread starts nothing. What a transaction sets in the caller's context is
+    seen in the thread (``RETRYING``)."""
+    import anyio
+
+    from harness.store.access import RETRYING
+
+    store = Store.open(pg_url, threads=1)
+    ended: list[bool] = []
+
+    def slow(conn: Any) -> None:
+        time.sleep(0.3)
+        conn.exec_driver_sql("SELECT 1")
+        ended.append(RETRYING.get())
+
+    try:
+        token = RETRYING.set(True)
+        t0 = time.monotonic()
+        with anyio.move_on_after(0.05) as scope:
+            await store.write(slow)
+        RETRYING.reset(token)
+        assert scope.cancel_called and ended == [True]  # waited for, in the caller's context
+        assert time.monotonic() - t0 >= 0.3
+
+        ran: list[int] = []
+        with anyio.CancelScope() as cancelled:
+            cancelled.cancel()
+            await store.write(lambda conn: ran.append(1))
+        assert cancelled.cancelled_caught and ran == []
+    finally:
+        store.close()
+
+
 def test_database_threads_is_a_checked_setting(tmp_path: Any) -> None:
     from harness.errors import ConfigError
     from harness.settings import load_settings

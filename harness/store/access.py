@@ -21,6 +21,7 @@ store's share of an agent step.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import sqlite3
@@ -28,13 +29,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar, copy_context
 from datetime import datetime
 from functools import partial
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
-import anyio.to_thread
+from anyio.lowlevel import checkpoint_if_cancelled
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -60,7 +62,8 @@ log = logs.get_logger("harness.store")
 #: True while ``Store.write_until_done`` runs a write again after a transient error. The
 #: earlier try may have committed (a connection dropped at COMMIT leaves its outcome
 #: unknown): writes that must apply once look for what that try wrote (see ``ledger`` and
-#: ``steps``). Worker threads see it too (anyio copies the context).
+#: ``steps``). The store's threads see it too (each transaction runs in a copy of the caller's
+#: context).
 RETRYING: ContextVar[bool] = ContextVar("harness_store_retrying", default=False)
 
 
@@ -153,8 +156,10 @@ class Store:
 
     def __init__(self, engine: Engine, *, threads: int = DATABASE_THREADS) -> None:
         self.engine = engine
-        self._limiter = anyio.CapacityLimiter(threads)  # the transactions in threads at once
-        self._slow_lane = anyio.CapacityLimiter(1)  # write_in_thread's: they may run long
+        # the transactions run in threads: ``threads`` at once, write_in_thread's (which may
+        # run long) in a lane of their own
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="harness-db")
+        self._slow_lane = ThreadPoolExecutor(1, thread_name_prefix="harness-db-slow")
         url = engine.url
         self._sqlite = url.get_backend_name() == "sqlite"
         self._inline = self._sqlite and url.database not in (
@@ -192,6 +197,8 @@ class Store:
             conns, self._inline_conns = self._inline_conns, []
         for conn in conns:
             conn.close()
+        for lane in (self._threads, self._slow_lane):
+            lane.shutdown(wait=False)  # idle by now: nothing waits for their transactions
         self.engine.dispose()
 
     # -- running work off the event loop --------------------------------------------------
@@ -220,7 +227,7 @@ class Store:
                 self._commits += 1
                 if self._commits >= CHECKPOINT_EVERY:
                     self._commits = 0
-                    await anyio.to_thread.run_sync(self._checkpoint, limiter=self._limiter)
+                    await self._in_lane(self._threads, self._checkpoint)
                 return out
         return await self._in_thread(self.write_sync, fn, args, kwargs)
 
@@ -271,13 +278,24 @@ class Store:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        lane: anyio.CapacityLimiter | None = None,
+        lane: ThreadPoolExecutor | None = None,
     ) -> T:
-        """``sync(fn, *args, **kwargs)`` (``write_sync`` or ``read_sync``) in a worker thread,
-        in ``lane`` (default: the ``database_threads`` every step's transactions share)."""
-        return await anyio.to_thread.run_sync(
-            partial(sync, fn, *args, **kwargs), limiter=lane or self._limiter
-        )
+        """``sync(fn, *args, **kwargs)`` (``write_sync`` or ``read_sync``) in a thread of
+        ``lane`` (default: the ``database_threads`` every step's transactions share)."""
+        return await self._in_lane(lane or self._threads, partial(sync, fn, *args, **kwargs))
+
+    @staticmethod
+    async def _in_lane(lane: ThreadPoolExecutor, call: Callable[[], T]) -> T:
+        """``call()`` in a thread of ``lane``, in a copy of this context. A caller cancelled
+        before it starts nothing; once handed to the lane, the transaction is waited for to
+        its end (its COMMIT never left with the outcome unknown to us), the cancellation
+        arriving after it, as with ``anyio.to_thread``. Executors of our own, not
+        ``anyio.to_thread``: ~33 against ~86 us of CPU a hop with 32 in flight here."""
+        await checkpoint_if_cancelled()
+        done = asyncio.wrap_future(lane.submit(copy_context().run, call))
+        with anyio.CancelScope(shield=True):
+            out = await done
+        return out
 
     def _inline_tx(
         self, write: bool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
