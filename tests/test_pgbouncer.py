@@ -10,7 +10,8 @@ harness holds no session state (its one advisory lock, the migration's, is
 ``?prepare_threshold=none`` (see ``harness.store.engine``). The first test shows what goes
 wrong without it; the second runs real work through the pooler: ``harness db upgrade``,
 ``harness submit``, a ``harness worker`` against the fake server until idle, ``harness
-status`` and ``harness ledger``; nothing may be lost.
+status`` and ``harness ledger``; nothing may be lost, with the setting or without it (then
+the store stops preparing at the first statement the pooler loses, and says so).
 """
 
 from __future__ import annotations
@@ -201,12 +202,16 @@ def _counts(url: str) -> dict[str, Any]:
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("setting", [NEVER_PREPARE, ""], ids=["never-prepare", "as-is"])
 def test_a_worker_works_runs_through_pgbouncer_in_transaction_mode(
-    bouncer: Bouncer, procs: Procs, workspace_dir: Path
+    bouncer: Bouncer, procs: Procs, workspace_dir: Path, setting: str
 ) -> None:
+    """With ``?prepare_threshold=none``, and without it: then the first prepared statement
+    the pooler loses makes every process stop preparing (one warning, saying what to add to
+    the URL), and the transaction runs again; nothing fails."""
     fake = procs.fake("--ttft-s", "0.02")
     settings: dict[str, Any] = {
-        "database_url": bouncer.url + NEVER_PREPARE,
+        "database_url": bouncer.url + setting,
         "worker__concurrency": CONCURRENCY,
         "worker__idle_poll_max_s": 0.2,
         "worker__db_failure_exit_s": 5,  # a pooler that breaks harness fails fast
@@ -220,8 +225,15 @@ def test_a_worker_works_runs_through_pgbouncer_in_transaction_mode(
     run_ids = json.loads(_harness(workspace_dir, env, *submit))
     worker = procs.worker(workspace_dir, fake, "--until-idle", **settings)
     assert worker.wait(timeout=120) == 0, procs.logs[worker.pid].read_text()[-3000:]
-    errors = [_line(e) for e in procs.events(worker) if e.get("level") == "error"]
+    events = procs.events(worker)
+    errors = [_line(e) for e in events if e.get("level") == "error"]
     assert not errors, "\n".join(errors[:5])
+    stopped = [e for e in events if e.get("event") == "database_stopped_preparing"]
+    if setting:
+        assert not stopped
+    else:  # the pooler did lose one (two server connections for the worker's many)
+        assert len(stopped) == 1, [e.get("event") for e in events if e.get("level") != "info"]
+        assert "prepare_threshold=none" in stopped[0]["advice"]
 
     status = json.loads(_harness(workspace_dir, env, "status", "--json", "--limit", str(RUNS)))
     ledger = json.loads(_harness(workspace_dir, env, "ledger", "--json"))

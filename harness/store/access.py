@@ -77,8 +77,11 @@ def _driver_transient() -> tuple[type[BaseException], ...]:
 def transient(exc: BaseException) -> bool:
     """A database error worth waiting out: the server unreachable or restarting, a dropped
     connection, a deadlock or serialization victim (PostgreSQL rolled it back), SQLite busy
-    or locked past its timeout. Not: constraint violations, missing tables, corruption."""
+    or locked past its timeout, a prepared statement a pooler lost (``Store`` then prepares
+    none). Not: constraint violations, missing tables, corruption."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if db.lost_prepared_statement(exc):  # behind a pooler: the store then stops preparing
         return True
     if isinstance(exc, sqlite3.OperationalError) or (
         isinstance(exc, OperationalError) and isinstance(exc.orig, sqlite3.OperationalError)
@@ -206,14 +209,45 @@ class Store:
     def write_sync(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(conn, *args)`` in one write transaction in this thread (waiting for
         SQLite's write lock up to its busy timeout)."""
+        try:
+            return self._write_once(fn, args, kwargs)
+        except Exception as exc:
+            if not self._stopped_preparing(exc):
+                raise
+        return self._write_once(fn, args, kwargs)
+
+    def _write_once(self, fn: Callable[..., T], args: Any, kwargs: dict[str, Any]) -> T:
         with self.engine.connect() as conn:
             if self._sqlite:
                 db.driver(conn).execute("BEGIN IMMEDIATE")
             return _transact(conn, fn, args, kwargs)
 
     def read_sync(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            with db.read(self.engine) as conn:
+                return fn(conn, *args, **kwargs)
+        except Exception as exc:
+            if not self._stopped_preparing(exc):
+                raise
         with db.read(self.engine) as conn:
             return fn(conn, *args, **kwargs)
+
+    def _stopped_preparing(self, exc: Exception) -> bool:
+        """True when ``exc`` is a prepared statement the server does not have (or has twice):
+        a pooler in transaction mode without ``?prepare_threshold=none`` in the URL. Then
+        this store prepares no more statements (said once, in the log) and the transaction,
+        rolled back, runs again."""
+        if not db.lost_prepared_statement(exc):
+            return False
+        if db.stop_preparing(self.engine):
+            log.warning(
+                "database_stopped_preparing",
+                database=self.engine.url.render_as_string(hide_password=True),
+                error=_line(exc),
+                advice="behind a pooler in transaction mode (PgBouncer before 1.21), add "
+                "?prepare_threshold=none to database_url: harness prepares nothing from now on",
+            )
+        return True
 
     async def write(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(conn, *args)`` in one write transaction (inline on an idle SQLite file,

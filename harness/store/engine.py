@@ -9,7 +9,9 @@ queue transition here (docs/operations.md, "Capacity"), but a named prepared sta
 on one server connection, and a pooler in transaction mode (PgBouncer before 1.21) hands each
 transaction whichever server connection is free. The URL's ``prepare_threshold`` query
 parameter (psycopg's own name; ``none``: never prepare) is taken off the URL and given to
-psycopg, so ``...:6432/harness?prepare_threshold=none`` works behind such a pooler.
+psycopg, so ``...:6432/harness?prepare_threshold=none`` works behind such a pooler. Without
+it, the first prepared statement such a pooler loses makes the engine prepare none from then
+on (:func:`stop_preparing`; the ``Store`` runs the transaction again and logs it once).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def make_engine(url: str) -> Engine:
             parsed, connect_args = server_options(url)
             engine = create_engine(parsed, pool_size=10, max_overflow=20, connect_args=connect_args)
             _ping_when_idle(engine)
+            _prepare_until_refused(engine)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise ConfigError(Problem("database_url", f"cannot use {redact(url)!r}: {exc}")) from exc
     return engine
@@ -146,6 +149,36 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparseable database URL>"
+
+
+# engines whose server refused one of psycopg's prepared statements (see stop_preparing)
+_NEVER_PREPARE: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def lost_prepared_statement(exc: BaseException) -> bool:
+    """psycopg's own prepared statement (``_pg3_N``) missing or already there on the server:
+    a pooler in transaction mode handed the connection another server connection than the
+    one it prepared on. Nothing was committed: the transaction can run again, unprepared."""
+    orig = getattr(exc, "orig", None) or exc
+    sqlstate = getattr(orig, "sqlstate", None)  # 26000 invalid name, 42P05 duplicate
+    return sqlstate in ("26000", "42P05") and "_pg3_" in str(orig)
+
+
+def stop_preparing(engine: Engine) -> bool:
+    """Prepare no statement on the server any more on ``engine``'s connections (from their
+    next checkout: as ``?prepare_threshold=none`` would have from the start). True the
+    first time."""
+    if engine in _NEVER_PREPARE:
+        return False
+    _NEVER_PREPARE.add(engine)
+    return True
+
+
+def _prepare_until_refused(engine: Engine) -> None:
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        if engine in _NEVER_PREPARE:
+            dbapi_conn.prepare_threshold = None
 
 
 PING_AFTER_IDLE_S = 2.0
