@@ -35,7 +35,7 @@ from .store import Store, queue
 from .store.access import RETRYING
 from .store.artifacts import add_artifact
 from .store.compactions import Compaction, add_compaction, load_compactions
-from .store.engine import run
+from .store.engine import batch, run
 from .store.queue import Lease, Task
 from .store.schema import calls
 from .store.transcripts import StoredMessage, append_messages, load_transcript
@@ -159,7 +159,7 @@ def _next_attempt_tx(
     (see ``ledger.writes``), the task's row first and the ledger's day rows last."""
     model, prompt_tokens, max_tokens, least = ask
     stored = _append_tx(conn, held.lease, opening, 0) if opening else []
-    if stored is None or (not opening and not queue.touch(conn, held.lease)):
+    if not opening and not queue.touch(conn, held.lease):
         raise LeaseLost(held.lease.task_id)  # nothing reserved: nothing is sent
     _record_tx(conn, held, failed)
     rid, granted = ledger.reserve(
@@ -197,14 +197,29 @@ def _written(conn: Connection, lease: Lease, first_seq: int) -> list[StoredMessa
 
 def _append_tx(
     conn: Connection, lease: Lease, msgs: list[ChatMessage], first_seq: int
-) -> list[StoredMessage] | None:
-    """Append to the transcript of a task this lease still holds (None when it does not);
-    ``first_seq`` comes from the runner's copy, which the lease keeps true."""
-    if not queue.touch(conn, lease):
-        return None
-    return _written(conn, lease, first_seq) or append_messages(
-        conn, lease.task_id, msgs, first_seq=first_seq
-    )
+) -> list[StoredMessage]:
+    """Append to the transcript of a task this lease still holds (LeaseLost when it does
+    not: the transaction is rolled back, nothing written); ``first_seq`` comes from the
+    runner's copy, which the lease keeps true. The lease's check and the messages go to the
+    server together."""
+    if RETRYING.get():  # an earlier try may have committed: look before writing
+        if not queue.touch(conn, lease):
+            raise LeaseLost(lease.task_id)
+        return _written(conn, lease, first_seq) or append_messages(
+            conn, lease.task_id, msgs, first_seq=first_seq
+        )
+    touched = None
+    try:
+        with batch(conn) as sent:
+            touched = queue.send_touch(sent, lease)
+            stored = append_messages(conn, lease.task_id, msgs, first_seq=first_seq)
+    except Exception:  # e.g. the task's next owner wrote these numbers: the lease is lost
+        if touched is not None and touched.rowcount == 0:
+            raise LeaseLost(lease.task_id) from None
+        raise
+    if touched.rowcount != 1:
+        raise LeaseLost(lease.task_id)
+    return stored
 
 
 async def append(
@@ -212,10 +227,7 @@ async def append(
 ) -> list[StoredMessage]:
     """Append tool results (or other messages) to the transcript; LeaseLost when the lease
     no longer holds."""
-    appended = await store.write_until_done(_append_tx, lease, msgs, first_seq)
-    if appended is None:
-        raise LeaseLost(lease.task_id)
-    return appended
+    return await store.write_until_done(_append_tx, lease, msgs, first_seq)
 
 
 def _persist_step_tx(
@@ -243,11 +255,13 @@ def _persist_step_tx(
     ids = _record_tx(conn, held, records, roll_ups)
     call_id = ids[-1] if ids else None
     stored = None
-    if owned:
-        stored = append_messages(
-            conn, held.lease.task_id, [message], call_id=call_id, first_seq=seq
-        )
-    roll_ups.write(conn)
+    with batch(conn) as sent:  # the message and the roll-ups go to the server together
+        if owned:
+            stored = append_messages(
+                conn, held.lease.task_id, [message], call_id=call_id, first_seq=seq
+            )
+        changed = roll_ups.send(sent)
+    roll_ups.finish(conn, changed)
     return stored
 
 

@@ -26,7 +26,7 @@ from .. import clock
 from ..errors import BudgetExceeded
 from ..settings import ModelConfig, Settings
 from ..store.access import RETRYING
-from ..store.engine import insert_ignore, run
+from ..store.engine import batch, insert_ignore, run
 from ..store.schema import WORKSPACE, reservations, usage_daily
 from ..usage import Budget
 from .writes import CallContext
@@ -122,12 +122,19 @@ def _take_statement(limit_tokens: bool, limit_cost: bool) -> Any:
     )
 
 
+def _take_args(
+    day: str, who: str, budget: Budget, tokens: int, cost: float
+) -> tuple[Any, dict[str, Any]]:
+    """The guarded UPDATE that adds a reservation to one roll-up row, and its parameters."""
+    stmt = _take_statement(budget.tokens is not None, budget.cost_usd is not None)
+    params = {"p_day": day, "p_agent": who, "n": tokens, "c": cost}
+    return stmt, params | {"max_tokens": budget.tokens, "max_cost": budget.cost_usd}
+
+
 def _take(conn: Connection, day: str, who: str, budget: Budget, tokens: int, cost: float) -> bool:
     """Add a reservation to one roll-up row if it stays within budget (creating the day's row
     when it is the day's first call). True when taken."""
-    stmt = _take_statement(budget.tokens is not None, budget.cost_usd is not None)
-    params = {"p_day": day, "p_agent": who, "n": tokens, "c": cost}
-    params |= {"max_tokens": budget.tokens, "max_cost": budget.cost_usd}
+    stmt, params = _take_args(day, who, budget, tokens, cost)
     if run(conn, stmt, params).rowcount == 1:
         return True
     run(conn, insert_ignore(conn, usage_daily), [{"day": day, "agent": who}])
@@ -137,9 +144,19 @@ def _take(conn: Connection, day: str, who: str, budget: Budget, tokens: int, cos
 def _take_all(
     conn: Connection, day: str, rows: Rows, prompt: int, out: int, cfg: ModelConfig
 ) -> bool:
-    """Take ``prompt + out`` on every row, or on none (what was taken is given back)."""
+    """Take ``prompt + out`` on every row, or on none (what was taken is given back). The
+    rows' UPDATEs go together (one round trip on PostgreSQL, in the rows' order); when one
+    did not take (a budget's end, or the day's first call: no row yet), what the others
+    took is given back and the rows are taken again one by one, each made if missing."""
     tokens, cost = prompt + out, cfg.cost(prompt, 0, out)
-    taken: list[str] = []
+    with batch(conn) as sent:
+        tried = [(who, sent.run(*_take_args(day, who, b, tokens, cost))) for who, b in rows]
+    taken = [who for who, cursor in tried if cursor.rowcount == 1]
+    if len(taken) == len(rows):
+        return True
+    for back in taken:
+        _take(conn, day, back, Budget(), -tokens, -cost)
+    taken = []
     for who, budget in rows:
         if not _take(conn, day, who, budget, tokens, cost):
             for back in taken:

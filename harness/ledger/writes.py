@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from .. import clock
 from ..settings import Settings
 from ..store.access import RETRYING
-from ..store.engine import insert_ignore, is_postgres, run
+from ..store.engine import Batch, batch, insert_ignore, is_postgres, run
 from ..store.schema import USAGE_COUNTERS, WORKSPACE, calls, reservations, runs, usage_daily
 from ..usage import CallOutcome, CallRecord, Usage
 from .days import day_of
@@ -49,15 +49,6 @@ class CallContext:
 
 def _ensure_rows(conn: Connection, day: str, agents: Sequence[str]) -> None:
     run(conn, insert_ignore(conn, usage_daily), [{"day": day, "agent": a} for a in agents])
-
-
-def _update_day_row(conn: Connection, stmt: Any, params: dict[str, Any]) -> bool:
-    """Run an UPDATE of one (``p_day``, ``p_agent``) roll-up row; when it matched none, make
-    sure the row exists (the day's first call) and run it again. True when a row changed."""
-    if run(conn, stmt, params).rowcount == 1:
-        return True
-    _ensure_rows(conn, params["p_day"], [params["p_agent"]])
-    return bool(run(conn, stmt, params).rowcount == 1)
 
 
 _RELEASE = (
@@ -110,12 +101,31 @@ class RollUps:
         _sum_into(self._runs.setdefault(run_id, dict(_NO_RUN_CHANGE)), deltas)
 
     def write(self, conn: Connection) -> None:
+        """One UPDATE per row, sent together (one round trip on PostgreSQL)."""
+        with batch(conn) as sent:
+            changed = self.send(sent)
+        self.finish(conn, changed)
+
+    def send(self, sent: Batch) -> list[tuple[dict[str, Any], Any]]:
+        """Send the UPDATEs with ``sent``'s other statements; hand what this returns to
+        :meth:`finish` once the batch has ended."""
         for run_id in sorted(self._runs):
-            run(conn, _ROLL_UP_RUN, {"p_run": run_id, **self._runs[run_id]})
+            sent.run(_ROLL_UP_RUN, {"p_run": run_id, **self._runs[run_id]})
+        changed = []
         for day, agent in sorted(self._days, key=lambda k: (k[0], k[1] == WORKSPACE, k[1])):
             params = {**self._days[(day, agent)], "p_day": day, "p_agent": agent}
-            _update_day_row(conn, _ADJUST_DAY, params)
+            changed.append((params, sent.run(_ADJUST_DAY, params)))
         self._days, self._runs = {}, {}  # written: a second write adds nothing
+        return changed
+
+    @staticmethod
+    def finish(conn: Connection, changed: list[tuple[dict[str, Any], Any]]) -> None:
+        """Make and update the day rows that were not there yet (the day's first call was not
+        reserved that day: rare; they are then taken after the rows sent with them)."""
+        for params, cursor in changed:
+            if cursor.rowcount != 1:
+                _ensure_rows(conn, params["p_day"], [params["p_agent"]])
+                run(conn, _ADJUST_DAY, params)
 
 
 def _sum_into(row: dict[str, Any], deltas: dict[str, Any]) -> None:

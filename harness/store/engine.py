@@ -276,6 +276,8 @@ def run(
     conn: Connection,
     stmt: Executable,
     params: Mapping[str, Any] | list[dict[str, Any]] = MappingProxyType({}),
+    *,
+    own_cursor: bool = False,
 ) -> Any:
     """Execute a prebuilt Core statement on the driver's cursor; returns the DB-API cursor.
 
@@ -291,7 +293,8 @@ def run(
     cursor sets up its adapters afresh: ~10 us of CPU a statement), so the next ``run`` on
     the same connection replaces what it returned: read a result before running another
     statement. (sqlite3 cursors are cheap, and one left holding an unfinished SELECT would
-    keep a read snapshot open: SQLite gets a new cursor each time.)
+    keep a read snapshot open: SQLite gets a new cursor each time.) ``own_cursor``: a new
+    cursor all the same (see :func:`batch`).
     """
     rows: list[dict[str, Any]] | None = params if isinstance(params, list) else None
     first: Mapping[str, Any] = params if rows is None else (rows[0] if rows else {})  # type: ignore[assignment]
@@ -302,7 +305,7 @@ def run(
     _, sql, order, fixed = prepared
     raw = driver(conn)
     if key[0] == "postgresql":
-        cur = _CURSORS.get(raw)
+        cur = raw.cursor() if own_cursor else _CURSORS.get(raw)
         if cur is None:
             cur = _CURSORS[raw] = raw.cursor()
     else:  # sqlite3's Connection.execute makes a new cursor
@@ -319,6 +322,33 @@ def run(
 
 # each PostgreSQL connection's cursor for ``run`` (see there); gone with its connection
 _CURSORS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+class Batch:
+    """Statements of :func:`batch`: ``run`` as :func:`run`, each on a cursor of its own."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def run(self, stmt: Executable, params: Mapping[str, Any] = MappingProxyType({})) -> Any:
+        return run(self._conn, stmt, params, own_cursor=True)
+
+
+@contextmanager
+def batch(conn: Connection) -> Iterator[Batch]:
+    """Statements whose results are read only once the block has ended (its cursors'
+    ``rowcount`` and rows are there then, not before): on PostgreSQL they go to the server
+    together and come back in one round trip (psycopg's pipeline mode), instead of one each;
+    elsewhere they run one by one as they come. A ``run`` in the block (a cursor shared with
+    other statements) is sent with them too; read no result in the block. (A batch within a
+    batch ends the outer one's round trip first, and makes one of its own.) An error in one
+    surfaces by the block's end at the latest (the transaction is then to be rolled back, as
+    after any error)."""
+    if not is_postgres(conn):
+        yield Batch(conn)
+        return
+    with driver(conn).pipeline():
+        yield Batch(conn)
 
 
 def _prepare(

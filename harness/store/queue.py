@@ -35,7 +35,7 @@ from sqlalchemy import (
 from .. import clock
 from ..errors import LeaseLost
 from ..scrub import storable
-from .engine import is_postgres, lease_now, run
+from .engine import Batch, is_postgres, lease_now, run
 from .schema import TERMINAL, TaskStatus, runs, tasks
 
 ACTIVE = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING, TaskStatus.PAUSED)
@@ -268,8 +268,17 @@ _TOUCH = (
 
 def touch(conn: Connection, lease: Lease, steps_delta: int = 0) -> bool:
     """Check (and record) that ``lease`` still holds its running task. True when it does."""
-    params = {**lease.params(), "t": now(), "delta": steps_delta}
-    return bool(run(conn, _TOUCH, params).rowcount == 1)
+    return bool(run(conn, _TOUCH, _touch_params(lease, steps_delta)).rowcount == 1)
+
+
+def send_touch(sent: Batch, lease: Lease) -> Any:
+    """:func:`touch`, sent with a batch's other statements: the lease held when the cursor
+    returned has a ``rowcount`` of 1 once the batch has ended."""
+    return sent.run(_TOUCH, _touch_params(lease, 0))
+
+
+def _touch_params(lease: Lease, steps_delta: int) -> dict[str, Any]:
+    return {**lease.params(), "t": now(), "delta": steps_delta}
 
 
 def complete(conn: Connection, lease: Lease, result: str, *, step: bool = False) -> None:
