@@ -261,7 +261,7 @@ def _persist_step_tx(
                 conn, held.lease.task_id, [message], call_id=call_id, first_seq=seq
             )
         changed = roll_ups.send(sent)
-    roll_ups.finish(conn, changed)
+    changed.finish(conn)
     return stored
 
 

@@ -183,6 +183,54 @@ def test_concurrent_reservations_never_exceed_the_budget(store: Store) -> None:
     assert total == 9800
 
 
+def test_reservations_of_many_agents_at_once_never_deadlock(store: Store) -> None:
+    """The day rows are taken in one order even when a reservation's UPDATEs, sent together,
+    did not all take (the day's first call: rows not there yet; an agent's budget spent):
+    they are undone and taken again in order. (Sent together and given back instead, the
+    workspace's row was held while an agent's was taken: PostgreSQL found deadlocks.)"""
+    budgets = {"veblen": Budget(tokens=3_000), "simmons": Budget(), "bradlee": Budget()}
+    today = ledger.day_of(clock.now(), SETTINGS.tz)  # the day the answers are recorded on
+    failures: list[BaseException] = []
+    start = threading.Barrier(18)
+
+    def calls(agent: str) -> None:
+        start.wait()
+        for _ in range(6):
+            try:
+                rid = reserve(store, agent, 500, budgets[agent], today)
+            except BudgetExceeded:
+                continue
+            except BaseException as exc:
+                failures.append(exc)
+                return
+            ctx = CallContext(agent, worker_id=1)
+            record = ok(400, 0)
+            store.write_sync(ledger.record, ctx, [record], SETTINGS, reservation_id=rid)
+
+    threads = [threading.Thread(target=calls, args=(a,)) for a in budgets for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    rows = store.read_sync(
+        lambda c: dict(
+            c.execute(
+                select(usage_daily.c.agent, usage_daily.c.calls).where(usage_daily.c.day == today)
+            ).all()
+        )
+    )
+    assert rows["simmons"] == rows["bradlee"] == 36  # never refused: every call recorded
+    assert 0 < rows["veblen"] < 36  # its budget ran out on the way
+    assert rows[WORKSPACE] == rows["veblen"] + 72
+    assert (
+        store.read_sync(
+            lambda c: c.execute(select(func.count()).select_from(reservations)).scalar()
+        )
+        == 0
+    )
+
+
 def test_orphaned_reservation_is_recorded_as_unsettled(store: Store) -> None:
     run_id, task_id = store.write_sync(queue.create_run, "g", "veblen", max_attempts=3)
     wid = store.write_sync(workers.register_worker, 1)

@@ -146,17 +146,17 @@ def _take_all(
 ) -> bool:
     """Take ``prompt + out`` on every row, or on none (what was taken is given back). The
     rows' UPDATEs go together (one round trip on PostgreSQL, in the rows' order); when one
-    did not take (a budget's end, or the day's first call: no row yet), what the others
-    took is given back and the rows are taken again one by one, each made if missing."""
+    did not take (a budget's end, or the day's first call: no row yet), they are undone
+    (their locks let go: a row taken after a later one could deadlock) and the rows are
+    taken again one by one, in order, each made if missing."""
     tokens, cost = prompt + out, cfg.cost(prompt, 0, out)
     with batch(conn) as sent:
-        tried = [(who, sent.run(*_take_args(day, who, b, tokens, cost))) for who, b in rows]
-    taken = [who for who, cursor in tried if cursor.rowcount == 1]
-    if len(taken) == len(rows):
+        mark = sent.mark()
+        tried = [sent.run(*_take_args(day, who, b, tokens, cost)) for who, b in rows]
+    if all(cursor.rowcount == 1 for cursor in tried):
         return True
-    for back in taken:
-        _take(conn, day, back, Budget(), -tokens, -cost)
-    taken = []
+    mark.undo()
+    taken: list[str] = []
     for who, budget in rows:
         if not _take(conn, day, who, budget, tokens, cost):
             for back in taken:

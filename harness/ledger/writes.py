@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from .. import clock
 from ..settings import Settings
 from ..store.access import RETRYING
-from ..store.engine import Batch, batch, insert_ignore, is_postgres, run
+from ..store.engine import Batch, Mark, batch, insert_ignore, is_postgres, run
 from ..store.schema import USAGE_COUNTERS, WORKSPACE, calls, reservations, runs, usage_daily
 from ..usage import CallOutcome, CallRecord, Usage
 from .days import day_of
@@ -104,28 +104,39 @@ class RollUps:
         """One UPDATE per row, sent together (one round trip on PostgreSQL)."""
         with batch(conn) as sent:
             changed = self.send(sent)
-        self.finish(conn, changed)
+        changed.finish(conn)
 
-    def send(self, sent: Batch) -> list[tuple[dict[str, Any], Any]]:
-        """Send the UPDATEs with ``sent``'s other statements; hand what this returns to
-        :meth:`finish` once the batch has ended."""
+    def send(self, sent: Batch) -> Sent:
+        """Send the UPDATEs with ``sent``'s other statements (after them); call
+        :meth:`Sent.finish` on what this returns once the batch has ended."""
+        mark = sent.mark()
+        rows: list[tuple[Any, dict[str, Any]]] = []
         for run_id in sorted(self._runs):
-            sent.run(_ROLL_UP_RUN, {"p_run": run_id, **self._runs[run_id]})
-        changed = []
+            rows.append((_ROLL_UP_RUN, {"p_run": run_id, **self._runs[run_id]}))
         for day, agent in sorted(self._days, key=lambda k: (k[0], k[1] == WORKSPACE, k[1])):
-            params = {**self._days[(day, agent)], "p_day": day, "p_agent": agent}
-            changed.append((params, sent.run(_ADJUST_DAY, params)))
+            rows.append((_ADJUST_DAY, {**self._days[(day, agent)], "p_day": day, "p_agent": agent}))
         self._days, self._runs = {}, {}  # written: a second write adds nothing
-        return changed
+        return Sent(mark, [(stmt, params, sent.run(stmt, params)) for stmt, params in rows])
 
-    @staticmethod
-    def finish(conn: Connection, changed: list[tuple[dict[str, Any], Any]]) -> None:
-        """Make and update the day rows that were not there yet (the day's first call was not
-        reserved that day: rare; they are then taken after the rows sent with them)."""
-        for params, cursor in changed:
-            if cursor.rowcount != 1:
+
+@dataclass
+class Sent:
+    """The roll-ups' UPDATEs sent with a batch (:meth:`RollUps.send`)."""
+
+    mark: Mark
+    updates: list[tuple[Any, dict[str, Any], Any]]  # statement, parameters, cursor
+
+    def finish(self, conn: Connection) -> None:
+        """When a day row was not there yet (the day's first call was not reserved that day:
+        rare), the UPDATEs are undone (their locks let go) and run again one by one in the
+        lock order, the missing row made first."""
+        if all(cursor.rowcount == 1 for _, _, cursor in self.updates):
+            return
+        self.mark.undo()
+        for stmt, params, _ in self.updates:
+            if run(conn, stmt, params).rowcount != 1 and stmt is _ADJUST_DAY:
                 _ensure_rows(conn, params["p_day"], [params["p_agent"]])
-                run(conn, _ADJUST_DAY, params)
+                run(conn, stmt, params)
 
 
 def _sum_into(row: dict[str, Any], deltas: dict[str, Any]) -> None:

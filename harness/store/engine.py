@@ -333,6 +333,29 @@ class Batch:
     def run(self, stmt: Executable, params: Mapping[str, Any] = MappingProxyType({})) -> Any:
         return run(self._conn, stmt, params, own_cursor=True)
 
+    def mark(self) -> Mark:
+        """A savepoint sent with the batch: :meth:`Mark.undo` takes back what the statements
+        after it did, locks included."""
+        self.run(_SAVEPOINT)
+        return Mark(self._conn)
+
+
+class Mark:
+    """A savepoint of :meth:`Batch.mark` (one name for all: undo only the latest)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def undo(self) -> None:
+        """Back to the savepoint: the statements sent after it are undone and the row locks
+        they took let go (PostgreSQL releases them), so the rows can be taken again in the
+        global lock order."""
+        run(self._conn, _UNDO)
+
+
+_SAVEPOINT = text("SAVEPOINT harness_batch")
+_UNDO = text("ROLLBACK TO SAVEPOINT harness_batch")
+
 
 @contextmanager
 def batch(conn: Connection) -> Iterator[Batch]:
