@@ -104,8 +104,7 @@ _BY_KEY = select(reservations.c.id, reservations.c.tokens).where(
 
 @cache
 def _take_statement(limit_tokens: bool, limit_cost: bool) -> Any:
-    """The guarded reservation UPDATE, built once per kind of budget (``n`` may be negative:
-    a take given back)."""
+    """The guarded reservation UPDATE, built once per kind of budget."""
     u = usage_daily.c
     n: Any = bindparam("n")
     c: Any = bindparam("c")
@@ -144,11 +143,12 @@ def _take(conn: Connection, day: str, who: str, budget: Budget, tokens: int, cos
 def _take_all(
     conn: Connection, day: str, rows: Rows, prompt: int, out: int, cfg: ModelConfig
 ) -> bool:
-    """Take ``prompt + out`` on every row, or on none (what was taken is given back). The
-    rows' UPDATEs go together (one round trip on PostgreSQL, in the rows' order); when one
-    did not take (a budget's end, or the day's first call: no row yet), they are undone
-    (their locks let go: a row taken after a later one could deadlock) and the rows are
-    taken again one by one, in order, each made if missing."""
+    """Take ``prompt + out`` on every row, or on none (what was taken is undone). The rows'
+    UPDATEs go together (one round trip on PostgreSQL, in the rows' order); when one did not
+    take (a budget's end, or the day's first call: no row yet), they are undone to a
+    savepoint sent before them (their locks let go: a row taken after a later one could
+    deadlock) and the rows are taken again one by one, in order, each made if missing; a
+    row that still refuses undoes them all again."""
     tokens, cost = prompt + out, cfg.cost(prompt, 0, out)
     with batch(conn) as sent:
         mark = sent.mark()
@@ -156,14 +156,10 @@ def _take_all(
     if all(cursor.rowcount == 1 for cursor in tried):
         return True
     mark.undo()
-    taken: list[str] = []
-    for who, budget in rows:
-        if not _take(conn, day, who, budget, tokens, cost):
-            for back in taken:
-                _take(conn, day, back, Budget(), -tokens, -cost)
-            return False
-        taken.append(who)
-    return True
+    if all(_take(conn, day, who, budget, tokens, cost) for who, budget in rows):
+        return True
+    mark.undo()  # the savepoint stands after an undo
+    return False
 
 
 _USED = select(
