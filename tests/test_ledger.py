@@ -267,6 +267,38 @@ def test_orphaned_reservation_is_recorded_as_unsettled(store: Store) -> None:
     assert reserved == 0
 
 
+def test_an_answer_after_its_worker_was_declared_dead_replaces_the_unsettled_row(
+    store: Store,
+) -> None:
+    """The worker was only paused: its call was charged as unsettled, then the real answer
+    came and is recorded once, with actual usage."""
+    run_id, task_id = store.write_sync(queue.create_run, "g", "veblen", max_attempts=3)
+    wid = store.write_sync(workers.register_worker, 1)
+    ctx = CallContext("veblen", run_id, task_id, wid)
+    rid, _ = store.write_sync(
+        ledger.reserve,
+        ctx,
+        SETTINGS,
+        model="m",
+        prompt_tokens=400,
+        max_tokens=500,
+        min_tokens=500,
+        budget=Budget(tokens=1000),
+        workspace_budget=Budget(),
+        day=ledger.day_of(clock.now(), SETTINGS.tz),
+    )
+    assert store.write_sync(ledger.settle_orphans, SETTINGS, [wid]) == 1
+    [call_id] = store.write_sync(ledger.record, ctx, [ok(400, 30)], SETTINGS, reservation_id=rid)
+    [row] = store.read_sync(lambda c: c.execute(select(calls)).mappings().all())
+    assert row["id"] == call_id and row["outcome"] == "ok"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (400, 30)
+    days = store.read_sync(lambda c: c.execute(select(usage_daily)).mappings().all())
+    assert sorted(day["agent"] for day in days) == sorted(["veblen", WORKSPACE])
+    for day in days:
+        assert (day["calls"], day["unsettled_calls"], day["prompt_tokens"]) == (1, 0, 400)
+        assert (day["completion_tokens"], day["reserved_tokens"]) == (30, 0)
+
+
 def test_prune_drops_old_call_rows_but_keeps_roll_ups(store: Store) -> None:
     old = datetime(2026, 1, 1, 12, tzinfo=ZoneInfo("UTC")).timestamp()
     store.write_sync(ledger.record, CallContext("veblen"), [ok(5, 5)], SETTINGS, ts=old)

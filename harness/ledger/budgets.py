@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -26,7 +27,7 @@ from .. import clock
 from ..errors import BudgetExceeded
 from ..settings import ModelConfig, Settings
 from ..store.access import RETRYING
-from ..store.engine import batch, insert_ignore, run
+from ..store.engine import Batch, Mark, batch, insert_ignore, run
 from ..store.schema import WORKSPACE, reservations, usage_daily
 from ..usage import Budget
 from .writes import CallContext
@@ -80,8 +81,11 @@ def reserve(
         "created_at": clock.now(),
         "key": key,
     }
-    rid = int(run(conn, _INSERT_RESERVATION, values).fetchone()[0])
-    if _take_all(conn, day, rows, prompt_tokens, max_tokens, cfg):
+    with batch(conn) as sent:  # the row and the day rows' first try go together
+        inserted = sent.run(_INSERT_RESERVATION, values)
+        tries = _try_all(sent, day, rows, prompt_tokens, max_tokens, cfg)
+    rid = int(inserted.fetchone()[0])
+    if tries.taken(conn):
         return rid, max_tokens
     granted = min(max_tokens, _room(conn, day, rows, prompt_tokens, cfg))
     if granted < min_tokens or not _take_all(conn, day, rows, prompt_tokens, granted, cfg):
@@ -140,26 +144,48 @@ def _take(conn: Connection, day: str, who: str, budget: Budget, tokens: int, cos
     return bool(run(conn, stmt, params).rowcount == 1)
 
 
+@dataclass
+class _Tries:
+    """The guarded UPDATEs of a reservation's rows, sent with a batch (:func:`_try_all`)."""
+
+    mark: Mark
+    tried: list[Any]  # their cursors
+    day: str
+    rows: Rows
+    tokens: int
+    cost: float
+
+    def taken(self, conn: Connection) -> bool:
+        """True when every row took, once the batch has ended. When one did not (a budget's
+        end, or the day's first call: no row yet), they are undone to the savepoint sent
+        before them (their locks let go: a row taken after a later one could deadlock) and
+        the rows are taken again one by one, in order, each made if missing; a row that still
+        refuses undoes them all again."""
+        if all(cursor.rowcount == 1 for cursor in self.tried):
+            return True
+        self.mark.undo()
+        if all(_take(conn, self.day, who, b, self.tokens, self.cost) for who, b in self.rows):
+            return True
+        self.mark.undo()  # the savepoint stands after an undo
+        return False
+
+
+def _try_all(sent: Batch, day: str, rows: Rows, prompt: int, out: int, cfg: ModelConfig) -> _Tries:
+    """Send the UPDATEs that take ``prompt + out`` on every row, in the rows' order, after a
+    savepoint (one round trip on PostgreSQL with ``sent``'s other statements)."""
+    tokens, cost = prompt + out, cfg.cost(prompt, 0, out)
+    mark = sent.mark()
+    tried = [sent.run(*_take_args(day, who, b, tokens, cost)) for who, b in rows]
+    return _Tries(mark, tried, day, rows, tokens, cost)
+
+
 def _take_all(
     conn: Connection, day: str, rows: Rows, prompt: int, out: int, cfg: ModelConfig
 ) -> bool:
-    """Take ``prompt + out`` on every row, or on none (what was taken is undone). The rows'
-    UPDATEs go together (one round trip on PostgreSQL, in the rows' order); when one did not
-    take (a budget's end, or the day's first call: no row yet), they are undone to a
-    savepoint sent before them (their locks let go: a row taken after a later one could
-    deadlock) and the rows are taken again one by one, in order, each made if missing; a
-    row that still refuses undoes them all again."""
-    tokens, cost = prompt + out, cfg.cost(prompt, 0, out)
+    """Take ``prompt + out`` on every row, or on none (what was taken is undone)."""
     with batch(conn) as sent:
-        mark = sent.mark()
-        tried = [sent.run(*_take_args(day, who, b, tokens, cost)) for who, b in rows]
-    if all(cursor.rowcount == 1 for cursor in tried):
-        return True
-    mark.undo()
-    if all(_take(conn, day, who, budget, tokens, cost) for who, budget in rows):
-        return True
-    mark.undo()  # the savepoint stands after an undo
-    return False
+        tries = _try_all(sent, day, rows, prompt, out, cfg)
+    return tries.taken(conn)
 
 
 _USED = select(

@@ -102,6 +102,8 @@ class RollUps:
 
     def write(self, conn: Connection) -> None:
         """One UPDATE per row, sent together (one round trip on PostgreSQL)."""
+        if not self._days and not self._runs:
+            return
         with batch(conn) as sent:
             changed = self.send(sent)
         changed.finish(conn)
@@ -109,6 +111,8 @@ class RollUps:
     def send(self, sent: Batch) -> Sent:
         """Send the UPDATEs with ``sent``'s other statements (after them); call
         :meth:`Sent.finish` on what this returns once the batch has ended."""
+        if not self._days and not self._runs:
+            return Sent(None, [])
         mark = sent.mark()
         rows: list[tuple[Any, dict[str, Any]]] = []
         for run_id in sorted(self._runs):
@@ -123,14 +127,14 @@ class RollUps:
 class Sent:
     """The roll-ups' UPDATEs sent with a batch (:meth:`RollUps.send`)."""
 
-    mark: Mark
+    mark: Mark | None  # None: nothing was sent
     updates: list[tuple[Any, dict[str, Any], Any]]  # statement, parameters, cursor
 
     def finish(self, conn: Connection) -> None:
         """When a day row was not there yet (the day's first call was not reserved that day:
         rare), the UPDATEs are undone (their locks let go) and run again one by one in the
         lock order, the missing row made first."""
-        if all(cursor.rowcount == 1 for _, _, cursor in self.updates):
+        if self.mark is None or all(cursor.rowcount == 1 for _, _, cursor in self.updates):
             return
         self.mark.undo()
         for stmt, params, _ in self.updates:
@@ -150,7 +154,11 @@ def _give_back(changes: RollUps, day: str, agent: str, tokens: int, cost: float)
 
 
 def _release(conn: Connection, reservation_id: int, changes: RollUps) -> bool:
-    row = run(conn, _RELEASE, {"p_id": reservation_id}).fetchone()
+    return _given_back(run(conn, _RELEASE, {"p_id": reservation_id}).fetchone(), changes)
+
+
+def _given_back(row: Any, changes: RollUps) -> bool:
+    """A released reservation's row (None: it was gone) given back to its day's roll-ups."""
     if row is None:
         return False
     day, agent, tokens, cost = row
@@ -186,18 +194,34 @@ def record(
     The rows carry the reservation they settle. A write retried after a commit whose outcome
     was unknown (``RETRYING``) finds its reservation gone and the rows it wrote: it writes
     nothing again and returns their ids."""
-    changes = RollUps() if roll_ups is None else roll_ups
     held = sorted([*([] if reservation_id is None else [reservation_id]), *extra_reservations])
-    for rid in held:  # the global lock order
-        if _release(conn, rid, changes):
-            continue
-        if RETRYING.get() and (done := _settled_rows(conn, rid)):
-            return done
-        _unrecord_unsettled(conn, rid, changes)
+    if not held and not records:
+        return []  # nothing to write (a first attempt: no failed ones before it)
+    changes = RollUps() if roll_ups is None else roll_ups
     ts = clock.now() if ts is None else ts
     day = day_of(ts, settings.tz)
     key = held[-1] if held else None
-    ids = [_record_one(conn, ctx, rec, settings, ts, day, changes, key) for rec in records]
+    if RETRYING.get():  # an earlier try may have committed: look before writing
+        for rid in held:  # the global lock order
+            if _release(conn, rid, changes):
+                continue
+            if done := _settled_rows(conn, rid):
+                return done
+            _unrecord_unsettled(conn, rid, changes)
+        ids = [_record_one(conn, ctx, rec, settings, ts, day, changes, key) for rec in records]
+    else:  # the releases (in the global lock order) and the rows go to the server together
+        with batch(conn) as sent:
+            released = [(rid, sent.run(_RELEASE, {"p_id": rid})) for rid in held]
+            rows = [
+                sent.run(_INSERT_CALL, _call_row(ctx, rec, settings, ts, day, changes, key))
+                for rec in records
+            ]
+        for rid, cursor in released:
+            if not _given_back(cursor.fetchone(), changes):
+                # its worker was declared dead and the call charged as unsettled: that row
+                # is taken back now that the real answer is here
+                _unrecord_unsettled(conn, rid, changes)
+        ids = [int(cursor.fetchone()[0]) for cursor in rows]
     if roll_ups is None:
         changes.write(conn)
     return ids
@@ -255,7 +279,22 @@ def _record_one(
     reservation_id: int | None = None,
     cost: float | None = None,
 ) -> int:
-    """Insert one call row; its day's roll-ups go into ``changes``, the run's is written."""
+    """Insert one call row; its roll-ups go into ``changes``. Returns the row's id."""
+    row = _call_row(ctx, rec, settings, ts, day, changes, reservation_id, cost)
+    return int(run(conn, _INSERT_CALL, row).fetchone()[0])
+
+
+def _call_row(
+    ctx: CallContext,
+    rec: CallRecord,
+    settings: Settings,
+    ts: float,
+    day: str,
+    changes: RollUps,
+    reservation_id: int | None = None,
+    cost: float | None = None,
+) -> dict[str, Any]:
+    """One call's row, its day's and run's roll-ups added to ``changes``."""
     u = rec.usage
     if cost is None:
         cost = _cost(settings, rec.model, u)
@@ -282,11 +321,10 @@ def _record_one(
         "reservation_id": reservation_id,
         "kind": rec.kind,
     }
-    row_id = run(conn, _INSERT_CALL, row).fetchone()[0]
     changes.add(day, (ctx.agent, WORKSPACE), _deltas(rec, cost))
     if ctx.run_id is not None:
         changes.add_run(ctx.run_id, _usage_deltas(u, cost, 1))
-    return int(row_id)
+    return row
 
 
 _INSERT_CALL = insert(calls).returning(calls.c.id)

@@ -327,17 +327,37 @@ _CURSORS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 class Batch:
     """Statements of :func:`batch`: ``run`` as :func:`run`, each on a cursor of its own."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, pipelined: bool) -> None:
         self._conn = conn
+        self._pipelined = pipelined
 
     def run(self, stmt: Executable, params: Mapping[str, Any] = MappingProxyType({})) -> Any:
-        return run(self._conn, stmt, params, own_cursor=True)
+        cur = run(self._conn, stmt, params, own_cursor=True)
+        if self._pipelined or cur.description is None:
+            return cur
+        # sqlite3 steps a statement's rows as they are read, and one left unread keeps it
+        # running (a SAVEPOINT or COMMIT after it fails): read them now
+        return _Read(cur.fetchall(), cur.rowcount)
 
     def mark(self) -> Mark:
         """A savepoint sent with the batch: :meth:`Mark.undo` takes back what the statements
         after it did, locks included."""
         self.run(_SAVEPOINT)
         return Mark(self._conn)
+
+
+class _Read:
+    """A statement's rows, read (as a cursor gives them: ``fetchone``, ``fetchall``)."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = iter(rows)
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        return next(self._rows, None)
+
+    def fetchall(self) -> list[Any]:
+        return list(self._rows)
 
 
 class Mark:
@@ -368,10 +388,10 @@ def batch(conn: Connection) -> Iterator[Batch]:
     surfaces by the block's end at the latest (the transaction is then to be rolled back, as
     after any error)."""
     if not is_postgres(conn):
-        yield Batch(conn)
+        yield Batch(conn, pipelined=False)
         return
     with driver(conn).pipeline():
-        yield Batch(conn)
+        yield Batch(conn, pipelined=True)
 
 
 def _prepare(
