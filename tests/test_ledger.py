@@ -231,12 +231,15 @@ def test_reservations_of_many_agents_at_once_never_deadlock(store: Store) -> Non
     )
 
 
-def test_orphaned_reservation_is_recorded_as_unsettled(store: Store) -> None:
+def orphan(store: Store, day: str = "2026-11-29") -> tuple[CallContext, int]:
+    """A reservation of 400 + 500 tokens whose worker was declared dead: settled as
+    unsettled. Returns the call's context and the reservation's id."""
     run_id, task_id = store.write_sync(queue.create_run, "g", "veblen", max_attempts=3)
     wid = store.write_sync(workers.register_worker, 1)
-    store.write_sync(
+    ctx = CallContext("veblen", run_id, task_id, wid)
+    rid, _ = store.write_sync(
         ledger.reserve,
-        CallContext("veblen", run_id, task_id, wid),
+        ctx,
         SETTINGS,
         model="m",
         prompt_tokens=400,
@@ -244,9 +247,14 @@ def test_orphaned_reservation_is_recorded_as_unsettled(store: Store) -> None:
         min_tokens=500,
         budget=Budget(tokens=1000),
         workspace_budget=Budget(),
-        day="2026-11-29",
+        day=day,
     )
     assert store.write_sync(ledger.settle_orphans, SETTINGS, [wid]) == 1
+    return ctx, rid
+
+
+def test_orphaned_reservation_is_recorded_as_unsettled(store: Store) -> None:
+    orphan(store)
     row = store.read_sync(lambda c: c.execute(select(calls)).mappings().one())
     assert row["outcome"] == "unsettled" and row["prompt_tokens"] == 900 and row["estimated"]
     # the reserved cost (the output share priced as output), not 900 tokens repriced as input
@@ -272,22 +280,7 @@ def test_an_answer_after_its_worker_was_declared_dead_replaces_the_unsettled_row
 ) -> None:
     """The worker was only paused: its call was charged as unsettled, then the real answer
     came and is recorded once, with actual usage."""
-    run_id, task_id = store.write_sync(queue.create_run, "g", "veblen", max_attempts=3)
-    wid = store.write_sync(workers.register_worker, 1)
-    ctx = CallContext("veblen", run_id, task_id, wid)
-    rid, _ = store.write_sync(
-        ledger.reserve,
-        ctx,
-        SETTINGS,
-        model="m",
-        prompt_tokens=400,
-        max_tokens=500,
-        min_tokens=500,
-        budget=Budget(tokens=1000),
-        workspace_budget=Budget(),
-        day=ledger.day_of(clock.now(), SETTINGS.tz),
-    )
-    assert store.write_sync(ledger.settle_orphans, SETTINGS, [wid]) == 1
+    ctx, rid = orphan(store, ledger.day_of(clock.now(), SETTINGS.tz))
     [call_id] = store.write_sync(ledger.record, ctx, [ok(400, 30)], SETTINGS, reservation_id=rid)
     [row] = store.read_sync(lambda c: c.execute(select(calls)).mappings().all())
     assert row["id"] == call_id and row["outcome"] == "ok"

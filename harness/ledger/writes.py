@@ -208,7 +208,8 @@ def record(
             if done := _settled_rows(conn, rid):
                 return done
             _unrecord_unsettled(conn, rid, changes)
-        ids = [_record_one(conn, ctx, rec, settings, ts, day, changes, key) for rec in records]
+        made = (_call_row(ctx, rec, settings, ts, day, changes, key) for rec in records)
+        ids = [int(run(conn, _INSERT_CALL, row).fetchone()[0]) for row in made]
     else:  # the releases (in the global lock order) and the rows go to the server together
         with batch(conn) as sent:
             released = [(rid, sent.run(_RELEASE, {"p_id": rid})) for rid in held]
@@ -266,22 +267,6 @@ def _cost(settings: Settings, model: str, usage: Usage) -> float:
     if cfg is None:
         return 0.0
     return cfg.cost(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
-
-
-def _record_one(
-    conn: Connection,
-    ctx: CallContext,
-    rec: CallRecord,
-    settings: Settings,
-    ts: float,
-    day: str,
-    changes: RollUps,
-    reservation_id: int | None = None,
-    cost: float | None = None,
-) -> int:
-    """Insert one call row; its roll-ups go into ``changes``. Returns the row's id."""
-    row = _call_row(ctx, rec, settings, ts, day, changes, reservation_id, cost)
-    return int(run(conn, _INSERT_CALL, row).fetchone()[0])
 
 
 def _call_row(
@@ -399,7 +384,8 @@ def _unsettled_row(
     )
     day = day_of(r["created_at"], settings.tz)
     # the reserved worst case, priced as reserved (its output share at the output price)
-    _record_one(conn, ctx, rec, settings, r["created_at"], day, changes, r["id"], cost=r["cost"])
+    row = _call_row(ctx, rec, settings, r["created_at"], day, changes, r["id"], cost=r["cost"])
+    run(conn, _INSERT_CALL, row).fetchone()  # read: an unread RETURNING keeps sqlite3 busy
 
 
 def prune(conn: Connection, before_day: str) -> int:
