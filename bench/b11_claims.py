@@ -2,7 +2,7 @@
 PostgreSQL; operations/s, the server's CPU per operation, what its backends wait on (lock
 waits), and the latency the caller sees. Two operations:
 
-- ``claim``: the worker's claim transaction (``workers.is_alive`` + ``harness.steps.claim``,
+- ``claim``: the worker's claim transaction (``harness.steps.claim``, the epoch checked alive,
   one task) on a queue filled beforehand;
 - ``ledger``: a call's two ledger transactions, ``ledger.reserve`` then ``ledger.record``
   (an ``ok`` call settling its reservation), every call by one agent: what each model call
@@ -58,13 +58,14 @@ def fill(url: str, n: int) -> None:
 
 
 def _claim_tx(conn: Connection, worker_id: int) -> int:
-    """The worker's claim transaction (``harness.worker``): alive, then claim with state."""
+    """The worker's claim transaction (``harness.worker``): claim with state, the worker
+    epoch checked alive by the claim."""
     from harness.steps import claim
-    from harness.store import workers
 
-    if not workers.is_alive(conn, worker_id):
+    claimed = claim(conn, worker_id, LEASE_S, 1)
+    if claimed is None:
         raise RuntimeError(f"worker {worker_id} was declared dead")
-    return len(claim(conn, worker_id, LEASE_S, 1))
+    return len(claimed)
 
 
 class _Ledger:

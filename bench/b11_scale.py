@@ -310,7 +310,7 @@ async def run(sizes: Sizes) -> Section:
         f"one worker's backlog rate for {sizes.b11_stream_s:g} s; claim latency = the task's "
         "`started_at` - `created_at` (the first tenth left out). Database side: "
         f"{', '.join(map(str, sizes.b11_claimers))} claimers (threads, up to 8 a process) "
-        "running the worker's claim transaction (`workers.is_alive` + `harness.steps.claim`, "
+        "running the worker's claim transaction (`harness.steps.claim`, the epoch checked alive, "
         f"one task) for {sizes.b11_claim_s:g} s on a queue of {sizes.b11_queued:,} tasks; "
         "then as many callers of a call's ledger work (`ledger.reserve`, then `ledger.record` "
         "of an ok answer, two transactions, every call by one agent). "

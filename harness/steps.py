@@ -39,6 +39,7 @@ from .store.engine import batch, run
 from .store.queue import Lease, Task
 from .store.schema import calls
 from .store.transcripts import StoredMessage, append_messages, load_transcript
+from .store.workers import is_alive
 from .usage import CallRecord
 
 __all__ = [
@@ -399,8 +400,12 @@ async def keep_artifact(store: Store, lease: Lease, call_id: str, name: str, con
 
 def claim(
     conn: Connection, worker_id: int, lease_s: float, limit: int = 1, *, run_id: int | None = None
-) -> list[tuple[Task, State]]:
-    """Lease runnable tasks (``queue.claim``) and read each one's state in the same
-    transaction, so a runner starts without a read of its own."""
-    claimed = queue.claim(conn, worker_id, lease_s, limit, run_id=run_id)
+) -> list[tuple[Task, State]] | None:
+    """The worker's claim: lease runnable tasks to the live worker epoch ``worker_id``
+    (``queue.claim``) and read each one's state in the same transaction, so a runner starts
+    without a read of its own. None when that epoch was declared dead (it must start a new
+    one); it is asked only when nothing was claimed, the claim having checked it."""
+    claimed = queue.claim(conn, worker_id, lease_s, limit, run_id=run_id, live=True)
+    if not claimed and not is_alive(conn, worker_id):
+        return None
     return [(task, load_state(conn, task)) for task in claimed]

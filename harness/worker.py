@@ -158,7 +158,7 @@ class Worker:
         if free <= 0:
             return []
         claim_id, lease_s = self.id, self.rt.settings.worker.lease_s
-        claimed = await self.rt.store.write(_claim, claim_id, lease_s, free, self.run_id)
+        claimed = await self.rt.store.write(claim, claim_id, lease_s, free, run_id=self.run_id)
         if claimed is None:
             await self._new_epoch(seen_dead=claim_id)
             return []
@@ -316,16 +316,6 @@ def _beat(conn: Connection, worker_id: int, ids: list[int], lease_s: float) -> s
     if not workers.beat_worker(conn, worker_id):
         return None
     return queue.heartbeat(conn, worker_id, ids, lease_s)
-
-
-def _claim(
-    conn: Connection, worker_id: int, lease_s: float, limit: int, run_id: int | None
-) -> list[tuple[Task, State]] | None:
-    """Claim (with each task's state) under this worker's id, unless it was declared dead
-    (None)."""
-    if not workers.is_alive(conn, worker_id):
-        return None
-    return claim(conn, worker_id, lease_s, limit, run_id=run_id)
 
 
 # -- maintenance duties: one transaction each ------------------------------------------------

@@ -459,6 +459,12 @@ def test_a_worker_whose_clock_is_behind_does_not_lose_its_leases(pg_url: str) ->
     finally:
         clock.use(None)
     assert store.write_sync(queue.reap_expired) == 0  # another machine does not reap it
+    clock.use(lambda: time.time() - 3600)
+    try:
+        assert store.write_sync(queue.heartbeat, 1, [task.id], 60) == {task.id}
+    finally:
+        clock.use(None)
+    assert store.write_sync(queue.reap_expired) == 0  # nor after a heartbeat from it
     assert store.write_sync(queue.touch, Lease(task, 1))
     store.close()
 

@@ -181,6 +181,67 @@ def test_cancel_run_cancels_the_tree_and_running_work_notices(store: Store) -> N
         store.write_sync(queue.complete, Lease(child, 2), "too late")
 
 
+def test_a_worker_epoch_declared_dead_claims_nothing(store: Store) -> None:
+    """The worker's claim checks its epoch inside the claim statement: a dead epoch is
+    leased nothing (the queue is left as it was) and is told so (None); a live one claims."""
+    from harness.steps import claim
+
+    dead = store.write_sync(workers.register_worker, 1)
+    live = store.write_sync(workers.register_worker, 1)
+    store.write_sync(workers.mark_stopped, [dead])
+    tid = _run(store)
+    assert store.write_sync(queue.claim, dead, 60, live=True) == []
+    assert store.write_sync(claim, dead, 60) is None
+    assert _status(store, tid) == TaskStatus.QUEUED
+    [(task, state)] = store.write_sync(claim, live, 60) or []
+    owner = select(tasks.c.lease_owner).where(tasks.c.id == tid)
+    assert (task.id, state.transcript) == (tid, [])
+    assert store.read_sync(lambda c: c.execute(owner).scalar_one()) == live
+    assert store.write_sync(claim, live, 60) == []  # alive, with nothing left to claim
+
+
+def test_the_workers_claim_is_one_statement_when_it_claims(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch check and the lease clock (the database's on PostgreSQL) are read by the
+    claim statement itself: a claim that leases tasks costs one statement, no more (counted
+    at the driver: sqlite3's trace callback, psycopg's cursor)."""
+    from harness.steps import claim
+    from harness.store.engine import driver, is_postgres
+
+    me = store.write_sync(workers.register_worker, 2)
+    _run(store)
+    _run(store)
+    sent: list[str] = []
+
+    def note(statement: str) -> None:
+        if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT")):
+            sent.append(statement)
+
+    if is_postgres(store.engine):
+        import psycopg
+
+        execute = psycopg.Cursor.execute
+
+        def counted(cursor: Any, query: Any, *args: Any, **kw: Any) -> Any:
+            note(str(query))
+            return execute(cursor, query, *args, **kw)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+
+    def claim_counted(conn: Any) -> Any:
+        if not is_postgres(conn):
+            driver(conn).set_trace_callback(note)
+        try:
+            return claim(conn, me, 60, 2)
+        finally:
+            if not is_postgres(conn):
+                driver(conn).set_trace_callback(None)
+
+    assert len(store.write_sync(claim_counted) or []) == 2
+    assert len(sent) == 1, sent
+
+
 def test_dead_worker_on_this_host_is_detected_at_once(store: Store) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -28,7 +28,23 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Executable, Insert, Table, create_engine, event, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Executable,
+    Float,
+    Insert,
+    Table,
+    cast,
+    create_engine,
+    event,
+    extract,
+    func,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError
 
@@ -226,16 +242,25 @@ def _tune_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-_DB_NOW = text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+DB_CLOCK: ColumnElement[float] = cast(extract("epoch", func.clock_timestamp()), Float)
+"""PostgreSQL's clock as seconds since the epoch, read where a statement evaluates it."""
+_DB_NOW = select(DB_CLOCK)
 
 
 def lease_now(conn: Connection) -> float:
     """The clock leases and worker heartbeats are measured with: the database's on
     PostgreSQL (one clock for every machine sharing the queue, so they need no clock
-    agreement), this process's on SQLite (one machine)."""
+    agreement), this process's on SQLite (one machine). A statement that only writes or
+    compares it uses :func:`lease_clock` instead, and saves the round trip."""
     if is_postgres(conn):
         return float(conn.execute(_DB_NOW).scalar_one())
     return clock.now()
+
+
+def lease_clock(conn: Connection) -> ColumnElement[float]:
+    """:func:`lease_now` as SQL, for the one statement that uses it: the database's clock,
+    read by that statement, on PostgreSQL; this process's, bound, on SQLite."""
+    return DB_CLOCK if is_postgres(conn) else literal(clock.now(), Float)
 
 
 def driver(conn: Connection) -> Any:

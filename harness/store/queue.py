@@ -35,8 +35,8 @@ from sqlalchemy import (
 from .. import clock
 from ..errors import LeaseLost
 from ..scrub import storable
-from .engine import Batch, is_postgres, lease_now, run
-from .schema import TERMINAL, TaskStatus, runs, tasks
+from .engine import DB_CLOCK, Batch, is_postgres, lease_clock, lease_now, run
+from .schema import TERMINAL, TaskStatus, runs, tasks, workers
 
 ACTIVE = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING, TaskStatus.PAUSED)
 
@@ -145,19 +145,21 @@ def create_run(
 
 
 @cache
-def _claim_statements(postgres: bool, one_run: bool) -> Any:
+def _claim_statements(postgres: bool, one_run: bool, live: bool = False) -> Any:
     """The claim statement, built once per shape (construction costs more than running it).
-    Parameters: t, exp, w, limit, p_run."""
+    Parameters: t, lease_s, w, limit, p_run. The lease runs from the database's clock on
+    PostgreSQL (read by the statement itself: no round trip of its own), from ``t`` on
+    SQLite (:func:`harness.store.engine.lease_now`)."""
     t: Any = bindparam("t")
     runnable = and_(tasks.c.status == TaskStatus.QUEUED, tasks.c.not_before <= t)
     if one_run:
         runnable = and_(runnable, tasks.c.run_id == bindparam("p_run"))
-    pick = (
-        select(tasks.c.id)
-        .where(runnable)
-        .order_by(tasks.c.priority.desc(), tasks.c.id)
-        .limit(bindparam("limit"))
-    )
+    pick = select(tasks.c.id).where(runnable)
+    if live:
+        pick = pick.where(
+            exists().where(workers.c.id == bindparam("w"), workers.c.stopped_at.is_(None))
+        )
+    pick = pick.order_by(tasks.c.priority.desc(), tasks.c.id).limit(bindparam("limit"))
     if postgres:  # one statement: lock the picked rows (skipping locked ones), update them
         picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
         chosen = and_(tasks.c.id == picked.c.id, runnable)  # checked again once locked
@@ -172,7 +174,7 @@ def _claim_statements(postgres: bool, one_run: bool) -> Any:
         .values(
             status=TaskStatus.RUNNING,
             lease_owner=bindparam("w"),
-            lease_expires_at=bindparam("exp"),
+            lease_expires_at=(DB_CLOCK if postgres else t) + bindparam("lease_s"),
             attempts=tasks.c.attempts + 1,
             claims=tasks.c.claims + 1,
             started_at=func.coalesce(tasks.c.started_at, t),
@@ -185,16 +187,22 @@ def _claim_statements(postgres: bool, one_run: bool) -> Any:
 
 
 def claim(
-    conn: Connection, worker_id: int, lease_s: float, limit: int = 1, *, run_id: int | None = None
+    conn: Connection,
+    worker_id: int,
+    lease_s: float,
+    limit: int = 1,
+    *,
+    run_id: int | None = None,
+    live: bool = False,
 ) -> list[Task]:
     """Lease up to ``limit`` runnable queued tasks to ``worker_id`` (highest priority first),
-    optionally only tasks of one run."""
-    t = now()
-    exp = lease_now(conn) + lease_s
-    params: dict[str, Any] = {"t": t, "exp": exp, "w": worker_id, "limit": limit}
+    optionally only tasks of one run. ``live``: only while ``worker_id`` is a live worker
+    epoch (its ``workers`` row not stopped nor declared dead), checked by the claim itself;
+    a worker that gets nothing asks :func:`harness.store.workers.is_alive` which it was."""
+    params: dict[str, Any] = {"t": now(), "lease_s": lease_s, "w": worker_id, "limit": limit}
     if run_id is not None:
         params["p_run"] = run_id
-    stmt = _claim_statements(is_postgres(conn), run_id is not None)
+    stmt = _claim_statements(is_postgres(conn), run_id is not None, live)
     claimed = [Task.from_values(row) for row in run(conn, stmt, params).fetchall()]
     return sorted(claimed, key=lambda task: (-task.priority, task.id))
 
@@ -212,7 +220,7 @@ def heartbeat(
             tasks.c.lease_owner == worker_id,
             tasks.c.status == TaskStatus.RUNNING,
         )
-        .values(lease_expires_at=lease_now(conn) + lease_s)
+        .values(lease_expires_at=lease_clock(conn) + lease_s)
         .returning(tasks.c.id)
     )
     return {r[0] for r in conn.execute(stmt)}

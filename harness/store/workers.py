@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import Connection, and_, insert, select, update
 
 from .. import clock
-from .engine import lease_now
+from .engine import lease_clock, lease_now
 from .schema import workers
 
 __all__ = [
@@ -64,7 +64,7 @@ def register_worker(conn: Connection, concurrency: int) -> int:
             pid=os.getpid(),
             node=node(),
             started_at=t,
-            heartbeat_at=lease_now(conn),
+            heartbeat_at=lease_clock(conn),
             concurrency=concurrency,
         )
     )
@@ -77,7 +77,7 @@ def beat_worker(conn: Connection, worker_id: int) -> bool:
     result = conn.execute(
         update(workers)
         .where(workers.c.id == worker_id, workers.c.stopped_at.is_(None))
-        .values(heartbeat_at=lease_now(conn))
+        .values(heartbeat_at=lease_clock(conn))
     )
     return result.rowcount == 1
 
