@@ -244,16 +244,20 @@ def _persist_step_tx(
     last (see ``ledger.writes``)."""
     if done := _written(conn, held.lease, seq):  # an earlier try committed all of it
         return done
-    try:
-        if message.tool_calls:
-            owned = queue.touch(conn, held.lease, steps_delta=1)
-        else:
-            queue.complete(conn, held.lease, message.content or "", step=True)
-            owned = True
-    except LeaseLost:
-        owned = False
+    result = None if message.tool_calls else message.content or ""
     roll_ups = ledger.RollUps()
-    ids = _record_tx(conn, held, records, roll_ups)
+    if RETRYING.get():  # the ledger looks before it writes: one statement after another
+        with batch(conn) as sent:
+            stepped = queue.send_step(sent, held.lease, result)
+        ids = _record_tx(conn, held, records, roll_ups)
+    else:  # the task's row and the ledger's rows go to the server together
+        with batch(conn) as sent:
+            stepped = queue.send_step(sent, held.lease, result)
+            recorded = ledger.send_record(
+                sent, held.ctx, records, held.settings, held.ids, roll_ups
+            )
+        ids = recorded.finish(conn)
+    owned = stepped.rowcount == 1
     call_id = ids[-1] if ids else None
     stored = None
     with batch(conn) as sent:  # the message and the roll-ups go to the server together

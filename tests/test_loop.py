@@ -138,7 +138,9 @@ def _arnold_fans_out(request: ChatRequest) -> StepLike:
     return ScriptedProvider.text(f"Final: {summary}")
 
 
-async def test_delegation_fans_out_and_a_failed_child_is_reported(workspace_dir: Path) -> None:
+async def test_delegation_fans_out_and_a_failed_child_is_reported(
+    workspace_dir: Path, db_url: str
+) -> None:
     (workspace_dir / "config/harness.toml").write_text(
         (workspace_dir / "config/harness.toml")
         .read_text()
@@ -156,6 +158,7 @@ async def test_delegation_fans_out_and_a_failed_child_is_reported(workspace_dir:
                 "gulbenkian": lambda r: ScriptedProvider.text("frameworks"),
             }
         ),
+        db_url,
     )
     run_id, _root = await submit(rt, "briefing")
     await work(rt, concurrency=4)

@@ -26,7 +26,7 @@ from harness.ledger import CallContext
 from harness.settings import Settings, WorkerConfig
 from harness.store import Store, queue, workers
 from harness.store.queue import Lease
-from harness.store.schema import TaskStatus, calls, reservations, tasks, usage_daily
+from harness.store.schema import TaskStatus, calls, messages, reservations, tasks, usage_daily
 from harness.testing import ScriptedProvider, chat_completion
 from harness.usage import Budget, CallOutcome, CallRecord, Usage
 from harness.worker import Worker
@@ -387,6 +387,46 @@ def test_a_stale_claim_of_the_same_worker_cannot_write_or_reserve(store: Store) 
 
 async def _before(held: steps.Reservation) -> int:
     return await held.before("local", [], prompt_tokens=10, max_tokens=10)
+
+
+def test_an_answer_that_comes_back_after_its_lease_was_lost_is_paid_for_but_not_kept(
+    store: Store,
+) -> None:
+    """The answer's ledger row and the task's move go to the server together: the row is
+    written (the call was paid for), the reservation settled, and nothing else: the task
+    stays with its new claim, no message is kept, LeaseLost is raised."""
+    from harness.agents import AgentSpec
+    from harness.messages import ChatMessage
+
+    store.write_sync(queue.create_run, "g", "veblen", max_attempts=3)
+    [old] = store.write_sync(queue.claim, 7, 0.5)
+    agent = AgentSpec(name="veblen", description="d", prompt="p")
+    held = steps.Reservation(store, Settings(), Lease(old, 7), agent)
+    anyio.run(_before, held)  # reserved while the lease held
+    time.sleep(0.6)
+    assert store.write_sync(queue.reap_expired) == 1
+    [new] = store.write_sync(queue.claim, 7, 60)
+    record = CallRecord(
+        "local", "local", CallOutcome.OK, Usage(prompt_tokens=10, completion_tokens=4)
+    )
+    answer = ChatMessage(role="assistant", content="too late")
+
+    async def persist() -> None:
+        await steps.persist_step(held, [record], answer, 0)
+
+    with pytest.raises(LeaseLost):
+        anyio.run(persist)
+    assert _count(store, calls) == 1 and _count(store, reservations) == 0
+    task = store.read_sync(queue.get_task, new.id)
+    assert task is not None and task.status == TaskStatus.RUNNING and task.result is None
+    assert (
+        store.read_sync(lambda c: c.execute(select(func.count()).select_from(messages)).scalar())
+        == 0
+    )
+    [day] = store.read_sync(
+        lambda c: c.execute(select(usage_daily).where(usage_daily.c.agent == "veblen")).all()
+    )
+    assert (day.calls, day.reserved_tokens) == (1, 0)
 
 
 # -- 8. a call that never left releases its reservation ------------------------------------------

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         prune,
         record,
         release,
+        send_record,
         settle_orphans,
         settle_unsettled,
     )
@@ -38,6 +39,7 @@ _HOME = {
             "prune",
             "record",
             "release",
+            "send_record",
             "settle_orphans",
             "settle_unsettled",
         ),
@@ -68,6 +70,7 @@ __all__ = [
     "release",
     "reserve",
     "rows",
+    "send_record",
     "settle_orphans",
     "settle_unsettled",
     "today_use",

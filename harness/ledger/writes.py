@@ -199,8 +199,6 @@ def record(
         return []  # nothing to write (a first attempt: no failed ones before it)
     changes = RollUps() if roll_ups is None else roll_ups
     ts = clock.now() if ts is None else ts
-    day = day_of(ts, settings.tz)
-    key = held[-1] if held else None
     if RETRYING.get():  # an earlier try may have committed: look before writing
         for rid in held:  # the global lock order
             if _release(conn, rid, changes):
@@ -208,24 +206,59 @@ def record(
             if done := _settled_rows(conn, rid):
                 return done
             _unrecord_unsettled(conn, rid, changes)
+        day, key = day_of(ts, settings.tz), max(held, default=None)
         made = (_call_row(ctx, rec, settings, ts, day, changes, key) for rec in records)
         ids = [int(run(conn, _INSERT_CALL, row).fetchone()[0]) for row in made]
-    else:  # the releases (in the global lock order) and the rows go to the server together
+    else:
         with batch(conn) as sent:
-            released = [(rid, sent.run(_RELEASE, {"p_id": rid})) for rid in held]
-            rows = [
-                sent.run(_INSERT_CALL, _call_row(ctx, rec, settings, ts, day, changes, key))
-                for rec in records
-            ]
-        for rid, cursor in released:
-            if not _given_back(cursor.fetchone(), changes):
-                # its worker was declared dead and the call charged as unsettled: that row
-                # is taken back now that the real answer is here
-                _unrecord_unsettled(conn, rid, changes)
-        ids = [int(cursor.fetchone()[0]) for cursor in rows]
+            recorded = send_record(sent, ctx, records, settings, held, changes, ts=ts)
+        ids = recorded.finish(conn)
     if roll_ups is None:
         changes.write(conn)
     return ids
+
+
+def send_record(
+    sent: Batch,
+    ctx: CallContext,
+    records: Sequence[CallRecord],
+    settings: Settings,
+    held: Sequence[int],
+    changes: RollUps,
+    *,
+    ts: float | None = None,
+) -> Recorded:
+    """:func:`record`'s writes for a first try (not ``RETRYING``), sent with a batch's other
+    statements: the releases of ``held`` (in the global lock order) and the call rows, the
+    roll-up changes added to ``changes`` for the caller to write last. Call
+    :meth:`Recorded.finish` once the batch has ended."""
+    ts = clock.now() if ts is None else ts
+    day = day_of(ts, settings.tz)
+    key = max(held, default=None)
+    released = [(rid, sent.run(_RELEASE, {"p_id": rid})) for rid in sorted(held)]
+    rows = [
+        sent.run(_INSERT_CALL, _call_row(ctx, rec, settings, ts, day, changes, key))
+        for rec in records
+    ]
+    return Recorded(released, rows, changes)
+
+
+@dataclass
+class Recorded:
+    """The ledger rows of :func:`send_record`, sent with a batch."""
+
+    released: list[tuple[int, Any]]  # reservation id, cursor
+    rows: list[Any]  # cursors of the call rows' INSERTs
+    changes: RollUps
+
+    def finish(self, conn: Connection) -> list[int]:
+        """The call rows' ids. A reservation that was gone is one whose worker was declared
+        dead and the call charged as unsettled: that row is taken back now that the real
+        answer is here."""
+        for rid, cursor in self.released:
+            if not _given_back(cursor.fetchone(), self.changes):
+                _unrecord_unsettled(conn, rid, self.changes)
+        return [int(cursor.fetchone()[0]) for cursor in self.rows]
 
 
 _SETTLED_ROWS = (

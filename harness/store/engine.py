@@ -355,6 +355,7 @@ class Batch:
     def __init__(self, conn: Connection, pipelined: bool) -> None:
         self._conn = conn
         self._pipelined = pipelined
+        self.postgres = is_postgres(conn)
 
     def run(self, stmt: Executable, params: Mapping[str, Any] = MappingProxyType({})) -> Any:
         cur = run(self._conn, stmt, params, own_cursor=True)

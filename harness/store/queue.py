@@ -35,7 +35,7 @@ from sqlalchemy import (
 from .. import clock
 from ..errors import LeaseLost
 from ..scrub import storable
-from .engine import DB_CLOCK, Batch, is_postgres, lease_clock, lease_now, run
+from .engine import DB_CLOCK, Batch, batch, is_postgres, lease_clock, lease_now, run
 from .schema import TERMINAL, TaskStatus, runs, tasks, workers
 
 ACTIVE = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING, TaskStatus.PAUSED)
@@ -247,11 +247,10 @@ def _move_statement(keys: tuple[str, ...], uncharge: bool, step: bool) -> Any:
     return update(tasks).where(_owned()).values(values).returning(tasks.c.parent_id)
 
 
-def _move(
-    conn: Connection, lease: Lease, *, uncharge: bool = False, step: bool = False, **values: Any
-) -> int | None:
-    """Guarded transition out of ``running`` under ``lease``; LeaseLost when it no longer
-    holds. Returns the task's parent id."""
+def _moving(
+    lease: Lease, *, uncharge: bool = False, step: bool = False, **values: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The statement and parameters of a guarded transition out of ``running``."""
     t = now()
     values.setdefault("updated_at", t)
     if values.get("status") in TERMINAL:
@@ -259,8 +258,15 @@ def _move(
     if values.get("status") != TaskStatus.RUNNING:
         values.update(lease_owner=None, lease_expires_at=None)
     stmt = _move_statement(tuple(sorted(values)), uncharge, step)
-    params = {f"v_{k}": v for k, v in values.items()}
-    moved = run(conn, stmt, {**lease.params(), **params}).fetchall()
+    return stmt, {**lease.params(), **{f"v_{k}": v for k, v in values.items()}}
+
+
+def _move(
+    conn: Connection, lease: Lease, *, uncharge: bool = False, step: bool = False, **values: Any
+) -> int | None:
+    """Guarded transition out of ``running`` under ``lease``; LeaseLost when it no longer
+    holds. Returns the task's parent id."""
+    moved = run(conn, *_moving(lease, uncharge=uncharge, step=step, **values)).fetchall()
     if len(moved) != 1:
         raise LeaseLost(lease.task_id)
     parent_id: int | None = moved[0][0]
@@ -294,6 +300,20 @@ def complete(conn: Connection, lease: Lease, result: str, *, step: bool = False)
     parent_id = _move(conn, lease, step=step, status=TaskStatus.DONE, result=result, error=None)
     if parent_id is not None:
         wake_parent(conn, parent_id)
+
+
+def send_step(sent: Batch, lease: Lease, result: str | None) -> Any:
+    """A model step counted, sent with a batch's other statements: the task goes on
+    (``result`` None: :func:`touch`) or is done with ``result`` (:func:`complete`, its
+    parent woken when all its siblings are settled: the wake-up is sent too, and finds
+    nothing to do when the lease no longer held). The lease held when the returned cursor
+    has a ``rowcount`` of 1 once the batch has ended."""
+    if result is None:
+        return sent.run(_TOUCH, _touch_params(lease, 1))
+    moved = sent.run(*_moving(lease, step=True, status=TaskStatus.DONE, result=result, error=None))
+    if (parent_id := lease.task.parent_id) is not None:
+        send_wake_parent(sent, parent_id)
+    return moved
 
 
 def fail(
@@ -416,9 +436,17 @@ def wake_parent(conn: Connection, parent_id: int) -> bool:
     On PostgreSQL the parent row is locked first, so two children finishing at the same time
     cannot both miss the wake-up (each would otherwise not see the other's commit).
     """
-    if is_postgres(conn):
-        run(conn, _LOCK_PARENT, {"p_parent": parent_id})
-    return bool(run(conn, _WAKE_PARENT, {"p_parent": parent_id, "t": now()}).rowcount == 1)
+    with batch(conn) as sent:
+        woken = send_wake_parent(sent, parent_id)
+    return bool(woken.rowcount == 1)
+
+
+def send_wake_parent(sent: Batch, parent_id: int) -> Any:
+    """:func:`wake_parent` sent with a batch's other statements; woken when the returned
+    cursor has a ``rowcount`` of 1 once the batch has ended."""
+    if sent.postgres:
+        sent.run(_LOCK_PARENT, {"p_parent": parent_id})
+    return sent.run(_WAKE_PARENT, {"p_parent": parent_id, "t": now()})
 
 
 def reap_expired(
