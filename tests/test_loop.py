@@ -191,6 +191,7 @@ async def test_delegation_fans_out_and_a_failed_child_is_reported(
         lambda c: c.execute(select(func.count()).select_from(calls)).scalar()
     )
     assert run["usage"]["calls"] == n_calls == 6
+    await rt.aclose()
 
 
 async def test_delegation_limits_are_enforced(workspace_dir: Path) -> None:

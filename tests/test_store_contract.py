@@ -224,7 +224,7 @@ def test_the_workers_claim_is_one_statement_when_it_claims(
         execute = psycopg.Cursor.execute
 
         def counted(cursor: Any, query: Any, *args: Any, **kw: Any) -> Any:
-            note(str(query))
+            note(query.decode() if isinstance(query, bytes) else str(query))
             return execute(cursor, query, *args, **kw)
 
         monkeypatch.setattr(psycopg.Cursor, "execute", counted)
@@ -240,6 +240,41 @@ def test_the_workers_claim_is_one_statement_when_it_claims(
 
     assert len(store.write_sync(claim_counted) or []) == 2
     assert len(sent) == 1, sent
+
+
+@pytest.mark.parametrize("first", ["run", "batch", "core", "engine.begin"])
+def test_a_write_that_fails_leaves_nothing_whatever_its_first_statement(
+    store: Store, first: str
+) -> None:
+    """harness begins its transactions itself (on PostgreSQL the BEGIN goes with the first
+    statement, whichever path sends it): a write that fails after its statements ran is
+    rolled back whole."""
+    from harness.store.engine import batch, run
+
+    tid = _run(store)
+    moved = update(tasks).where(tasks.c.id == tid).values(priority=tasks.c.priority + 1)
+
+    def fail_after_writing(conn: Any) -> None:
+        if first == "run":
+            run(conn, moved)
+        elif first == "batch":
+            with batch(conn) as sent:
+                sent.run(moved)
+        else:
+            conn.execute(moved)
+        run(conn, moved)
+        raise RuntimeError("after the writes")
+
+    with pytest.raises(RuntimeError, match="after the writes"):
+        if first == "engine.begin":
+            with store.engine.begin() as conn:
+                fail_after_writing(conn)
+        else:
+            store.write_sync(fail_after_writing)
+    priority = select(tasks.c.priority).where(tasks.c.id == tid)
+    assert store.read_sync(lambda c: c.execute(priority).scalar_one()) == 0
+    store.write_sync(lambda c: run(c, moved))  # and the next write commits
+    assert store.read_sync(lambda c: c.execute(priority).scalar_one()) == 1
 
 
 def test_dead_worker_on_this_host_is_detected_at_once(store: Store) -> None:

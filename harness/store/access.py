@@ -220,7 +220,12 @@ class Store:
         with self.engine.connect() as conn:
             if self._sqlite:
                 db.driver(conn).execute("BEGIN IMMEDIATE")
-            return _transact(conn, fn, args, kwargs)
+                return _transact(conn, fn, args, kwargs)
+            db.begin_with_first_statement(conn)
+            try:
+                return _transact(conn, fn, args, kwargs)
+            finally:
+                db.forget_begin(conn)
 
     def read_sync(self, fn: TxFn[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:

@@ -3,7 +3,10 @@
 SQLite is tuned once per connection: WAL, ``synchronous=NORMAL``, ``busy_timeout``, foreign keys,
 and write transactions that start with ``BEGIN IMMEDIATE`` so two writers never deadlock on a
 lock upgrade. Read-only work uses ``read_only=True`` connections (a plain deferred ``BEGIN``).
-PostgreSQL uses psycopg 3 (``postgresql+psycopg://``). psycopg prepares a statement on the
+PostgreSQL uses psycopg 3 (``postgresql+psycopg://``), its connections in autocommit mode and
+transactions begun by harness, as on SQLite: a write transaction's ``BEGIN`` goes to the server
+with its first statement, read-only work runs statement by statement (:func:`_tune_postgres`).
+psycopg prepares a statement on the
 server once a connection has run it ``prepare_threshold`` times (5): a third less work per
 queue transition here (docs/operations.md, "Capacity"), but a named prepared statement lives
 on one server connection, and a pooler in transaction mode (PgBouncer before 1.21) hands each
@@ -69,7 +72,9 @@ def make_engine(url: str) -> Engine:
             _tune_sqlite(engine)
         else:
             parsed, connect_args = server_options(url)
+            connect_args["autocommit"] = True  # harness begins transactions: _tune_postgres
             engine = create_engine(parsed, pool_size=10, max_overflow=20, connect_args=connect_args)
+            _tune_postgres(engine)
             _ping_when_idle(engine)
             _prepare_until_refused(engine)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
@@ -242,6 +247,52 @@ def _tune_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def _tune_postgres(engine: Engine) -> None:
+    """Transactions are begun by harness, as on SQLite (psycopg's connections are in
+    autocommit mode): psycopg's own ``BEGIN`` waits for its answer before the first
+    statement is sent, in pipeline mode too, a round trip of its own. A write transaction of
+    the ``Store`` (:func:`begin_with_first_statement`) sends its ``BEGIN`` with its first
+    statements instead; one that SQLAlchemy begins (``engine.begin()``, a Core statement
+    first) sends it at once. Read-only work (``read_only=True``) runs statement by
+    statement: no ``BEGIN``, no ``COMMIT``, and no less than before (under READ COMMITTED
+    every statement sees its own snapshot either way)."""
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("read_only", False):
+            return
+        raw = driver(conn)
+        _UNBEGUN.discard(raw)
+        if raw.info.transaction_status == _PG_IDLE:
+            raw.execute(_BEGIN)
+
+
+_BEGIN = b"BEGIN"
+_PG_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open
+# PostgreSQL connections of a write transaction whose BEGIN is still to be sent
+_UNBEGUN: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def begin_with_first_statement(conn: Connection) -> None:
+    """Open a write transaction on ``conn`` whose ``BEGIN`` goes to the server with its
+    first statement (:func:`run`, :func:`batch`; PostgreSQL). Undo with
+    :func:`forget_begin` once the transaction has ended, whether or not it was sent."""
+    _UNBEGUN.add(driver(conn))
+
+
+def forget_begin(conn: Connection) -> None:
+    _UNBEGUN.discard(driver(conn))
+
+
+def _send_begin(raw: Any) -> None:
+    """The pending ``BEGIN``, queued in the pipeline that is open on ``raw``."""
+    _UNBEGUN.discard(raw)
+    cur = _BEGIN_CURSORS.get(raw)
+    if cur is None:
+        cur = _BEGIN_CURSORS[raw] = raw.cursor()
+    cur.execute(_BEGIN, prepare=False)  # nothing to gain, and a pooler may lose it
+
+
 DB_CLOCK: ColumnElement[float] = cast(extract("epoch", func.clock_timestamp()), Float)
 """PostgreSQL's clock as seconds since the epoch, read where a statement evaluates it."""
 _DB_NOW = select(DB_CLOCK)
@@ -333,8 +384,24 @@ def run(
         cur = raw.cursor() if own_cursor else _CURSORS.get(raw)
         if cur is None:
             cur = _CURSORS[raw] = raw.cursor()
+        if raw in _UNBEGUN:  # a transaction's first statement, with its BEGIN: one round trip
+            with raw.pipeline():
+                _send_begin(raw)
+                _execute(cur, sql, order, fixed, first, rows)
+            return cur
     else:  # sqlite3's Connection.execute makes a new cursor
         cur = raw if rows is None else raw.cursor()
+    return _execute(cur, sql, order, fixed, first, rows)
+
+
+def _execute(
+    cur: Any,
+    sql: str,
+    order: Callable[[Mapping[str, Any]], Any] | None,
+    fixed: dict[str, Any],
+    first: Mapping[str, Any],
+    rows: list[dict[str, Any]] | None,
+) -> Any:
     if rows is None:
         if fixed:
             first = {**fixed, **first}
@@ -345,8 +412,10 @@ def run(
     return cur
 
 
-# each PostgreSQL connection's cursor for ``run`` (see there); gone with its connection
+# each PostgreSQL connection's cursor for ``run`` (see there), and the one its BEGIN goes
+# on; gone with their connection
 _CURSORS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_BEGIN_CURSORS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 class Batch:
@@ -416,7 +485,10 @@ def batch(conn: Connection) -> Iterator[Batch]:
     if not is_postgres(conn):
         yield Batch(conn, pipelined=False)
         return
-    with driver(conn).pipeline():
+    raw = driver(conn)
+    with raw.pipeline():
+        if raw in _UNBEGUN:  # the transaction's BEGIN goes with them
+            _send_begin(raw)
         yield Batch(conn, pipelined=True)
 
 
@@ -452,7 +524,8 @@ def _getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, .
 
 @contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
-    """A read-only transaction (no write lock on SQLite)."""
+    """Read-only work: a transaction on SQLite (no write lock), statement by statement on
+    PostgreSQL (see :func:`_tune_postgres`)."""
     with engine.connect().execution_options(read_only=True) as conn, conn.begin():
         yield conn
 
