@@ -279,9 +279,18 @@ def test_an_answer_after_its_worker_was_declared_dead_replaces_the_unsettled_row
     store: Store,
 ) -> None:
     """The worker was only paused: its call was charged as unsettled, then the real answer
-    came and is recorded once, with actual usage."""
-    ctx, rid = orphan(store, ledger.day_of(clock.now(), SETTINGS.tz))
-    [call_id] = store.write_sync(ledger.record, ctx, [ok(400, 30)], SETTINGS, reservation_id=rid)
+    came and is recorded once, with actual usage. (At noon on a fixed day, running on: the
+    reservation, the unsettled row and the answer fall on one day, whenever this runs.)"""
+    import time
+
+    noon, started = datetime(2026, 11, 29, 12, tzinfo=ZoneInfo("UTC")).timestamp(), time.time()
+    clock.use(lambda: noon + time.time() - started)
+    try:
+        ctx, rid = orphan(store, ledger.day_of(clock.now(), SETTINGS.tz))
+        record = ok(400, 30)
+        [call_id] = store.write_sync(ledger.record, ctx, [record], SETTINGS, reservation_id=rid)
+    finally:
+        clock.use(None)
     [row] = store.read_sync(lambda c: c.execute(select(calls)).mappings().all())
     assert row["id"] == call_id and row["outcome"] == "ok"
     assert (row["prompt_tokens"], row["completion_tokens"]) == (400, 30)
