@@ -8,7 +8,8 @@ PostgreSQL and a guarded ``UPDATE ... RETURNING`` inside a ``BEGIN IMMEDIATE`` t
 SQLite.
 
 Lease times (expiry, heartbeats) come from the database's clock on PostgreSQL, so several
-machines need no clock agreement for correctness (:func:`lease_now`); other times are the
+machines need no clock agreement for correctness (:func:`lease_now`; a statement that only
+writes or compares them reads that clock itself, :func:`lease_clock`); other times are the
 process's clock (:mod:`harness.clock`).
 """
 
