@@ -246,17 +246,14 @@ def _persist_step_tx(
         return done
     result = None if message.tool_calls else message.content or ""
     roll_ups = ledger.RollUps()
-    if RETRYING.get():  # the ledger looks before it writes: one statement after another
-        with batch(conn) as sent:
-            stepped = queue.send_step(sent, held.lease, result)
-        ids = _record_tx(conn, held, records, roll_ups)
-    else:  # the task's row and the ledger's rows go to the server together
-        with batch(conn) as sent:
-            stepped = queue.send_step(sent, held.lease, result)
+    recorded = None
+    with batch(conn) as sent:  # the task's row and (on a first try) the ledger's rows
+        stepped = queue.send_step(sent, held.lease, result)
+        if not RETRYING.get():  # a retried write's ledger looks before it writes, below
             recorded = ledger.send_record(
                 sent, held.ctx, records, held.settings, held.ids, roll_ups
             )
-        ids = recorded.finish(conn)
+    ids = recorded.finish(conn) if recorded else _record_tx(conn, held, records, roll_ups)
     owned = stepped.rowcount == 1
     call_id = ids[-1] if ids else None
     stored = None

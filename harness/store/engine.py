@@ -421,14 +421,13 @@ _BEGIN_CURSORS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary(
 class Batch:
     """Statements of :func:`batch`: ``run`` as :func:`run`, each on a cursor of its own."""
 
-    def __init__(self, conn: Connection, pipelined: bool) -> None:
+    def __init__(self, conn: Connection, postgres: bool) -> None:
         self._conn = conn
-        self._pipelined = pipelined
-        self.postgres = is_postgres(conn)
+        self.postgres = postgres  # its statements pipelined (only PostgreSQL's are)
 
     def run(self, stmt: Executable, params: Mapping[str, Any] = MappingProxyType({})) -> Any:
         cur = run(self._conn, stmt, params, own_cursor=True)
-        if self._pipelined or cur.description is None:
+        if self.postgres or cur.description is None:
             return cur
         # sqlite3 steps a statement's rows as they are read, and one left unread keeps it
         # running (a SAVEPOINT or COMMIT after it fails): read them now
@@ -483,13 +482,13 @@ def batch(conn: Connection) -> Iterator[Batch]:
     surfaces by the block's end at the latest (the transaction is then to be rolled back, as
     after any error)."""
     if not is_postgres(conn):
-        yield Batch(conn, pipelined=False)
+        yield Batch(conn, postgres=False)
         return
     raw = driver(conn)
     with raw.pipeline():
         if raw in _UNBEGUN:  # the transaction's BEGIN goes with them
             _send_begin(raw)
-        yield Batch(conn, pipelined=True)
+        yield Batch(conn, postgres=True)
 
 
 def _prepare(
