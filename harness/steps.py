@@ -262,8 +262,7 @@ def _persist_step_tx(
             stored = append_messages(
                 conn, held.lease.task_id, [message], call_id=call_id, first_seq=seq
             )
-        changed = roll_ups.send(sent)
-    changed.finish(conn)
+        roll_ups.send(sent)
     return stored
 
 

@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from .. import clock
 from ..settings import Settings
 from ..store.access import RETRYING
-from ..store.engine import Batch, Mark, batch, insert_ignore, is_postgres, run
+from ..store.engine import Batch, batch, insert_or_add, is_postgres, run
 from ..store.schema import USAGE_COUNTERS, WORKSPACE, calls, reservations, runs, usage_daily
 from ..usage import CallOutcome, CallRecord, Usage
 from .days import day_of
@@ -45,10 +45,6 @@ class CallContext:
     run_id: int | None = None
     task_id: int | None = None
     worker_id: int | None = None
-
-
-def _ensure_rows(conn: Connection, day: str, agents: Sequence[str]) -> None:
-    run(conn, insert_ignore(conn, usage_daily), [{"day": day, "agent": a} for a in agents])
 
 
 _RELEASE = (
@@ -72,12 +68,8 @@ _DAY_COUNTERS = (
     "reserved_tokens",
     "reserved_cost",
 )
-_ADJUST_DAY = (
-    update(usage_daily)
-    .where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
-    .values(_add_to(usage_daily, _DAY_COUNTERS))
-)
-_NO_CHANGE = {f"d_{name}": 0 for name in _DAY_COUNTERS}
+_DAY_DELTAS = tuple((name, f"d_{name}") for name in _DAY_COUNTERS)
+_NO_CHANGE = {delta: 0 for _, delta in _DAY_DELTAS}
 _RUN_COUNTERS = (*USAGE_COUNTERS, "cost_usd")
 _ROLL_UP_RUN = (
     update(runs).where(runs.c.id == bindparam("p_run")).values(_add_to(runs, _RUN_COUNTERS))
@@ -86,8 +78,10 @@ _NO_RUN_CHANGE = {f"d_{name}": 0 for name in _RUN_COUNTERS}
 
 
 class RollUps:
-    """Changes to roll-up rows, summed per row and written with one UPDATE per row, in the
-    global lock order: runs by id, then days by (day, agents before the workspace, agent)."""
+    """Changes to roll-up rows, summed per row and written with one statement per row, in
+    the global lock order: runs by id (an UPDATE), then days by (day, agents before the
+    workspace, agent): an UPSERT, which makes the row when it is the day's first write (a
+    call recorded that no reservation of that day preceded) and locks it as an UPDATE does."""
 
     def __init__(self) -> None:
         self._days: dict[tuple[str, str], dict[str, Any]] = {}
@@ -101,46 +95,22 @@ class RollUps:
         _sum_into(self._runs.setdefault(run_id, dict(_NO_RUN_CHANGE)), deltas)
 
     def write(self, conn: Connection) -> None:
-        """One UPDATE per row, sent together (one round trip on PostgreSQL)."""
-        if not self._days and not self._runs:
-            return
-        with batch(conn) as sent:
-            changed = self.send(sent)
-        changed.finish(conn)
+        """The statements, sent together (one round trip on PostgreSQL)."""
+        if self._days or self._runs:
+            with batch(conn) as sent:
+                self.send(sent)
 
-    def send(self, sent: Batch) -> Sent:
-        """Send the UPDATEs with ``sent``'s other statements (after them); call
-        :meth:`Sent.finish` on what this returns once the batch has ended."""
-        if not self._days and not self._runs:
-            return Sent(None, [])
-        mark = sent.mark()
-        rows: list[tuple[Any, dict[str, Any]]] = []
+    def send(self, sent: Batch) -> None:
+        """Send the statements with ``sent``'s other statements (after them)."""
         for run_id in sorted(self._runs):
-            rows.append((_ROLL_UP_RUN, {"p_run": run_id, **self._runs[run_id]}))
+            sent.run(_ROLL_UP_RUN, {"p_run": run_id, **self._runs[run_id]})
+        if self._days:
+            add_to_day = insert_or_add(sent, usage_daily, _DAY_COUNTERS)
         for day, agent in sorted(self._days, key=lambda k: (k[0], k[1] == WORKSPACE, k[1])):
-            rows.append((_ADJUST_DAY, {**self._days[(day, agent)], "p_day": day, "p_agent": agent}))
+            deltas = self._days[(day, agent)]
+            row = {"day": day, "agent": agent} | {n: deltas[d] for n, d in _DAY_DELTAS}
+            sent.run(add_to_day, row)
         self._days, self._runs = {}, {}  # written: a second write adds nothing
-        return Sent(mark, [(stmt, params, sent.run(stmt, params)) for stmt, params in rows])
-
-
-@dataclass
-class Sent:
-    """The roll-ups' UPDATEs sent with a batch (:meth:`RollUps.send`)."""
-
-    mark: Mark | None  # None: nothing was sent
-    updates: list[tuple[Any, dict[str, Any], Any]]  # statement, parameters, cursor
-
-    def finish(self, conn: Connection) -> None:
-        """When a day row was not there yet (the day's first call was not reserved that day:
-        rare), the UPDATEs are undone (their locks let go) and run again one by one in the
-        lock order, the missing row made first."""
-        if self.mark is None or all(cursor.rowcount == 1 for _, _, cursor in self.updates):
-            return
-        self.mark.undo()
-        for stmt, params, _ in self.updates:
-            if run(conn, stmt, params).rowcount != 1 and stmt is _ADJUST_DAY:
-                _ensure_rows(conn, params["p_day"], [params["p_agent"]])
-                run(conn, stmt, params)
 
 
 def _sum_into(row: dict[str, Any], deltas: dict[str, Any]) -> None:

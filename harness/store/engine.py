@@ -58,6 +58,7 @@ from .migrations import HEAD_REVISION
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.dialects import postgresql, sqlite
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
@@ -332,13 +333,33 @@ def insert_ignore(conn: Connection, table: Table) -> Insert:
 
 @cache
 def _insert_ignore(dialect: str, table: Table) -> Insert:
+    return _dialect_insert(dialect, table).on_conflict_do_nothing()
+
+
+def insert_or_add(conn: Connection | Batch, table: Table, counters: tuple[str, ...]) -> Insert:
+    """``INSERT ... ON CONFLICT (primary key) DO UPDATE SET c = c + excluded.c`` for each of
+    ``counters``: the row made with the values given, or those values added to the row that
+    is there, in one statement that locks the row as an UPDATE would (built once per dialect;
+    pass the key columns and the counters as parameters)."""
+    return _insert_or_add(conn.dialect.name, table, counters)
+
+
+@cache
+def _insert_or_add(dialect: str, table: Table, counters: tuple[str, ...]) -> Insert:
+    stmt = _dialect_insert(dialect, table)
+    added: dict[str, Any] = {name: table.c[name] + stmt.excluded[name] for name in counters}
+    return stmt.on_conflict_do_update(index_elements=list(table.primary_key), set_=added)
+
+
+def _dialect_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's own ``insert`` (the one with ``ON CONFLICT``)."""
     if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
 
-        return postgresql.insert(table).on_conflict_do_nothing()
+        return postgresql.insert(table)
     from sqlalchemy.dialects import sqlite
 
-    return sqlite.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table)
 
 
 # -- the hot path: prebuilt statements straight to the driver -------------------------------
@@ -423,6 +444,7 @@ class Batch:
 
     def __init__(self, conn: Connection, postgres: bool) -> None:
         self._conn = conn
+        self.dialect = conn.dialect
         self.postgres = postgres  # its statements pipelined (only PostgreSQL's are)
 
     def run(self, stmt: Executable, params: Mapping[str, Any] = MappingProxyType({})) -> Any:
