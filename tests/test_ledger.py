@@ -157,6 +157,53 @@ def test_workspace_budget_caps_all_agents_together(store: Store) -> None:
     assert reserved == 600 * 2  # agent "a" and the workspace row
 
 
+def test_what_a_try_took_when_the_other_row_refused_is_given_back(store: Store) -> None:
+    """A reservation's first try takes the agent's row and not the workspace's (near the
+    workspace budget's end; or the agent's row not there yet while the workspace's is): what
+    it took is given back, and the rows hold exactly what was granted in the end."""
+
+    def take(agent: str, prompt: int, max_tokens: int, workspace: int | None) -> int:
+        _, granted = store.write_sync(
+            ledger.reserve,
+            CallContext(agent),
+            SETTINGS,
+            model="m",
+            prompt_tokens=prompt,
+            max_tokens=max_tokens,
+            min_tokens=10,
+            budget=Budget(tokens=10_000),
+            workspace_budget=Budget(tokens=workspace),
+            day="2026-11-29",
+        )
+        return int(granted)
+
+    def reserved() -> dict[str, tuple[int, float]]:
+        rows = store.read_sync(
+            lambda c: c.execute(
+                select(
+                    usage_daily.c.agent, usage_daily.c.reserved_tokens, usage_daily.c.reserved_cost
+                )
+            ).all()
+        )
+        return {agent: (tokens, cost) for agent, tokens, cost in rows}
+
+    assert take("a", 100, 500, None) == 500  # the day's rows: a's and the workspace's
+    # b's row is not there yet, the workspace's is: taken one by one, b's made first
+    assert take("b", 100, 200, None) == 200
+    assert {k: v[0] for k, v in reserved().items()} == {"a": 600, "b": 300, WORKSPACE: 900}
+    # b's row takes 100 + 900, the workspace's (1,000 budget, 900 reserved) refuses: b's part
+    # is given back; the room left (1,000 - 900 - a prompt of 100) is no output: refused
+    with pytest.raises(BudgetExceeded):
+        take("b", 100, 900, 1_000)
+    assert {k: v[0] for k, v in reserved().items()} == {"a": 600, "b": 300, WORKSPACE: 900}
+    # with 1,100: the room left is 200, 100 of it output
+    assert take("b", 100, 900, 1_100) == 100
+    after = reserved()
+    assert {k: v[0] for k, v in after.items()} == {"a": 600, "b": 500, WORKSPACE: 1_100}
+    cost = after["a"][1] + after["b"][1]
+    assert after[WORKSPACE][1] == pytest.approx(cost)  # the costs given back exactly too
+
+
 def test_concurrent_reservations_never_exceed_the_budget(store: Store) -> None:
     budget = Budget(tokens=10_000)
     granted: list[int] = []

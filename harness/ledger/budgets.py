@@ -4,7 +4,11 @@ A reservation adds the call's prompt estimate + ``max_tokens`` (and their cost) 
 ``reserved`` counters of the agent's and the workspace's roll-up rows of the day, with a
 guarded UPDATE each (``used + reserved + n <= budget``), so concurrent calls can never take a
 budget past its limit. The rows are always taken in one order (the agent's, then the
-workspace's), the order every ledger write uses.
+workspace's), the order every ledger write uses. On PostgreSQL both go in one statement, the
+workspace's row taken only when the agent's was, so a try never holds the workspace's lock
+without the agent's; what a try took when the other row did not take is given back by a
+compensating UPDATE of the row it holds (no savepoint: a write after one costs the server a
+subtransaction), and the rows are taken again one by one in the same order.
 
 Near the end of a budget the call gets the room that is left: when the whole worst case does
 not fit but the prompt and at least ``min_tokens`` of output do, ``max_tokens`` is shrunk to
@@ -21,13 +25,23 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 
 from .. import clock
 from ..errors import BudgetExceeded
 from ..settings import ModelConfig, Settings
 from ..store.access import RETRYING
-from ..store.engine import Batch, Mark, batch, insert_ignore, run
+from ..store.engine import Batch, batch, insert_ignore, run
 from ..store.schema import WORKSPACE, reservations, usage_daily
 from ..usage import Budget
 from .writes import CallContext
@@ -107,21 +121,42 @@ _BY_KEY = select(reservations.c.id, reservations.c.tokens).where(
 
 
 @cache
-def _take_statement(limit_tokens: bool, limit_cost: bool) -> Any:
-    """The guarded reservation UPDATE, built once per kind of budget."""
+def _take_statement(limit_tokens: bool, limit_cost: bool, who: str = "") -> Any:
+    """The guarded reservation UPDATE, built once per kind of budget (``who``: a suffix of
+    the names of the parameters that are the row's own, for two in one statement)."""
     u = usage_daily.c
     n: Any = bindparam("n")
     c: Any = bindparam("c")
-    cond = [u.day == bindparam("p_day"), u.agent == bindparam("p_agent")]
+    cond = [u.day == bindparam("p_day"), u.agent == bindparam(f"p_agent{who}")]
     if limit_tokens:
         used = u.prompt_tokens + u.completion_tokens + u.reserved_tokens
-        cond.append(used + n <= bindparam("max_tokens"))
+        cond.append(used + n <= bindparam(f"max_tokens{who}"))
     if limit_cost:
-        cond.append(u.cost_usd + u.reserved_cost + c <= bindparam("max_cost"))
+        cond.append(u.cost_usd + u.reserved_cost + c <= bindparam(f"max_cost{who}"))
     return (
         update(usage_daily)
         .where(and_(*cond))
         .values(reserved_tokens=u.reserved_tokens + n, reserved_cost=u.reserved_cost + c)
+    )
+
+
+@cache
+def _take_both_statement(agent: tuple[bool, bool], workspace: tuple[bool, bool]) -> Any:
+    """Both rows' guarded UPDATEs in one PostgreSQL statement, the workspace's made to wait
+    for the agent's (its condition reads what the agent's took, so PostgreSQL runs that one
+    first) and to take nothing when the agent's took nothing; it reads how many rows each
+    took."""
+    one: Any = literal_column("1")
+    took_agent = _take_statement(*agent, "_a").returning(one).cte("took_agent")
+    took_workspace = (
+        _take_statement(*workspace, "_w")
+        .where(exists(select(one).select_from(took_agent)))
+        .returning(one)
+        .cte("took_workspace")
+    )
+    return select(
+        select(func.count()).select_from(took_agent).scalar_subquery(),
+        select(func.count()).select_from(took_workspace).scalar_subquery(),
     )
 
 
@@ -134,6 +169,21 @@ def _take_args(
     return stmt, params | {"max_tokens": budget.tokens, "max_cost": budget.cost_usd}
 
 
+def _take_both_args(day: str, rows: Rows, tokens: int, cost: float) -> tuple[Any, dict[str, Any]]:
+    """:func:`_take_both_statement` for the agent's and the workspace's rows, its parameters."""
+    (agent, budget), (workspace, workspace_budget) = rows
+    stmt = _take_both_statement(
+        (budget.tokens is not None, budget.cost_usd is not None),
+        (workspace_budget.tokens is not None, workspace_budget.cost_usd is not None),
+    )
+    params = {"p_day": day, "n": tokens, "c": cost, "p_agent_a": agent, "p_agent_w": workspace}
+    params |= {"max_tokens_a": budget.tokens, "max_cost_a": budget.cost_usd}
+    return stmt, params | {
+        "max_tokens_w": workspace_budget.tokens,
+        "max_cost_w": workspace_budget.cost_usd,
+    }
+
+
 def _take(conn: Connection, day: str, who: str, budget: Budget, tokens: int, cost: float) -> bool:
     """Add a reservation to one roll-up row if it stays within budget (creating the day's row
     when it is the day's first call). True when taken."""
@@ -144,45 +194,75 @@ def _take(conn: Connection, day: str, who: str, budget: Budget, tokens: int, cos
     return bool(run(conn, stmt, params).rowcount == 1)
 
 
+_GIVE_BACK = (
+    update(usage_daily)
+    .where(usage_daily.c.day == bindparam("p_day"), usage_daily.c.agent == bindparam("p_agent"))
+    .values(
+        reserved_tokens=usage_daily.c.reserved_tokens - bindparam("n"),
+        reserved_cost=usage_daily.c.reserved_cost - bindparam("c"),
+    )
+)
+
+
 @dataclass
 class _Tries:
     """The guarded UPDATEs of a reservation's rows, sent with a batch (:func:`_try_all`)."""
 
-    mark: Mark
-    tried: list[Any]  # their cursors
+    tried: list[Any]  # their cursors: one per row, or one for both (PostgreSQL)
     day: str
     rows: Rows
     tokens: int
     cost: float
 
+    def took(self) -> list[str]:
+        """The rows the try took (in the rows' order), once the batch has ended."""
+        if len(self.tried) == 1:  # both in one statement: how many rows each took
+            counts = self.tried[0].fetchone()
+            return [who for (who, _), n in zip(self.rows, counts, strict=True) if n == 1]
+        return [who for (who, _), c in zip(self.rows, self.tried, strict=True) if c.rowcount == 1]
+
     def taken(self, conn: Connection) -> bool:
         """True when every row took, once the batch has ended. When one did not (a budget's
-        end, or the day's first call: no row yet), they are undone to the savepoint sent
-        before them (their locks let go: a row taken after a later one could deadlock) and
-        the rows are taken again one by one, in order, each made if missing; a row that still
-        refuses undoes them all again."""
-        if all(cursor.rowcount == 1 for cursor in self.tried):
+        end, or the day's first call: no row yet), what took is given back (its lock held:
+        no row is taken out of order) and the rows are taken again one by one, in order, each
+        made if missing; a row that still refuses has what took before it given back."""
+        took = self.took()
+        if len(took) == len(self.rows):
             return True
-        self.mark.undo()
-        if all(_take(conn, self.day, who, b, self.tokens, self.cost) for who, b in self.rows):
-            return True
-        self.mark.undo()  # the savepoint stands after an undo
-        return False
+        self._give_back(conn, took)
+        took = []
+        for who, budget in self.rows:
+            if not _take(conn, self.day, who, budget, self.tokens, self.cost):
+                self._give_back(conn, took)
+                return False
+            took.append(who)
+        return True
+
+    def _give_back(self, conn: Connection, took: Sequence[str]) -> None:
+        for who in took:
+            run(
+                conn,
+                _GIVE_BACK,
+                {"p_day": self.day, "p_agent": who, "n": self.tokens, "c": self.cost},
+            )
 
 
 def _try_all(sent: Batch, day: str, rows: Rows, prompt: int, out: int, cfg: ModelConfig) -> _Tries:
-    """Send the UPDATEs that take ``prompt + out`` on every row, in the rows' order, after a
-    savepoint (one round trip on PostgreSQL with ``sent``'s other statements)."""
+    """Send the UPDATEs that take ``prompt + out`` on every row, in the rows' order: one
+    statement on PostgreSQL (:func:`_take_both_statement`), one a row elsewhere (SQLite's
+    writers take the whole database's lock, one at a time: no row order to keep)."""
     tokens, cost = prompt + out, cfg.cost(prompt, 0, out)
-    mark = sent.mark()
-    tried = [sent.run(*_take_args(day, who, b, tokens, cost)) for who, b in rows]
-    return _Tries(mark, tried, day, rows, tokens, cost)
+    if sent.postgres:
+        tried = [sent.run(*_take_both_args(day, rows, tokens, cost))]
+    else:
+        tried = [sent.run(*_take_args(day, who, b, tokens, cost)) for who, b in rows]
+    return _Tries(tried, day, rows, tokens, cost)
 
 
 def _take_all(
     conn: Connection, day: str, rows: Rows, prompt: int, out: int, cfg: ModelConfig
 ) -> bool:
-    """Take ``prompt + out`` on every row, or on none (what was taken is undone)."""
+    """Take ``prompt + out`` on every row, or on none (what was taken is given back)."""
     with batch(conn) as sent:
         tries = _try_all(sent, day, rows, prompt, out, cfg)
     return tries.taken(conn)

@@ -452,14 +452,8 @@ class Batch:
         if self.postgres or cur.description is None:
             return cur
         # sqlite3 steps a statement's rows as they are read, and one left unread keeps it
-        # running (a SAVEPOINT or COMMIT after it fails): read them now
+        # running (a COMMIT after it fails): read them now
         return _Read(cur.fetchall(), cur.rowcount)
-
-    def mark(self) -> Mark:
-        """A savepoint sent with the batch: :meth:`Mark.undo` takes back what the statements
-        after it did, locks included."""
-        self.run(_SAVEPOINT)
-        return Mark(self._conn)
 
 
 class _Read:
@@ -474,23 +468,6 @@ class _Read:
 
     def fetchall(self) -> list[Any]:
         return list(self._rows)
-
-
-class Mark:
-    """A savepoint of :meth:`Batch.mark` (one name for all: undo only the latest)."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    def undo(self) -> None:
-        """Back to the savepoint: the statements sent after it are undone and the row locks
-        they took let go (PostgreSQL releases them), so the rows can be taken again in the
-        global lock order."""
-        run(self._conn, _UNDO)
-
-
-_SAVEPOINT = text("SAVEPOINT harness_batch")
-_UNDO = text("ROLLBACK TO SAVEPOINT harness_batch")
 
 
 @contextmanager
