@@ -36,7 +36,16 @@ from sqlalchemy import (
 from .. import clock
 from ..errors import LeaseLost
 from ..scrub import storable
-from .engine import DB_CLOCK, Batch, batch, is_postgres, lease_clock, lease_now, run
+from .engine import (
+    DB_CLOCK,
+    Batch,
+    batch,
+    insert_ignore,
+    is_postgres,
+    lease_clock,
+    lease_now,
+    run,
+)
 from .schema import TERMINAL, TaskStatus, runs, tasks, workers
 
 ACTIVE = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING, TaskStatus.PAUSED)
@@ -366,38 +375,40 @@ def pause(conn: Connection, lease: Lease, reason: str, until: float, budget_key:
     )
 
 
+_CHILD_IDS = select(tasks.c.parent_call_id, tasks.c.id).where(
+    tasks.c.parent_id == bindparam("p_parent")
+)
+
+
 def spawn_children(conn: Connection, lease: Lease, children: Iterable[NewTask]) -> list[int]:
-    """Create child tasks (idempotent per parent tool call) and make the parent wait.
+    """Create child tasks (idempotent per parent tool call: the unique (parent, call) key
+    keeps the one made by an earlier try) and make the parent wait.
 
     Children and the parent's move to ``waiting`` commit together, so a crash leaves either
-    both or neither. Returns the ids of all children of the given calls.
+    both or neither. Returns the ids of all children of the given calls, in their order.
     """
     parent = lease.task
     t = now()
-    ids: list[int] = []
-    for child in children:
-        existing = conn.execute(
-            select(tasks.c.id).where(
-                tasks.c.parent_id == parent.id, tasks.c.parent_call_id == child.parent_call_id
-            )
-        ).scalar()
-        if existing is None:
-            existing = conn.execute(
-                insert(tasks).values(
-                    run_id=parent.run_id,
-                    parent_id=parent.id,
-                    parent_call_id=child.parent_call_id,
-                    agent=child.agent,
-                    input=child.input,
-                    status=TaskStatus.QUEUED,
-                    priority=parent.priority + child.priority,
-                    depth=parent.depth + 1,
-                    max_attempts=parent.max_attempts,
-                    created_at=t,
-                    updated_at=t,
-                )
-            ).inserted_primary_key[0]  # type: ignore[index]
-        ids.append(int(existing))
+    rows = [
+        {
+            "run_id": parent.run_id,
+            "parent_id": parent.id,
+            "parent_call_id": child.parent_call_id,
+            "agent": child.agent,
+            "input": child.input,
+            "status": TaskStatus.QUEUED.value,
+            "priority": parent.priority + child.priority,
+            "depth": parent.depth + 1,
+            "max_attempts": parent.max_attempts,
+            "created_at": t,
+            "updated_at": t,
+        }
+        for child in children
+    ]
+    if rows:
+        run(conn, insert_ignore(conn, tasks), rows)
+    made = dict(run(conn, _CHILD_IDS, {"p_parent": parent.id}).fetchall())
+    ids = [int(made[row["parent_call_id"]]) for row in rows]
     _move(
         conn,
         lease,
@@ -555,9 +566,14 @@ def get_task(conn: Connection, task_id: int) -> Task | None:
     return Task.from_row(row) if row else None
 
 
+_CHILDREN = (
+    select(*_TASK_COLUMNS).where(tasks.c.parent_id == bindparam("p_parent")).order_by(tasks.c.id)
+)
+
+
 def children(conn: Connection, parent_id: int) -> list[Task]:
-    rows = conn.execute(select(tasks).where(tasks.c.parent_id == parent_id).order_by(tasks.c.id))
-    return [Task.from_row(r) for r in rows.mappings()]
+    """A task's children, oldest first."""
+    return [Task.from_values(r) for r in run(conn, _CHILDREN, {"p_parent": parent_id}).fetchall()]
 
 
 def has_runnable(conn: Connection, run_id: int | None = None) -> bool:
