@@ -13,6 +13,7 @@ The loop is resumable at every point. Its state is the task's transcript in the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections import Counter
@@ -47,19 +48,6 @@ from .tools import ToolContext, delegate_spec, delegation
 from .tools.builtin import NOTE_APPEND, READ_ARTIFACT
 
 log = structlog.get_logger("harness.loop")
-
-
-def _delegated_to(transcript: Sequence[StoredMessage]) -> set[str]:
-    """The agents this task's delegate calls named (valid or not)."""
-    names = set()
-    for sm in transcript:
-        for call in sm.message.tool_calls or []:
-            if call.function.name == DELEGATE:
-                try:
-                    names.add(str(json.loads(call.function.arguments or "{}").get("agent")))
-                except (ValueError, AttributeError):
-                    continue
-    return names
 
 
 def pending_calls(transcript: Sequence[StoredMessage]) -> list[ToolCall]:
@@ -188,22 +176,9 @@ class TaskRunner:
         if self.n_children >= limits.max_children:
             return []
         rounds = self.agent.delegation_rounds
-        if rounds is not None and self._delegation_rounds() >= rounds:
+        if rounds is not None and self.tally.delegation_rounds() >= rounds:
             return []
         return list(self.agent.delegates_to)
-
-    def _delegation_rounds(self) -> int:
-        """Model steps whose delegations are settled (each may fan out to several
-        sub-tasks). A step still being acted on does not count yet."""
-        answered = {sm.message.tool_call_id for sm in self.transcript if sm.message.tool_call_id}
-        return sum(
-            1
-            for sm in self.transcript
-            if any(
-                c.function.name == DELEGATE and c.id in answered
-                for c in sm.message.tool_calls or []
-            )
-        )
 
     def _tool_offer(
         self, *, last_step: bool
@@ -211,7 +186,7 @@ class TaskRunner:
         """Tools for this step, stable order first (delegate, then by name), and tool_choice."""
         agent = self.agent
         targets = self._delegable()
-        done = _delegated_to(self.transcript)
+        done = self.tally.delegated_to
         missing = agent.min_delegations - len(done & set(agent.delegates_to))
         descriptions = {
             n: self.rt.team[n].description for n in agent.delegates_to if n in self.rt.team
@@ -285,8 +260,7 @@ class TaskRunner:
             tool_calls=self._fresh_ids(completion.message.tool_calls or []) or None,
         )
         records = held.unrecorded(completion.records)
-        self.transcript += await steps.persist_step(held, records, message, self._next_seq())
-        self.tally.note(message)
+        self._extend(await steps.persist_step(held, records, message, self._next_seq()))
         self.log.info(
             "model_step",
             model=completion.model,
@@ -298,12 +272,12 @@ class TaskRunner:
     def _fresh_ids(self, calls: list[ToolCall]) -> list[ToolCall]:
         """Tool calls with ids unique within the transcript: some servers number ids per reply
         (``call_0`` every step), and children and results are keyed by them."""
-        seen = set(self.tally.call_ids)
+        seen, fresh = self.tally.call_ids, set()
         out = []
         for call in calls:
-            if call.id in seen or not call.id:
+            if call.id in seen or call.id in fresh or not call.id:
                 call = call.model_copy(update={"id": new_call_id()})
-            seen.add(call.id)
+            fresh.add(call.id)
             out.append(call)
         return out
 
@@ -321,13 +295,12 @@ class TaskRunner:
 
     def _check_limits(self) -> None:
         """Loops (the same call ``loop_repeats`` times) and ``max_tool_calls``."""
-        repeats = self.rt.settings.limits.loop_repeats
-        for (name, args), n in self.tally.calls.items():
-            if n >= repeats:
-                raise RunFailed(
-                    f"loop detected: tool {name!r} was called {n} times "
-                    f"with the same arguments {args[:200]}"
-                )
+        (name, args), n = self.tally.most_repeated
+        if n >= self.rt.settings.limits.loop_repeats:
+            raise RunFailed(
+                f"loop detected: tool {name!r} was called {n} times "
+                f"with the same arguments {args[:200]}"
+            )
         limit = self.agent.max_tool_calls or self.rt.settings.limits.max_tool_calls
         if limit is not None and self.tally.tool_calls > limit:
             raise RunFailed(
@@ -407,7 +380,12 @@ class TaskRunner:
     # -- ends ----------------------------------------------------------------------------------
 
     async def _append(self, msgs: list[ChatMessage]) -> None:
-        self.transcript += await steps.append(self.rt.store, self.lease, msgs, self._next_seq())
+        self._extend(await steps.append(self.rt.store, self.lease, msgs, self._next_seq()))
+
+    def _extend(self, stored: list[StoredMessage]) -> None:
+        self.transcript += stored
+        for sm in stored:
+            self.tally.note(sm.message)
 
     async def _complete(self, answer: str) -> TaskStatus:
         await self.rt.store.write_until_done(queue.complete, self.lease, answer)
@@ -473,23 +451,46 @@ ARTIFACT_MAX_CHARS = 4_000_000  # the most of one result kept at all (its artifa
 
 
 class _Tally:
-    """What the limits and fresh ids need of a transcript, counted as it grows (a long task
-    does not walk its whole transcript on every step)."""
+    """What the limits, the tool offer and fresh ids need of a transcript, counted as it
+    grows (a long task does not walk its whole transcript on every step)."""
 
     def __init__(self) -> None:
         self.steps = 0  # assistant messages
         self.tool_calls = 0  # calls of tools other than delegate
         self.call_ids: set[str] = set()
         self.calls: Counter[tuple[str, str]] = Counter()  # (tool, arguments) -> times
+        self.most_repeated: tuple[tuple[str, str], int] = (("", ""), 0)  # of ``calls``
+        self.delegated_to: set[str] = set()  # the agents delegate calls named (valid or not)
+        self._answered: set[str] = set()  # tool_call_id of every tool result
+        self._delegating: dict[str, list[int]] = {}  # a delegate call's id -> its steps
+        self._settled: set[int] = set()  # steps with a delegate call answered
 
     def note(self, message: ChatMessage) -> None:
+        if message.tool_call_id:
+            self._answered.add(message.tool_call_id)
+            self._settled.update(self._delegating.get(message.tool_call_id, ()))
         if message.role != "assistant":
             return
         self.steps += 1
         for c in message.tool_calls or []:
             self.call_ids.add(c.id)
-            self.calls[(c.function.name, _canonical(c.function.arguments))] += 1
-            self.tool_calls += c.function.name != DELEGATE
+            key = (c.function.name, _canonical(c.function.arguments))
+            self.calls[key] += 1
+            if self.calls[key] > self.most_repeated[1]:
+                self.most_repeated = (key, self.calls[key])
+            if c.function.name != DELEGATE:
+                self.tool_calls += 1
+                continue
+            self._delegating.setdefault(c.id, []).append(self.steps)
+            if c.id in self._answered:
+                self._settled.add(self.steps)
+            with contextlib.suppress(ValueError, AttributeError):  # named no agent
+                self.delegated_to.add(str(json.loads(c.function.arguments or "{}").get("agent")))
+
+    def delegation_rounds(self) -> int:
+        """Model steps whose delegations are settled (each may fan out to several
+        sub-tasks). A step still being acted on does not count yet."""
+        return len(self._settled)
 
 
 def _canonical(arguments: str) -> str:

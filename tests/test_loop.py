@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import func, select
 
 from harness.errors import ProviderError
-from harness.messages import ChatRequest
+from harness.loop import _Tally
+from harness.messages import ChatMessage, ChatRequest, FunctionCall, ToolCall
 from harness.store import queue, views
 from harness.store.schema import TaskStatus, calls, notes
 from harness.testing import ScriptedProvider, StepLike
@@ -351,3 +352,41 @@ async def test_delegation_rounds_limit_makes_the_chief_answer(workspace_dir: Pat
     assert "delegate" in [t.function.name for t in arnold[0].tools or []]
     assert "delegate" not in [t.function.name for t in arnold[1].tools or []]
     assert (await rt.store.read(views.get_run, run_id))["status"] == "done"  # type: ignore[index]
+
+
+def test_the_tally_counts_a_transcript_as_it_grows() -> None:
+    """What the tool offer and the limits read of a transcript (delegation rounds, agents
+    delegated to, the most repeated call) is counted message by message, not walked again."""
+
+    def calls(*specs: tuple[str, str, dict[str, str] | str]) -> ChatMessage:
+        made = [
+            ToolCall(
+                id=cid,
+                function=FunctionCall(
+                    name=name, arguments=args if isinstance(args, str) else json.dumps(args)
+                ),
+            )
+            for cid, name, args in specs
+        ]
+        return ChatMessage(role="assistant", tool_calls=made)
+
+    def result(cid: str) -> ChatMessage:
+        return ChatMessage(role="tool", tool_call_id=cid, content="ok")
+
+    tally = _Tally()
+    tally.note(ChatMessage(role="system", content="s"))
+    tally.note(ChatMessage(role="user", content="u"))
+    tally.note(calls(("a", "delegate", {"agent": "veblen"}), ("b", "delegate", "not json")))
+    assert tally.delegated_to == {"veblen"} and tally.delegation_rounds() == 0
+    tally.note(result("a"))  # one of the step's delegations answered: the step is settled
+    assert tally.delegation_rounds() == 1
+    tally.note(result("b"))
+    assert tally.delegation_rounds() == 1  # a round is a step, however many it fanned out to
+    tally.note(calls(("c", "delegate", '["a list"]'), ("d", "web_fetch", {"url": "x"})))
+    assert tally.delegated_to == {"veblen"} and tally.delegation_rounds() == 1
+    assert (tally.steps, tally.tool_calls) == (2, 1)
+    tally.note(calls(("e", "web_fetch", '{"url":"x"}')))  # the same arguments, other spacing
+    assert tally.most_repeated == (("web_fetch", '{"url": "x"}'), 2)
+    tally.note(result("c"))
+    assert tally.delegation_rounds() == 2
+    assert tally.call_ids == {"a", "b", "c", "d", "e"}
