@@ -109,7 +109,7 @@ _TASK_COLUMNS = tuple(tasks.c[name] for name in _TASK_FIELDS)  # a Task's, in fi
 class NewTask:
     agent: str
     input: str
-    parent_call_id: str | None = None
+    parent_call_id: str  # the parent's delegate call: one child per call (its unique key)
     priority: int = 0
 
 
