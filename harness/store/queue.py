@@ -73,10 +73,6 @@ class Task:
     error: str | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> Task:
-        return cls.from_values([row[name] for name in _TASK_FIELDS])
-
-    @classmethod
     def from_values(cls, values: Sequence[Any]) -> Task:
         """From the values of ``_TASK_COLUMNS``, in their order."""
         values = list(values)
@@ -561,14 +557,14 @@ def cancel_run(conn: Connection, run_id: int, reason: str = "cancelled by user")
     ).rowcount
 
 
+_TASKS = select(*_TASK_COLUMNS)
+_TASK_BY_ID = _TASKS.where(tasks.c.id == bindparam("p_task"))
+_CHILDREN = _TASKS.where(tasks.c.parent_id == bindparam("p_parent")).order_by(tasks.c.id)
+
+
 def get_task(conn: Connection, task_id: int) -> Task | None:
-    row = conn.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
-    return Task.from_row(row) if row else None
-
-
-_CHILDREN = (
-    select(*_TASK_COLUMNS).where(tasks.c.parent_id == bindparam("p_parent")).order_by(tasks.c.id)
-)
+    row = run(conn, _TASK_BY_ID, {"p_task": task_id}).fetchone()
+    return Task.from_values(row) if row else None
 
 
 def children(conn: Connection, parent_id: int) -> list[Task]:
