@@ -341,7 +341,10 @@ class TaskRunner:
         return False
 
     async def _delegate(self, calls: list[ToolCall]) -> bool:
-        kids = {c.parent_call_id: c for c in await self.rt.store.read(queue.children, self.task.id)}
+        # children exist only if the task's state counted some: spawning is fenced by the claim,
+        # and a task that spawned waits until they settle, then starts again from its state
+        made = await self.rt.store.read(queue.children, self.task.id) if self.n_children else []
+        kids = {c.parent_call_id: c for c in made}
         targets = set(self._delegable())
         room = self.rt.settings.limits.max_children - len(kids)
         results: list[ChatMessage] = []
