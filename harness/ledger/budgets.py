@@ -121,18 +121,18 @@ _BY_KEY = select(reservations.c.id, reservations.c.tokens).where(
 
 
 @cache
-def _take_statement(limit_tokens: bool, limit_cost: bool, who: str = "") -> Any:
-    """The guarded reservation UPDATE, built once per kind of budget (``who``: a suffix of
-    the names of the parameters that are the row's own, for two in one statement)."""
+def _take_statement(limit_tokens: bool, limit_cost: bool, suffix: str = "") -> Any:
+    """The guarded reservation UPDATE, built once per kind of budget (``suffix``: of the
+    names of the parameters that are the row's own, for two in one statement)."""
     u = usage_daily.c
     n: Any = bindparam("n")
     c: Any = bindparam("c")
-    cond = [u.day == bindparam("p_day"), u.agent == bindparam(f"p_agent{who}")]
+    cond = [u.day == bindparam("p_day"), u.agent == bindparam(f"p_agent{suffix}")]
     if limit_tokens:
         used = u.prompt_tokens + u.completion_tokens + u.reserved_tokens
-        cond.append(used + n <= bindparam(f"max_tokens{who}"))
+        cond.append(used + n <= bindparam(f"max_tokens{suffix}"))
     if limit_cost:
-        cond.append(u.cost_usd + u.reserved_cost + c <= bindparam(f"max_cost{who}"))
+        cond.append(u.cost_usd + u.reserved_cost + c <= bindparam(f"max_cost{suffix}"))
     return (
         update(usage_daily)
         .where(and_(*cond))
@@ -160,28 +160,39 @@ def _take_both_statement(agent: tuple[bool, bool], workspace: tuple[bool, bool])
     )
 
 
+def _limits(budget: Budget) -> tuple[bool, bool]:
+    """Which limits ``budget`` has (tokens, cost): the shape of its guarded UPDATE."""
+    return budget.tokens is not None, budget.cost_usd is not None
+
+
+def _take_params(
+    day: str, who: str, budget: Budget, tokens: int, cost: float, suffix: str = ""
+) -> dict[str, Any]:
+    """The parameters of :func:`_take_statement` for one row (its own ones named with
+    ``suffix``)."""
+    return {
+        "p_day": day,
+        "n": tokens,
+        "c": cost,
+        f"p_agent{suffix}": who,
+        f"max_tokens{suffix}": budget.tokens,
+        f"max_cost{suffix}": budget.cost_usd,
+    }
+
+
 def _take_args(
     day: str, who: str, budget: Budget, tokens: int, cost: float
 ) -> tuple[Any, dict[str, Any]]:
     """The guarded UPDATE that adds a reservation to one roll-up row, and its parameters."""
-    stmt = _take_statement(budget.tokens is not None, budget.cost_usd is not None)
-    params = {"p_day": day, "p_agent": who, "n": tokens, "c": cost}
-    return stmt, params | {"max_tokens": budget.tokens, "max_cost": budget.cost_usd}
+    return _take_statement(*_limits(budget)), _take_params(day, who, budget, tokens, cost)
 
 
 def _take_both_args(day: str, rows: Rows, tokens: int, cost: float) -> tuple[Any, dict[str, Any]]:
     """:func:`_take_both_statement` for the agent's and the workspace's rows, its parameters."""
     (agent, budget), (workspace, workspace_budget) = rows
-    stmt = _take_both_statement(
-        (budget.tokens is not None, budget.cost_usd is not None),
-        (workspace_budget.tokens is not None, workspace_budget.cost_usd is not None),
-    )
-    params = {"p_day": day, "n": tokens, "c": cost, "p_agent_a": agent, "p_agent_w": workspace}
-    params |= {"max_tokens_a": budget.tokens, "max_cost_a": budget.cost_usd}
-    return stmt, params | {
-        "max_tokens_w": workspace_budget.tokens,
-        "max_cost_w": workspace_budget.cost_usd,
-    }
+    stmt = _take_both_statement(_limits(budget), _limits(workspace_budget))
+    params = _take_params(day, agent, budget, tokens, cost, "_a")
+    return stmt, params | _take_params(day, workspace, workspace_budget, tokens, cost, "_w")
 
 
 def _take(conn: Connection, day: str, who: str, budget: Budget, tokens: int, cost: float) -> bool:
